@@ -1,0 +1,24 @@
+//! Portico: a Kubernetes Ingress controller and edge proxy on Pingora.
+//!
+//! The architecture, from the outside in:
+//! - [`source`]: where objects come from (manifest files, Kubernetes watches);
+//! - [`translate`]: `k8s-openapi` objects to the plain [`model`];
+//! - [`routing`]: the pure compile step and the route table;
+//! - [`dataplane`]: the one immutable snapshot behind one atomic swap;
+//! - [`proxy`]: Pingora's `ProxyHttp`, which reads the snapshot per request;
+//! - [`admin`], [`metrics`], [`config`], [`server`]: operating it.
+
+pub mod admin;
+pub mod config;
+pub mod dataplane;
+pub mod demo;
+pub mod echo;
+pub mod metrics;
+pub mod model;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod source;
+pub mod telemetry;
+pub mod translate;
+pub mod upstream;

@@ -1,1 +1,39 @@
-fn main() {}
+//! The `portico` binary: parse the configuration, set up logging, run. Nothing else.
+
+use anyhow::Context;
+use clap::Parser;
+use portico::config::{Cli, Command};
+use portico::server::{self, Signals};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let demo = matches!(cli.command, Some(Command::Demo));
+    let mut flags = cli.flags;
+    if demo {
+        let dir = portico::demo::demo_dir().context("creating the demo directory")?;
+        flags.manifests = Some(dir);
+        flags.http_listen.get_or_insert("127.0.0.1:8080".into());
+        flags.https_listen.get_or_insert("127.0.0.1:8443".into());
+        flags.admin_listen.get_or_insert("127.0.0.1:10254".into());
+    }
+    let config = flags.resolve()?;
+    portico::telemetry::init(config.access_log);
+    let upgrade = std::env::args().any(|a| a == "-u" || a == "--upgrade");
+    let built = server::build(&config, upgrade)?;
+    if demo {
+        portico::demo::start_backends().context("starting the demo's echo backends")?;
+        if let Some(dir) = &config.manifests {
+            println!(
+                "{}",
+                portico::demo::banner(config.http_listen, config.admin_listen, dir)
+            );
+        }
+    }
+    let signals = Signals {
+        shared: built.shared.clone(),
+        grace_period: config.shutdown_grace_period,
+    };
+    server::exit_when_drained(built.shared.clone(), config.shutdown_grace_period);
+    server::run(built.server, Box::new(signals));
+    Ok(())
+}

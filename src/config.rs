@@ -1,0 +1,306 @@
+//! Configuration: command-line flags, optionally backed by a YAML file (`--config FILE`).
+//!
+//! Every flag has the same name in the file (`http-listen: 0.0.0.0:80`). A flag given on the
+//! command line wins over the file, which wins over the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::proxy::{AccessLog, Cidr, UpstreamOptions};
+use crate::routing::CompileOptions;
+
+/// Why the configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portico",
+    version,
+    about = "Kubernetes Ingress controller and edge proxy on Pingora"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the built-in examples (conf/examples) with echo backends, on 127.0.0.1 ports.
+    Demo,
+}
+
+/// Every setting, as a flag and as a config-file key. All optional here; defaults are applied
+/// by [`Flags::resolve`].
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Flags {
+    /// YAML file with any of these settings.
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Serve Kubernetes objects from the YAML/JSON files in DIR (watched live) instead of a cluster.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// Plain-HTTP listener [default: 0.0.0.0:80].
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// HTTPS listener [default: 0.0.0.0:443].
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub https_listen: Option<String>,
+    /// Admin listener for /healthz, /readyz and /metrics [default: 0.0.0.0:10254].
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Class name accepted in the legacy kubernetes.io/ingress.class annotation [default: portico].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub ingress_class: Option<String>,
+    /// spec.controller of the IngressClasses Portico owns [default: portico.dev/ingress-controller].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub controller_name: Option<String>,
+    /// Pingora worker threads [default: the number of CPUs].
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Networks whose X-Forwarded-* headers are trusted (repeatable, CIDR or IP).
+    #[arg(long, global = true, value_name = "CIDR")]
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Access log: off, plain or json [default: plain].
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub access_log: Option<AccessLog>,
+    /// Upstream connect timeout, e.g. 5s [default: 5s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub upstream_connect_timeout: Option<String>,
+    /// Upstream read timeout [default: 60s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub upstream_read_timeout: Option<String>,
+    /// Upstream send timeout [default: 60s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub upstream_send_timeout: Option<String>,
+    /// How long idle upstream connections are kept for reuse [default: 60s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub upstream_idle_timeout: Option<String>,
+    /// After SIGTERM, keep accepting (with /readyz at 503) for this long [default: 10s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub shutdown_grace_period: Option<String>,
+    /// Then wait at most this long for in-flight requests [default: 20s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub shutdown_drain_timeout: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub manifests: Option<PathBuf>,
+    pub http_listen: SocketAddr,
+    pub https_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub compile: CompileOptions,
+    pub threads: usize,
+    pub trusted_proxies: Vec<Cidr>,
+    pub access_log: AccessLog,
+    pub upstream: UpstreamOptions,
+    pub shutdown_grace_period: Duration,
+    pub shutdown_drain_timeout: Duration,
+}
+
+fn parse_addr(
+    flag: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let v = value.unwrap_or_else(|| default.to_string());
+    v.parse().map_err(|_| ConfigError::Invalid {
+        flag,
+        reason: format!("{v:?} is not an IP:port address"),
+    })
+}
+
+fn parse_duration(
+    flag: &'static str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    humantime::parse_duration(v.trim()).map_err(|e| ConfigError::Invalid {
+        flag,
+        reason: format!("{v:?}: {e}"),
+    })
+}
+
+impl Flags {
+    /// Reads a config file into flags.
+    pub fn from_file(path: &Path) -> Result<Flags, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_yaml_ng::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Fills every unset flag from `file`.
+    pub fn or(self, file: Flags) -> Flags {
+        Flags {
+            config: self.config,
+            manifests: self.manifests.or(file.manifests),
+            http_listen: self.http_listen.or(file.http_listen),
+            https_listen: self.https_listen.or(file.https_listen),
+            admin_listen: self.admin_listen.or(file.admin_listen),
+            ingress_class: self.ingress_class.or(file.ingress_class),
+            controller_name: self.controller_name.or(file.controller_name),
+            threads: self.threads.or(file.threads),
+            trusted_proxies: if self.trusted_proxies.is_empty() {
+                file.trusted_proxies
+            } else {
+                self.trusted_proxies
+            },
+            access_log: self.access_log.or(file.access_log),
+            upstream_connect_timeout: self
+                .upstream_connect_timeout
+                .or(file.upstream_connect_timeout),
+            upstream_read_timeout: self.upstream_read_timeout.or(file.upstream_read_timeout),
+            upstream_send_timeout: self.upstream_send_timeout.or(file.upstream_send_timeout),
+            upstream_idle_timeout: self.upstream_idle_timeout.or(file.upstream_idle_timeout),
+            shutdown_grace_period: self.shutdown_grace_period.or(file.shutdown_grace_period),
+            shutdown_drain_timeout: self.shutdown_drain_timeout.or(file.shutdown_drain_timeout),
+        }
+    }
+
+    /// Merges the config file (if any), applies defaults and validates every value.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let flags = match self.config.clone() {
+            Some(path) => self.or(Flags::from_file(&path)?),
+            None => self,
+        };
+        let defaults = UpstreamOptions::default();
+        let threads = flags
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 {
+            return Err(ConfigError::Invalid {
+                flag: "--threads",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let trusted_proxies = flags
+            .trusted_proxies
+            .iter()
+            .flat_map(|s| s.split(','))
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.parse())
+            .collect::<Result<Vec<Cidr>, String>>()
+            .map_err(|reason| ConfigError::Invalid {
+                flag: "--trusted-proxies",
+                reason,
+            })?;
+        Ok(Config {
+            manifests: flags.manifests,
+            http_listen: parse_addr("--http-listen", flags.http_listen, "0.0.0.0:80")?,
+            https_listen: parse_addr("--https-listen", flags.https_listen, "0.0.0.0:443")?,
+            admin_listen: parse_addr("--admin-listen", flags.admin_listen, "0.0.0.0:10254")?,
+            compile: CompileOptions {
+                controller_name: flags
+                    .controller_name
+                    .unwrap_or_else(|| "portico.dev/ingress-controller".into()),
+                ingress_class: flags.ingress_class.unwrap_or_else(|| "portico".into()),
+            },
+            threads,
+            trusted_proxies,
+            access_log: flags.access_log.unwrap_or(AccessLog::Plain),
+            upstream: UpstreamOptions {
+                connect_timeout: parse_duration(
+                    "--upstream-connect-timeout",
+                    flags.upstream_connect_timeout,
+                    defaults.connect_timeout,
+                )?,
+                read_timeout: parse_duration(
+                    "--upstream-read-timeout",
+                    flags.upstream_read_timeout,
+                    defaults.read_timeout,
+                )?,
+                write_timeout: parse_duration(
+                    "--upstream-send-timeout",
+                    flags.upstream_send_timeout,
+                    defaults.write_timeout,
+                )?,
+                idle_timeout: parse_duration(
+                    "--upstream-idle-timeout",
+                    flags.upstream_idle_timeout,
+                    defaults.idle_timeout,
+                )?,
+            },
+            shutdown_grace_period: parse_duration(
+                "--shutdown-grace-period",
+                flags.shutdown_grace_period,
+                Duration::from_secs(10),
+            )?,
+            shutdown_drain_timeout: parse_duration(
+                "--shutdown-drain-timeout",
+                flags.shutdown_drain_timeout,
+                Duration::from_secs(20),
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_wins_over_file_and_defaults_fill_the_rest() {
+        let cli = Flags {
+            http_listen: Some("127.0.0.1:8080".into()),
+            ..Flags::default()
+        };
+        let file: Flags = serde_yaml_ng::from_str(
+            "http-listen: 127.0.0.1:9999\nadmin-listen: 127.0.0.1:10000\nthreads: 3\ntrusted-proxies: [10.0.0.0/8]\n",
+        )
+        .unwrap();
+        let c = cli.or(file).resolve().unwrap();
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:10000");
+        assert_eq!(c.https_listen.to_string(), "0.0.0.0:443");
+        assert_eq!(c.threads, 3);
+        assert_eq!(c.trusted_proxies.len(), 1);
+        assert_eq!(c.compile.ingress_class, "portico");
+    }
+
+    #[test]
+    fn rejects_bad_values_and_unknown_keys() {
+        let bad = Flags {
+            http_listen: Some("nope".into()),
+            ..Flags::default()
+        };
+        assert!(bad.resolve().is_err());
+        assert!(serde_yaml_ng::from_str::<Flags>("htp-listen: x\n").is_err());
+        let bad = Flags {
+            shutdown_grace_period: Some("ten".into()),
+            ..Flags::default()
+        };
+        assert!(bad.resolve().is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! Portico's own view of the cluster: plain data, with no Kubernetes and no Pingora types.
+//!
+//! Sources (the manifest directory, the Kubernetes watches) translate `k8s-openapi` objects into
+//! these types at the edge (see [`crate::translate`]). The compile step
+//! ([`crate::routing::compile`]) turns a [`Model`] into the immutable data plane.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// `namespace/name` of an object. Cluster-scoped objects have an empty namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// The kinds of object Portico reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Ingress,
+    IngressClass,
+    Service,
+    EndpointSlice,
+    Secret,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Secret => "Secret",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything the compile step needs, keyed by object so that sources can replace single objects.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub ingresses: BTreeMap<ObjectKey, Arc<Ingress>>,
+    pub classes: BTreeMap<String, Arc<IngressClass>>,
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    pub slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    pub secrets: BTreeMap<ObjectKey, Arc<TlsSecret>>,
+}
+
+/// One object of any kind, as a source produces it.
+#[derive(Clone, Debug)]
+pub enum Object {
+    Ingress(Arc<Ingress>),
+    IngressClass(Arc<IngressClass>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Secret(Arc<TlsSecret>),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Ingress(_) => Kind::Ingress,
+            Object::IngressClass(_) => Kind::IngressClass,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Secret(_) => Kind::Secret,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::Ingress(o) => o.key.clone(),
+            Object::IngressClass(o) => ObjectKey::new("", o.name.clone()),
+            Object::Service(o) => o.key.clone(),
+            Object::EndpointSlice(o) => o.key.clone(),
+            Object::Secret(o) => o.key.clone(),
+        }
+    }
+}
+
+impl Model {
+    /// Inserts or replaces one object.
+    pub fn insert(&mut self, object: Object) {
+        match object {
+            Object::Ingress(o) => {
+                self.ingresses.insert(o.key.clone(), o);
+            }
+            Object::IngressClass(o) => {
+                self.classes.insert(o.name.clone(), o);
+            }
+            Object::Service(o) => {
+                self.services.insert(o.key.clone(), o);
+            }
+            Object::EndpointSlice(o) => {
+                self.slices.insert(o.key.clone(), o);
+            }
+            Object::Secret(o) => {
+                self.secrets.insert(o.key.clone(), o);
+            }
+        }
+    }
+
+    /// Removes one object; removing an absent object is not an error.
+    pub fn remove(&mut self, kind: Kind, key: &ObjectKey) {
+        match kind {
+            Kind::Ingress => {
+                self.ingresses.remove(key);
+            }
+            Kind::IngressClass => {
+                self.classes.remove(&key.name);
+            }
+            Kind::Service => {
+                self.services.remove(key);
+            }
+            Kind::EndpointSlice => {
+                self.slices.remove(key);
+            }
+            Kind::Secret => {
+                self.secrets.remove(key);
+            }
+        }
+    }
+}
+
+/// An Ingress, reduced to what routing needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ingress {
+    pub key: ObjectKey,
+    /// `creationTimestamp` in seconds since the epoch; the oldest Ingress wins conflicts.
+    pub created: i64,
+    pub class_name: Option<String>,
+    /// The legacy `kubernetes.io/ingress.class` annotation.
+    pub class_annotation: Option<String>,
+    pub default_backend: Option<BackendRef>,
+    pub rules: Vec<Rule>,
+    pub tls: Vec<TlsEntry>,
+    pub annotations: IngressAnnotations,
+    /// Problems found while translating, reported by the compile step.
+    pub problems: Vec<String>,
+}
+
+/// Portico's typed `portico.dev/*` annotations. Values are parsed, never templated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IngressAnnotations {
+    /// `portico.dev/ssl-redirect`; `None` means the default (redirect when the host has TLS).
+    pub ssl_redirect: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// `None` for a rule without `host`.
+    pub host: Option<String>,
+    pub paths: Vec<HttpPath>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathType {
+    Exact,
+    Prefix,
+    ImplementationSpecific,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpPath {
+    pub path: String,
+    pub path_type: PathType,
+    pub backend: BackendRef,
+}
+
+/// Where an Ingress sends traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendRef {
+    Service {
+        name: String,
+        port: PortRef,
+    },
+    /// A `resource` backend; Portico rejects these.
+    Resource {
+        kind: String,
+        name: String,
+    },
+}
+
+/// A Service port, by number or by name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsEntry {
+    pub hosts: Vec<String>,
+    pub secret_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngressClass {
+    pub name: String,
+    pub controller: String,
+    pub is_default: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub key: ObjectKey,
+    pub ports: Vec<ServicePort>,
+    /// `spec.type: ExternalName`; Portico rejects backends on such Services.
+    pub external_name: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServicePort {
+    /// Empty when the port has no name.
+    pub name: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSlice {
+    pub key: ObjectKey,
+    /// The `kubernetes.io/service-name` label.
+    pub service_name: Option<String>,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlicePort {
+    /// Empty when the port has no name; matched against the Service port's name.
+    pub name: String,
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub addresses: Vec<IpAddr>,
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+    /// The pod name from `targetRef`, if any; used by the demo's echo backends and logs.
+    pub pod: Option<String>,
+}
+
+/// A `kubernetes.io/tls` Secret: PEM bytes, parsed and checked at compile time.
+#[derive(Clone, PartialEq)]
+pub struct TlsSecret {
+    pub key: ObjectKey,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+// Never print key material, not even in debug logs.
+impl fmt::Debug for TlsSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSecret")
+            .field("key", &self.key)
+            .field("cert_pem_len", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}

@@ -1,0 +1,354 @@
+//! Pingora's `ProxyHttp` for Portico: the request phases.
+//!
+//! Per request: one snapshot load, one host hash, a scan of that host's rules, one atomic
+//! increment for round-robin. Everything else was prepared when the snapshot was compiled.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+
+use crate::dataplane::{DataPlane, Shared};
+use crate::metrics::RouteMetrics;
+use crate::routing::{normalize_request_host, Route};
+
+/// How upstream connections are made; the defaults follow ingress-nginx.
+#[derive(Clone, Debug)]
+pub struct UpstreamOptions {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub idle_timeout: Duration,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Access log output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    Off,
+    Plain,
+    Json,
+}
+
+/// A trusted proxy network, for `X-Forwarded-*` headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The proxy application; one instance serves every listener.
+pub struct Portico {
+    pub shared: Arc<Shared>,
+    pub upstream: UpstreamOptions,
+    pub trusted_proxies: Arc<[Cidr]>,
+    pub access_log: AccessLog,
+}
+
+/// Per-request state, from the request header to the log line.
+pub struct RequestCtx {
+    started: Instant,
+    plane: Option<Arc<DataPlane>>,
+    route: Option<usize>,
+    upstream: Option<SocketAddr>,
+    upstream_started: Option<Instant>,
+    tls: bool,
+    client: Option<IpAddr>,
+}
+
+impl RequestCtx {
+    fn route<'a>(&self, plane: &'a DataPlane) -> Option<&'a Route> {
+        self.route.and_then(|i| plane.routes.routes().get(i))
+    }
+}
+
+/// The host used for routing: the URI authority (absolute-form, HTTP/2 `:authority`) or else the
+/// `Host` header.
+fn request_host(req: &RequestHeader) -> &str {
+    if let Some(a) = req.uri.authority() {
+        return a.as_str().rsplit('@').next().unwrap_or("");
+    }
+    req.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+}
+
+impl Portico {
+    fn metrics_for<'a>(&'a self, ctx: &'a RequestCtx) -> &'a RouteMetrics {
+        ctx.plane
+            .as_ref()
+            .and_then(|p| ctx.route.and_then(|i| p.route_metrics.get(i)))
+            .unwrap_or(&self.shared.metrics.unrouted)
+    }
+
+    async fn respond(session: &mut Session, status: u16, body: &'static str) -> Result<bool> {
+        session
+            .respond_error_with_body(status, Bytes::from_static(body.as_bytes()))
+            .await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Portico {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        self.shared.metrics.inflight.inc();
+        RequestCtx {
+            started: Instant::now(),
+            plane: None,
+            route: None,
+            upstream: None,
+            upstream_started: None,
+            tls: false,
+            client: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let plane = self.shared.load();
+        let req = session.req_header();
+        let host = normalize_request_host(request_host(req));
+        let route = plane.routes.lookup(&host, req.uri.path()).cloned();
+        ctx.plane = Some(plane.clone());
+        let Some(route) = route else {
+            return Self::respond(session, 404, "no route for this host and path\n").await;
+        };
+        ctx.route = Some(route.id);
+        if route.redirect_https && !ctx.tls {
+            let req = session.req_header();
+            let host_header = request_host(req);
+            let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let mut resp = ResponseHeader::build(308, Some(3))?;
+            resp.insert_header(header::LOCATION, format!("https://{host_header}{path}"))?;
+            resp.insert_header(header::CONTENT_LENGTH, "0")?;
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
+        if plane.pools.get(route.pool).is_none_or(|p| p.is_empty()) {
+            return Self::respond(session, 503, "no usable endpoint for this backend\n").await;
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let plane = ctx
+            .plane
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
+        let route = ctx
+            .route(plane)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        let upstream = plane
+            .pools
+            .get(route.pool)
+            .and_then(|p| p.select())
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "empty pool"))?;
+        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.upstream.connect_timeout);
+        o.read_timeout = Some(self.upstream.read_timeout);
+        o.write_timeout = Some(self.upstream.write_timeout);
+        o.idle_timeout = Some(self.upstream.idle_timeout);
+        ctx.upstream = Some(upstream.addr);
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let metrics = &self.shared.metrics;
+        if reused {
+            metrics.upstream_reused.inc();
+        } else {
+            metrics.upstream_new.inc();
+        }
+        if let Some(t) = ctx.upstream_started {
+            self.metrics_for(ctx).observe_upstream_connect(t.elapsed());
+            ctx.upstream_started = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
+        let trusted = ctx
+            .client
+            .is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip)));
+        let downstream = session.req_header();
+        // Like ingress-nginx: without a trusted proxy in front, the client's own forwarding
+        // headers are replaced, never appended to.
+        let incoming = |name: &str| {
+            downstream
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let xff = match incoming("x-forwarded-for") {
+            Some(prev) if trusted => format!("{prev}, {client}"),
+            _ => client.clone(),
+        };
+        let proto = match incoming("x-forwarded-proto") {
+            Some(p) if trusted => p,
+            _ => (if ctx.tls { "https" } else { "http" }).to_string(),
+        };
+        let host = match incoming("x-forwarded-host") {
+            Some(h) if trusted => h,
+            _ => request_host(downstream).to_string(),
+        };
+        let port = match incoming("x-forwarded-port") {
+            Some(p) if trusted => p,
+            _ => session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port().to_string())
+                .unwrap_or_default(),
+        };
+        upstream_request.insert_header("x-forwarded-for", xff)?;
+        upstream_request.insert_header("x-real-ip", client)?;
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        upstream_request.insert_header("x-forwarded-host", host)?;
+        upstream_request.insert_header("x-forwarded-port", port)?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(t) = ctx.upstream_started.take() {
+            self.metrics_for(ctx).observe_upstream_response(t.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.shared.metrics.inflight.dec();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let took = ctx.started.elapsed();
+        let req = session.req_header();
+        let sent = session.body_bytes_sent();
+        let read = session.body_bytes_read();
+        self.metrics_for(ctx)
+            .observe(&req.method, status, took, read, sent);
+        if self.access_log == AccessLog::Off {
+            return;
+        }
+        let route = ctx
+            .plane
+            .as_ref()
+            .and_then(|p| ctx.route(p))
+            .map(|r| r.ingress.to_string())
+            .unwrap_or_default();
+        let upstream = ctx.upstream.map(|a| a.to_string()).unwrap_or_default();
+        let client = ctx.client.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(
+            target: "portico::access",
+            client = %client,
+            method = %req.method,
+            host = %request_host(req),
+            path = %req.uri.path(),
+            status,
+            bytes = sent,
+            duration_ms = took.as_secs_f64() * 1000.0,
+            upstream = %upstream,
+            route = %route,
+            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+        );
+    }
+}

@@ -1,0 +1,469 @@
+//! The pure compile step: a [`Model`] in, a route table, its pools and the rejected objects out.
+//!
+//! It never fails as a whole: each invalid rule, path, backend or TLS entry is left out with a
+//! [`Rejected`] entry naming the object and the reason, and everything else is compiled.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::host::{parse_host, HostMatch};
+use super::path::PathMatch;
+use super::{HostRules, Route, RouteTable};
+use crate::model::{BackendRef, EndpointSlice, Ingress, Kind, Model, ObjectKey, PortRef};
+use crate::upstream::{Pool, Upstream};
+
+/// What the compile step needs to know about this controller.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// `spec.controller` of the IngressClasses Portico owns.
+    pub controller_name: String,
+    /// The class name matched against the legacy `kubernetes.io/ingress.class` annotation.
+    pub ingress_class: String,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            controller_name: "portico.dev/ingress-controller".into(),
+            ingress_class: "portico".into(),
+        }
+    }
+}
+
+/// An object, or a part of one, that was left out of the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub kind: Kind,
+    pub key: ObjectKey,
+    /// A short CamelCase reason, low-cardinality (it is a metric label and an Event reason).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// How to build one pool; kept so that an endpoint-only change can rebuild just the pools of the
+/// Services it touched.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolSpec {
+    pub service: ObjectKey,
+    pub port: PortRef,
+    /// The resolved Service port name (empty for an unnamed port); `None` when the Service or the
+    /// port does not exist, which makes an empty pool.
+    pub port_name: Option<String>,
+}
+
+/// A TLS host bound to its Secret, after conflict resolution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsBinding {
+    pub host: HostMatch,
+    pub secret: ObjectKey,
+    pub ingress: ObjectKey,
+}
+
+/// The compile step's output.
+#[derive(Debug, Default)]
+pub struct Compiled {
+    pub table: RouteTable,
+    pub pools: Vec<Arc<Pool>>,
+    pub pool_specs: Vec<PoolSpec>,
+    pub tls: Vec<TlsBinding>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// EndpointSlices grouped by `(namespace, service name)`.
+pub type SliceIndex<'a> = HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+
+/// Groups the model's EndpointSlices by the Service they belong to.
+pub fn index_slices(model: &Model) -> SliceIndex<'_> {
+    let mut index: SliceIndex<'_> = HashMap::new();
+    for slice in model.slices.values() {
+        if let Some(svc) = slice.service_name.as_deref() {
+            index
+                .entry((slice.key.namespace.as_str(), svc))
+                .or_default()
+                .push(slice);
+        }
+    }
+    index
+}
+
+/// Compiles the model. Pure: same model and options, same output.
+pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
+    let mut c = Compiler {
+        model,
+        slices: index_slices(model),
+        out: Compiled::default(),
+        pool_ids: HashMap::new(),
+        claims: HashMap::new(),
+        precise: HashMap::new(),
+        wildcard: HashMap::new(),
+        any_host: HostRules::default(),
+    };
+
+    let ours = c.select_ingresses(opts);
+    let mut default_owner: Option<&ObjectKey> = None;
+    let mut tls_owner: BTreeMap<HostMatch, TlsBinding> = BTreeMap::new();
+
+    for ing in &ours {
+        for problem in &ing.problems {
+            c.reject(Kind::Ingress, &ing.key, "InvalidSpec", problem.clone());
+        }
+        if ing.rules.is_empty() && ing.default_backend.is_none() && ing.problems.is_empty() {
+            c.reject(
+                Kind::Ingress,
+                &ing.key,
+                "NoRules",
+                "an Ingress with no rules must have a defaultBackend".into(),
+            );
+        }
+        let tls_hosts = c.tls_hosts(ing, &mut tls_owner);
+
+        if let Some(backend) = &ing.default_backend {
+            match default_owner {
+                Some(owner) => c.reject(
+                    Kind::Ingress,
+                    &ing.key,
+                    "Conflict",
+                    format!("defaultBackend ignored: Ingress {owner} is older and has one"),
+                ),
+                None => {
+                    if let Some(route) = c.route_for(ing, backend, false) {
+                        default_owner = Some(&ing.key);
+                        c.out.table.default_backend = Some(route);
+                    }
+                }
+            }
+        }
+
+        for (i, rule) in ing.rules.iter().enumerate() {
+            let host = match rule.host.as_deref().map(parse_host).transpose() {
+                Ok(h) => h,
+                Err(e) => {
+                    c.reject(
+                        Kind::Ingress,
+                        &ing.key,
+                        "InvalidHost",
+                        format!("rules[{i}]: {e}"),
+                    );
+                    continue;
+                }
+            };
+            let redirect = ing.annotations.ssl_redirect != Some(false)
+                && host.as_ref().is_some_and(|h| tls_hosts.contains(h));
+            for (j, p) in rule.paths.iter().enumerate() {
+                let matcher = match PathMatch::parse(&p.path, p.path_type) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        c.reject(
+                            Kind::Ingress,
+                            &ing.key,
+                            "InvalidPath",
+                            format!("rules[{i}].http.paths[{j}]: {e}"),
+                        );
+                        continue;
+                    }
+                };
+                let claim = (host.clone(), matcher.clone());
+                if let Some(owner) = c.claims.get(&claim) {
+                    let (reason, message) = if *owner == ing.key {
+                        (
+                            "Duplicate",
+                            "repeats an earlier path of the same Ingress".to_string(),
+                        )
+                    } else {
+                        ("Conflict", format!("lost to older Ingress {owner}"))
+                    };
+                    let host_s = host.as_ref().map(|h| h.to_string()).unwrap_or("*".into());
+                    c.reject(
+                        Kind::Ingress,
+                        &ing.key,
+                        reason,
+                        format!(
+                            "rules[{i}].http.paths[{j}] ({host_s} {:?} {}): {message}",
+                            p.path_type,
+                            matcher.path()
+                        ),
+                    );
+                    continue;
+                }
+                let Some(route) = c.route_for(ing, &p.backend, redirect) else {
+                    continue;
+                };
+                c.claims.insert(claim, ing.key.clone());
+                let rules = match &host {
+                    Some(HostMatch::Precise(h)) => c.precise.entry(h.clone()).or_default(),
+                    Some(HostMatch::Wildcard(s)) => c.wildcard.entry(s.clone()).or_default(),
+                    None => &mut c.any_host,
+                };
+                rules.push(matcher, route);
+            }
+        }
+    }
+
+    c.out.tls = tls_owner.into_values().collect();
+
+    let Compiler {
+        mut out,
+        precise,
+        wildcard,
+        mut any_host,
+        ..
+    } = c;
+    out.table.precise = precise
+        .into_iter()
+        .map(|(h, mut r)| {
+            r.sort();
+            (h, r)
+        })
+        .collect();
+    out.table.wildcard = wildcard
+        .into_iter()
+        .map(|(h, mut r)| {
+            r.sort();
+            (h, r)
+        })
+        .collect();
+    any_host.sort();
+    out.table.any_host = any_host;
+    out
+}
+
+struct Compiler<'m> {
+    model: &'m Model,
+    slices: SliceIndex<'m>,
+    out: Compiled,
+    pool_ids: HashMap<(ObjectKey, PortRef), usize>,
+    claims: HashMap<(Option<HostMatch>, PathMatch), ObjectKey>,
+    precise: HashMap<String, HostRules>,
+    wildcard: HashMap<String, HostRules>,
+    any_host: HostRules,
+}
+
+impl<'m> Compiler<'m> {
+    fn reject(&mut self, kind: Kind, key: &ObjectKey, reason: &'static str, message: String) {
+        self.out.rejected.push(Rejected {
+            kind,
+            key: key.clone(),
+            reason,
+            message,
+        });
+    }
+
+    /// Portico's Ingresses, oldest first (then by namespace/name).
+    fn select_ingresses(&mut self, opts: &CompileOptions) -> Vec<&'m Ingress> {
+        let owned: HashSet<&str> = self
+            .model
+            .classes
+            .values()
+            .filter(|c| c.controller == opts.controller_name)
+            .map(|c| c.name.as_str())
+            .collect();
+        let default_class = self
+            .model
+            .classes
+            .values()
+            .any(|c| c.is_default && owned.contains(c.name.as_str()));
+        let mut ours: Vec<&Ingress> = self
+            .model
+            .ingresses
+            .values()
+            .map(|i| i.as_ref())
+            .filter(|ing| match (&ing.class_name, &ing.class_annotation) {
+                (Some(class), _) => owned.contains(class.as_str()),
+                (None, Some(annotation)) => *annotation == opts.ingress_class,
+                (None, None) => default_class,
+            })
+            .collect();
+        ours.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
+        ours
+    }
+
+    /// Validates the Ingress's TLS entries and claims their hosts; returns the hosts this Ingress
+    /// now holds TLS for.
+    fn tls_hosts(
+        &mut self,
+        ing: &'m Ingress,
+        owners: &mut BTreeMap<HostMatch, TlsBinding>,
+    ) -> HashSet<HostMatch> {
+        let mut mine = HashSet::new();
+        for (i, entry) in ing.tls.iter().enumerate() {
+            let Some(secret) = &entry.secret_name else {
+                // Allowed by the API (SNI-less default certificate); nothing to bind.
+                continue;
+            };
+            let secret_key = ObjectKey::new(ing.key.namespace.clone(), secret.clone());
+            if !self.model.secrets.contains_key(&secret_key) {
+                self.reject(
+                    Kind::Ingress,
+                    &ing.key,
+                    "SecretNotFound",
+                    format!("tls[{i}]: Secret {secret_key} of type kubernetes.io/tls not found"),
+                );
+            }
+            for h in &entry.hosts {
+                let host = match parse_host(h) {
+                    Ok(host) => host,
+                    Err(e) => {
+                        self.reject(
+                            Kind::Ingress,
+                            &ing.key,
+                            "InvalidHost",
+                            format!("tls[{i}]: {e}"),
+                        );
+                        continue;
+                    }
+                };
+                match owners.get(&host) {
+                    Some(owner) if owner.ingress != ing.key => {
+                        let owner = owner.ingress.clone();
+                        self.reject(
+                            Kind::Ingress,
+                            &ing.key,
+                            "Conflict",
+                            format!("tls[{i}] host {host}: lost to older Ingress {owner}"),
+                        );
+                    }
+                    Some(_) => {
+                        mine.insert(host);
+                    }
+                    None => {
+                        owners.insert(
+                            host.clone(),
+                            TlsBinding {
+                                host: host.clone(),
+                                secret: secret_key.clone(),
+                                ingress: ing.key.clone(),
+                            },
+                        );
+                        mine.insert(host);
+                    }
+                }
+            }
+        }
+        mine
+    }
+
+    /// Creates a route to `backend`, or rejects the backend and returns `None`.
+    fn route_for(&mut self, ing: &Ingress, backend: &BackendRef, redirect: bool) -> Option<usize> {
+        let (name, port) = match backend {
+            BackendRef::Resource { kind, name } => {
+                self.reject(
+                    Kind::Ingress,
+                    &ing.key,
+                    "UnsupportedBackend",
+                    format!("resource backend {kind}/{name} is not supported"),
+                );
+                return None;
+            }
+            BackendRef::Service { name, port } => (name, port),
+        };
+        let service = ObjectKey::new(ing.key.namespace.clone(), name.clone());
+        let pool = match self.pool_ids.get(&(service.clone(), port.clone())) {
+            Some(id) => *id,
+            None => {
+                let spec = match self.model.services.get(&service) {
+                    None => {
+                        self.reject(
+                            Kind::Ingress,
+                            &ing.key,
+                            "ServiceNotFound",
+                            format!("Service {service} not found; requests get 503"),
+                        );
+                        PoolSpec {
+                            service: service.clone(),
+                            port: port.clone(),
+                            port_name: None,
+                        }
+                    }
+                    Some(svc) if svc.external_name => {
+                        self.reject(
+                            Kind::Ingress,
+                            &ing.key,
+                            "ExternalNameService",
+                            format!(
+                                "Service {service} is of type ExternalName, which is not supported"
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(svc) => {
+                        let found = svc.ports.iter().find(|p| match port {
+                            PortRef::Number(n) => p.port == *n,
+                            PortRef::Name(n) => p.name == *n,
+                        });
+                        if found.is_none() {
+                            self.reject(
+                                Kind::Ingress,
+                                &ing.key,
+                                "PortNotFound",
+                                format!("Service {service} has no port {port}; requests get 503"),
+                            );
+                        }
+                        PoolSpec {
+                            service: service.clone(),
+                            port: port.clone(),
+                            port_name: found.map(|p| p.name.clone()),
+                        }
+                    }
+                };
+                let pool = build_pool(&spec, &self.slices);
+                let id = self.out.pools.len();
+                self.out.pools.push(Arc::new(pool));
+                self.out.pool_specs.push(spec);
+                self.pool_ids.insert((service.clone(), port.clone()), id);
+                id
+            }
+        };
+        let id = self.out.table.routes.len();
+        self.out.table.routes.push(Route {
+            id,
+            ingress: ing.key.clone(),
+            service,
+            pool,
+            redirect_https: redirect,
+        });
+        Some(id)
+    }
+}
+
+/// Builds one pool from the Service's EndpointSlices.
+///
+/// The slice port is matched by the Service port's name, and its number is the target port.
+/// Endpoints are usable when `ready` is true or unset; when none is, serving-and-terminating ones
+/// are used so that a draining rollout does not answer 503. Duplicates across slices count once.
+pub fn build_pool(spec: &PoolSpec, slices: &SliceIndex<'_>) -> Pool {
+    let mut ready = Vec::new();
+    let mut draining = Vec::new();
+    if let Some(port_name) = &spec.port_name {
+        let key = (spec.service.namespace.as_str(), spec.service.name.as_str());
+        for slice in slices.get(&key).map(Vec::as_slice).unwrap_or_default() {
+            let Some(port) = slice
+                .ports
+                .iter()
+                .find(|p| p.name == *port_name)
+                .and_then(|p| p.port)
+            else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let target = if ep.ready != Some(false) {
+                    &mut ready
+                } else if ep.serving == Some(true) && ep.terminating == Some(true) {
+                    &mut draining
+                } else {
+                    continue;
+                };
+                for ip in &ep.addresses {
+                    target.push(Upstream {
+                        addr: SocketAddr::new(*ip, port),
+                        pod: ep.pod.as_deref().map(Arc::from),
+                    });
+                }
+            }
+        }
+    }
+    let mut endpoints = if ready.is_empty() { draining } else { ready };
+    endpoints.sort_by_key(|u| u.addr);
+    endpoints.dedup_by_key(|u| u.addr);
+    Pool::new(spec.service.clone(), spec.port.clone(), endpoints)
+}

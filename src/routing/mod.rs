@@ -1,0 +1,99 @@
+//! Routing: the compiled, immutable route table and its lookup.
+//!
+//! [`compile::compile`] builds a [`RouteTable`] and the endpoint pools from a
+//! [`crate::model::Model`]; the proxy calls [`RouteTable::lookup`] once per request. Lookup hashes
+//! the host once, then scans only that host's rules, which are sorted by precedence.
+
+pub mod compile;
+pub mod host;
+pub mod path;
+
+use std::collections::HashMap;
+
+use crate::model::ObjectKey;
+pub use compile::{compile, CompileOptions, Compiled, PoolSpec, Rejected};
+pub use host::{normalize_request_host, HostMatch};
+pub use path::PathMatch;
+
+/// What a request is routed to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Index of this route in [`RouteTable::routes`]; per-route data (metrics) is indexed by it.
+    pub id: usize,
+    /// The Ingress that defined the rule.
+    pub ingress: ObjectKey,
+    /// The backend Service, for logs and metric labels.
+    pub service: ObjectKey,
+    /// Index of the backend's pool in the snapshot.
+    pub pool: usize,
+    /// Answer plain-HTTP requests with a 308 to HTTPS (the host has TLS, and no opt-out).
+    pub redirect_https: bool,
+}
+
+/// The rules of one host (or of the host-less rules), best first.
+#[derive(Clone, Debug, Default)]
+pub struct HostRules {
+    rules: Vec<(PathMatch, usize)>,
+}
+
+impl HostRules {
+    fn find(&self, path: &str) -> Option<usize> {
+        self.rules
+            .iter()
+            .find(|(m, _)| m.matches(path))
+            .map(|(_, route)| *route)
+    }
+
+    fn push(&mut self, matcher: PathMatch, route: usize) {
+        self.rules.push((matcher, route));
+    }
+
+    fn sort(&mut self) {
+        // Stable: among equal matchers (only possible across hosts' merged duplicates, which the
+        // compile step rejects) the older Ingress stays first.
+        self.rules.sort_by(|a, b| b.0.cmp(&a.0));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// The immutable route table of one snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    precise: HashMap<String, HostRules>,
+    wildcard: HashMap<String, HostRules>,
+    any_host: HostRules,
+    default_backend: Option<usize>,
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Finds the route for a request. `host` must already be normalised with
+    /// [`normalize_request_host`]; `path` is the URL path without the query.
+    ///
+    /// A precise host beats a wildcard, which beats the host-less rules; once a host is chosen,
+    /// only its rules are considered, and a miss falls to the default backend.
+    #[inline]
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Route> {
+        let rules = self
+            .precise
+            .get(host)
+            .or_else(|| host::wildcard_suffix(host).and_then(|s| self.wildcard.get(s)))
+            .unwrap_or(&self.any_host);
+        rules
+            .find(path)
+            .or(self.default_backend)
+            .and_then(|i| self.routes.get(i))
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Number of distinct hosts (precise and wildcard) with rules.
+    pub fn host_count(&self) -> usize {
+        self.precise.len() + self.wildcard.len()
+    }
+}

@@ -1,0 +1,171 @@
+//! Assembles the Pingora server: the proxy listeners, the admin listener and the source.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::dataplane::Shared;
+use crate::metrics::Metrics;
+use crate::proxy::Portico;
+use crate::source::manifests::{ManifestError, ManifestSource};
+
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Listen {
+        flag: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Manifests(#[from] ManifestError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("no source: pass --manifests DIR (the Kubernetes source is not built in yet)")]
+    NoSource,
+}
+
+/// A built server, ready to run.
+pub struct Built {
+    pub server: Server,
+    pub shared: Arc<Shared>,
+}
+
+/// Checks that a listen address is free. Pingora retries a busy bind for 30 s and then panics
+/// inside the service while the process stays up; failing here is clearer.
+fn check_free(flag: &'static str, addr: SocketAddr) -> Result<(), ServerError> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| ServerError::Listen { flag, addr, source })
+}
+
+/// Builds the server from the configuration. `upgrade` is true when this process takes over the
+/// listeners of a running one (Pingora's graceful upgrade); the ports are then busy by design.
+pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
+    if !upgrade {
+        check_free("--http-listen", config.http_listen)?;
+        check_free("--admin-listen", config.admin_listen)?;
+    }
+    let metrics = Metrics::new()?;
+    let shared = Shared::new(config.compile.clone(), metrics);
+
+    let conf = ServerConf {
+        threads: config.threads,
+        // After the grace period our signal watcher already waited, Pingora waits this long for
+        // in-flight requests before it stops the runtimes.
+        grace_period_seconds: Some(config.shutdown_drain_timeout.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: format!("/tmp/portico_upgrade_{}.sock", config.admin_listen.port()),
+        pid_file: format!("/tmp/portico_{}.pid", config.admin_listen.port()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(
+        pingora_core::server::configuration::Opt {
+            upgrade,
+            ..Default::default()
+        },
+        conf,
+    );
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    let app = Portico {
+        shared: shared.clone(),
+        upstream: config.upstream.clone(),
+        trusted_proxies: config.trusted_proxies.clone().into(),
+        access_log: config.access_log,
+    };
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, app, "portico proxy");
+    proxy.add_tcp(&config.http_listen.to_string());
+    server.add_service(proxy);
+
+    let mut admin = Service::new(
+        "portico admin".to_string(),
+        Admin {
+            shared: shared.clone(),
+        },
+    );
+    admin.add_tcp(&config.admin_listen.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
+
+    match &config.manifests {
+        Some(dir) => {
+            let source = ManifestSource::new(dir.clone(), shared.clone())?;
+            server.add_service(background_service("manifests source", source));
+        }
+        None => return Err(ServerError::NoSource),
+    }
+    Ok(Built { server, shared })
+}
+
+/// Signals for a process: SIGTERM drains gracefully (readiness off at once, keep accepting for the
+/// grace period, then stop accepting and drain), SIGINT stops fast, SIGQUIT hands the listeners
+/// to a new process (graceful upgrade).
+pub struct Signals {
+    pub shared: Arc<Shared>,
+    pub grace_period: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                self.shared.start_draining();
+                tracing::info!(grace = ?self.grace_period, "SIGTERM: not ready; still accepting during the grace period");
+                tokio::time::sleep(self.grace_period).await;
+                tracing::info!("grace period over: no longer accepting; draining in-flight requests");
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = quit.recv() => {
+                self.shared.start_draining();
+                ShutdownSignal::GracefulUpgrade
+            }
+        }
+    }
+}
+
+/// Runs the server until `shutdown` fires. Returns when the runtimes have stopped.
+pub fn run(server: Server, shutdown: Box<dyn ShutdownSignalWatch + Send>) {
+    server.run(RunArgs {
+        shutdown_signal: shutdown,
+    });
+}
+
+/// Ends the process as soon as a graceful shutdown has nothing left in flight, instead of waiting
+/// out Pingora's whole drain timeout. Idle keep-alive connections are closed, which HTTP/1.1
+/// clients handle by retrying on a new connection.
+pub fn exit_when_drained(shared: Arc<Shared>, grace_period: Duration) {
+    std::thread::spawn(move || {
+        while !shared.is_draining() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(grace_period + Duration::from_millis(200));
+        while shared.metrics.inflight.get() > 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::info!("drained: exiting");
+        std::process::exit(0);
+    });
+}

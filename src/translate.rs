@@ -1,0 +1,474 @@
+//! The edge between Kubernetes and Portico: `k8s-openapi` objects in, [`crate::model`] out.
+//!
+//! Both sources use this module: the manifest directory parses documents with [`parse_documents`],
+//! the Kubernetes watches hand over typed objects to the `*_from_k8s` functions. Nothing past this
+//! module sees a Kubernetes type.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Secret, Service as K8sService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as K8sSlice;
+use k8s_openapi::api::networking::v1::{
+    Ingress as K8sIngress, IngressBackend, IngressClass as K8sClass,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
+use crate::model::{
+    BackendRef, Endpoint, EndpointSlice, HttpPath, Ingress, IngressAnnotations, IngressClass,
+    Object, ObjectKey, PathType, PortRef, Rule, Service, ServicePort, SlicePort, TlsEntry,
+    TlsSecret,
+};
+
+/// The legacy class annotation.
+pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+/// Marks an IngressClass as the cluster default.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+/// Opts an Ingress out of the HTTP to HTTPS redirect.
+pub const SSL_REDIRECT_ANNOTATION: &str = "portico.dev/ssl-redirect";
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The only Secret type Portico reads.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// Why a document or object could not be turned into the model.
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error("document {index}: not valid YAML/JSON: {source}")]
+    Syntax {
+        index: usize,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("document {index}: {reason}")]
+    Shape { index: usize, reason: String },
+    #[error("{kind} {key}: {reason}")]
+    Invalid {
+        kind: &'static str,
+        key: ObjectKey,
+        reason: String,
+    },
+}
+
+impl TranslateError {
+    /// A short, low-cardinality reason for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TranslateError::Syntax { .. } => "syntax",
+            TranslateError::Shape { .. } => "shape",
+            TranslateError::Invalid { .. } => "invalid",
+        }
+    }
+
+    /// The kind of the object at fault, when it is known.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TranslateError::Invalid { kind, .. } => kind,
+            _ => "Unknown",
+        }
+    }
+}
+
+/// One document of a manifest file, turned into an object, skipped, or rejected.
+#[derive(Debug)]
+pub enum Document {
+    Object(Object),
+    /// A kind Portico does not read (a Deployment, say), or a Secret of another type.
+    Ignored,
+    /// Rejected; `identity` is `(kind, key)` when the document said who it was, so that a source
+    /// can keep the last good version of that object.
+    Rejected {
+        identity: Option<(&'static str, ObjectKey)>,
+        error: TranslateError,
+    },
+}
+
+/// Parses multi-document YAML (JSON is YAML too) into objects.
+///
+/// Never panics; every document that fails is returned as [`Document::Rejected`]. A syntax error
+/// stops the parse at that document, since YAML cannot resynchronise after it.
+pub fn parse_documents(text: &str) -> Vec<Document> {
+    let mut out = Vec::new();
+    for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        match serde_json::Value::deserialize(doc) {
+            Ok(serde_json::Value::Null) => {} // an empty document, e.g. a trailing `---`
+            Ok(value) => from_value(index, value, &mut out),
+            Err(source) => {
+                out.push(Document::Rejected {
+                    identity: None,
+                    error: TranslateError::Syntax { index, source },
+                });
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn from_value(index: usize, value: serde_json::Value, out: &mut Vec<Document>) {
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or("");
+    if kind.ends_with("List") {
+        if let Some(items) = value.get("items").and_then(|i| i.as_array()) {
+            for item in items {
+                from_value(index, item.clone(), out);
+            }
+            return;
+        }
+    }
+    let known = match (api_version, kind) {
+        ("networking.k8s.io/v1", "Ingress") => Some("Ingress"),
+        ("networking.k8s.io/v1", "IngressClass") => Some("IngressClass"),
+        ("v1", "Service") => Some("Service"),
+        ("discovery.k8s.io/v1", "EndpointSlice") => Some("EndpointSlice"),
+        ("v1", "Secret") => Some("Secret"),
+        (_, "") => {
+            out.push(Document::Rejected {
+                identity: None,
+                error: TranslateError::Shape {
+                    index,
+                    reason: "no `kind`".into(),
+                },
+            });
+            return;
+        }
+        _ => None,
+    };
+    let Some(kind) = known else {
+        out.push(Document::Ignored);
+        return;
+    };
+    let identity = Some((kind, identity_of(&value)));
+    let result = match kind {
+        "Ingress" => serde_json::from_value::<K8sIngress>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|o| ingress_from_k8s(&o).map(|o| Some(Object::Ingress(Arc::new(o))))),
+        "IngressClass" => serde_json::from_value::<K8sClass>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|o| class_from_k8s(&o).map(|o| Some(Object::IngressClass(Arc::new(o))))),
+        "Service" => serde_json::from_value::<K8sService>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|o| service_from_k8s(&o).map(|o| Some(Object::Service(Arc::new(o))))),
+        "EndpointSlice" => serde_json::from_value::<K8sSlice>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|o| slice_from_k8s(&o).map(|o| Some(Object::EndpointSlice(Arc::new(o))))),
+        _ => serde_json::from_value::<Secret>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|o| secret_from_k8s(&o).map(|o| o.map(|s| Object::Secret(Arc::new(s))))),
+    };
+    out.push(match result {
+        Ok(Some(object)) => Document::Object(object),
+        Ok(None) => Document::Ignored,
+        Err(reason) => {
+            let key = identity
+                .as_ref()
+                .map(|(_, k)| k.clone())
+                .unwrap_or_default();
+            Document::Rejected {
+                identity,
+                error: TranslateError::Invalid { kind, key, reason },
+            }
+        }
+    });
+}
+
+fn identity_of(value: &serde_json::Value) -> ObjectKey {
+    let meta = value.get("metadata");
+    let field = |name: &str| {
+        meta.and_then(|m| m.get(name))
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    ObjectKey::new(namespace_or_default(&field("namespace")), field("name"))
+}
+
+fn namespace_or_default(ns: &str) -> String {
+    if ns.is_empty() {
+        "default".to_string()
+    } else {
+        ns.to_string()
+    }
+}
+
+/// `namespace/name` of a namespaced object; a missing namespace means `default`, as kubectl does.
+fn key_of(meta: &ObjectMeta) -> Result<ObjectKey, String> {
+    let name = meta.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err("metadata.name is missing".into());
+    }
+    Ok(ObjectKey::new(
+        namespace_or_default(meta.namespace.as_deref().unwrap_or("")),
+        name,
+    ))
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, name: &str) -> Option<&'a str> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(name))
+        .map(|s| s.as_str())
+}
+
+fn parse_bool_annotation(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("expected \"true\" or \"false\", got {other:?}")),
+    }
+}
+
+/// Translates an Ingress. Invalid paths and backends are kept out of the rules and reported in
+/// `problems`, so that the rest of the Ingress still serves.
+pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
+    let key = key_of(&ing.metadata)?;
+    let created = ing
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(0);
+    let mut problems = Vec::new();
+    let mut annotations = IngressAnnotations::default();
+    if let Some(v) = annotation(&ing.metadata, SSL_REDIRECT_ANNOTATION) {
+        match parse_bool_annotation(v) {
+            Ok(b) => annotations.ssl_redirect = Some(b),
+            Err(e) => problems.push(format!("annotation {SSL_REDIRECT_ANNOTATION}: {e}")),
+        }
+    }
+    let spec = ing.spec.clone().unwrap_or_default();
+    let default_backend = match spec.default_backend.as_ref().map(backend_from_k8s) {
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => {
+            problems.push(format!("defaultBackend: {e}"));
+            None
+        }
+        None => None,
+    };
+    let mut rules = Vec::new();
+    for (i, rule) in spec.rules.unwrap_or_default().into_iter().enumerate() {
+        let mut paths = Vec::new();
+        for (j, p) in rule
+            .http
+            .map(|h| h.paths)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let path_type = match p.path_type.as_str() {
+                "Exact" => PathType::Exact,
+                "Prefix" => PathType::Prefix,
+                "ImplementationSpecific" => PathType::ImplementationSpecific,
+                other => {
+                    problems.push(format!(
+                        "rules[{i}].http.paths[{j}]: unknown pathType {other:?}"
+                    ));
+                    continue;
+                }
+            };
+            match backend_from_k8s(&p.backend) {
+                Ok(backend) => paths.push(HttpPath {
+                    // An unset path is "/" for ImplementationSpecific; the compile step rejects it
+                    // for Exact and Prefix, as the API server would.
+                    path: p.path.unwrap_or_default(),
+                    path_type,
+                    backend,
+                }),
+                Err(e) => problems.push(format!("rules[{i}].http.paths[{j}].backend: {e}")),
+            }
+        }
+        rules.push(Rule {
+            host: rule.host.filter(|h| !h.is_empty()),
+            paths,
+        });
+    }
+    let tls = spec
+        .tls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| TlsEntry {
+            hosts: t.hosts.unwrap_or_default(),
+            secret_name: t.secret_name.filter(|s| !s.is_empty()),
+        })
+        .collect();
+    Ok(Ingress {
+        key,
+        created,
+        class_name: spec.ingress_class_name.filter(|c| !c.is_empty()),
+        class_annotation: annotation(&ing.metadata, CLASS_ANNOTATION).map(str::to_string),
+        default_backend,
+        rules,
+        tls,
+        annotations,
+        problems,
+    })
+}
+
+fn backend_from_k8s(b: &IngressBackend) -> Result<BackendRef, String> {
+    match (&b.service, &b.resource) {
+        (Some(_), Some(_)) => Err("both service and resource are set".into()),
+        (None, Some(r)) => Ok(BackendRef::Resource {
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+        }),
+        (None, None) => Err("neither service nor resource is set".into()),
+        (Some(svc), None) => {
+            if svc.name.is_empty() {
+                return Err("service.name is empty".into());
+            }
+            let port = svc.port.as_ref().ok_or("service.port is missing")?;
+            let port = match (port.number, port.name.as_deref()) {
+                (Some(_), Some(n)) if !n.is_empty() => {
+                    return Err("service.port has both number and name".into())
+                }
+                (Some(n), _) => PortRef::Number(
+                    u16::try_from(n)
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("service.port.number {n} is out of range"))?,
+                ),
+                (None, Some(n)) if !n.is_empty() => PortRef::Name(n.to_string()),
+                _ => return Err("service.port has neither number nor name".into()),
+            };
+            Ok(BackendRef::Service {
+                name: svc.name.clone(),
+                port,
+            })
+        }
+    }
+}
+
+/// Translates an IngressClass (cluster-scoped).
+pub fn class_from_k8s(c: &K8sClass) -> Result<IngressClass, String> {
+    let name = c.metadata.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err("metadata.name is missing".into());
+    }
+    let is_default = match annotation(&c.metadata, DEFAULT_CLASS_ANNOTATION) {
+        Some(v) => parse_bool_annotation(v)
+            .map_err(|e| format!("annotation {DEFAULT_CLASS_ANNOTATION}: {e}"))?,
+        None => false,
+    };
+    Ok(IngressClass {
+        name,
+        controller: c
+            .spec
+            .as_ref()
+            .and_then(|s| s.controller.clone())
+            .unwrap_or_default(),
+        is_default,
+    })
+}
+
+/// Translates a Service: its ports and whether it is an ExternalName Service.
+pub fn service_from_k8s(s: &K8sService) -> Result<Service, String> {
+    let key = key_of(&s.metadata)?;
+    let spec = s.spec.clone().unwrap_or_default();
+    let mut ports = Vec::new();
+    for p in spec.ports.unwrap_or_default() {
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("port {} is out of range", p.port))?;
+        ports.push(ServicePort {
+            name: p.name.unwrap_or_default(),
+            port,
+        });
+    }
+    Ok(Service {
+        key,
+        ports,
+        external_name: spec.type_.as_deref() == Some("ExternalName"),
+    })
+}
+
+/// Translates an EndpointSlice. Addresses that are not IPs (FQDN slices) are dropped with an error,
+/// since Portico does not resolve names on the request path.
+pub fn slice_from_k8s(s: &K8sSlice) -> Result<EndpointSlice, String> {
+    let key = key_of(&s.metadata)?;
+    if s.address_type == "FQDN" {
+        return Err("addressType FQDN is not supported".into());
+    }
+    let service_name = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .cloned();
+    let mut ports = Vec::new();
+    for p in s.ports.clone().unwrap_or_default() {
+        let port = match p.port {
+            None => None,
+            Some(n) => Some(
+                u16::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("port {n} is out of range"))?,
+            ),
+        };
+        ports.push(SlicePort {
+            name: p.name.unwrap_or_default(),
+            port,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for e in &s.endpoints {
+        let mut addresses = Vec::new();
+        for a in &e.addresses {
+            let ip: IpAddr = a
+                .parse()
+                .map_err(|_| format!("endpoint address {a:?} is not an IP address"))?;
+            addresses.push(ip);
+        }
+        let c = e.conditions.clone().unwrap_or_default();
+        endpoints.push(Endpoint {
+            addresses,
+            ready: c.ready,
+            serving: c.serving,
+            terminating: c.terminating,
+            pod: e
+                .target_ref
+                .as_ref()
+                .and_then(|t| t.name.clone())
+                .or_else(|| e.hostname.clone()),
+        });
+    }
+    Ok(EndpointSlice {
+        key,
+        service_name,
+        ports,
+        endpoints,
+    })
+}
+
+/// Translates a Secret. Only `kubernetes.io/tls` Secrets are kept (`Ok(None)` for the others).
+/// `stringData` wins over `data`, as the API server merges them.
+pub fn secret_from_k8s(s: &Secret) -> Result<Option<TlsSecret>, String> {
+    if s.type_.as_deref() != Some(TLS_SECRET_TYPE) {
+        return Ok(None);
+    }
+    let key = key_of(&s.metadata)?;
+    let field = |name: &str| -> Option<Vec<u8>> {
+        s.string_data
+            .as_ref()
+            .and_then(|d| d.get(name))
+            .map(|v| v.as_bytes().to_vec())
+            .or_else(|| {
+                s.data
+                    .as_ref()
+                    .and_then(|d| d.get(name))
+                    .map(|b| b.0.clone())
+            })
+    };
+    let cert_pem = field("tls.crt").ok_or("tls.crt is missing")?;
+    let key_pem = field("tls.key").ok_or("tls.key is missing")?;
+    Ok(Some(TlsSecret {
+        key,
+        cert_pem,
+        key_pem,
+    }))
+}
