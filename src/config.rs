@@ -43,6 +43,9 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub flags: Flags,
+    /// Take over the listeners of a running Portico (graceful upgrade; send it SIGQUIT next).
+    #[arg(short = 'u', long, global = true)]
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Subcommand)]

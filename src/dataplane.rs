@@ -33,6 +33,7 @@ pub struct Shared {
     current: ArcSwap<DataPlane>,
     ready: AtomicBool,
     draining: AtomicBool,
+    stopped_accepting: AtomicBool,
     generation: AtomicU64,
     pub metrics: Arc<Metrics>,
     pub options: CompileOptions,
@@ -44,6 +45,7 @@ impl Shared {
             current: ArcSwap::from_pointee(DataPlane::default()),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            stopped_accepting: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             metrics,
             options,
@@ -130,6 +132,15 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the moment the listeners stop accepting (after the grace period, or at an upgrade).
+    pub fn stop_accepting(&self) {
+        self.stopped_accepting.store(true, Ordering::Release);
+    }
+
+    pub fn has_stopped_accepting(&self) -> bool {
+        self.stopped_accepting.load(Ordering::Acquire)
     }
 
     /// Marks the start of a shutdown: `/readyz` answers 503 from now on.
