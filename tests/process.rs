@@ -286,7 +286,10 @@ async fn sigquit_hands_listeners_to_the_new_process() {
     let sock = format!("/tmp/portico_upgrade_{}.sock", s.admin.port());
     let waiting = Instant::now();
     while !std::path::Path::new(&sock).exists() {
-        assert!(waiting.elapsed() < Duration::from_secs(10), "no upgrade socket {sock}");
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "no upgrade socket {sock}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     old.signal("QUIT");
