@@ -10,7 +10,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::proxy::{AccessLog, Cidr, UpstreamOptions};
+use crate::guard::Limits;
+use crate::proxy::{AccessLog, Cidr, RequestLimits, UpstreamOptions};
 use crate::routing::CompileOptions;
 
 /// Why the configuration could not be built.
@@ -103,6 +104,25 @@ pub struct Flags {
     /// How long idle upstream connections are kept for reuse [default: 60s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub upstream_idle_timeout: Option<String>,
+    /// How many endpoints an idempotent request may try when connecting fails or the connection
+    /// is reset before a response [default: 2].
+    #[arg(long, global = true, value_name = "N")]
+    pub upstream_attempts: Option<usize>,
+    /// Largest request body, e.g. 1m; 0 is unlimited; answered with 413 [default: 1m].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_body_size: Option<String>,
+    /// Largest request header block; answered with 431 [default: 32k].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_header_size: Option<String>,
+    /// Longest request target; answered with 414 [default: 8k].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_uri_length: Option<String>,
+    /// Longest pause between two reads of a request body [default: 60s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub client_body_timeout: Option<String>,
+    /// How long an idle client keep-alive connection stays open [default: 75s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub keepalive_timeout: Option<String>,
     /// After SIGTERM, keep accepting (with /readyz at 503) for this long [default: 10s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub shutdown_grace_period: Option<String>,
@@ -123,6 +143,7 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     pub access_log: AccessLog,
     pub upstream: UpstreamOptions,
+    pub limits: RequestLimits,
     pub shutdown_grace_period: Duration,
     pub shutdown_drain_timeout: Duration,
 }
@@ -137,6 +158,11 @@ fn parse_addr(
         flag,
         reason: format!("{v:?} is not an IP:port address"),
     })
+}
+
+fn parse_size(flag: &'static str, value: Option<String>, default: u64) -> Result<u64, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    crate::translate::parse_size(&v).map_err(|reason| ConfigError::Invalid { flag, reason })
 }
 
 fn parse_duration(
@@ -187,6 +213,12 @@ impl Flags {
             upstream_read_timeout: self.upstream_read_timeout.or(file.upstream_read_timeout),
             upstream_send_timeout: self.upstream_send_timeout.or(file.upstream_send_timeout),
             upstream_idle_timeout: self.upstream_idle_timeout.or(file.upstream_idle_timeout),
+            upstream_attempts: self.upstream_attempts.or(file.upstream_attempts),
+            max_body_size: self.max_body_size.or(file.max_body_size),
+            max_header_size: self.max_header_size.or(file.max_header_size),
+            max_uri_length: self.max_uri_length.or(file.max_uri_length),
+            client_body_timeout: self.client_body_timeout.or(file.client_body_timeout),
+            keepalive_timeout: self.keepalive_timeout.or(file.keepalive_timeout),
             shutdown_grace_period: self.shutdown_grace_period.or(file.shutdown_grace_period),
             shutdown_drain_timeout: self.shutdown_drain_timeout.or(file.shutdown_drain_timeout),
         }
@@ -254,6 +286,38 @@ impl Flags {
                     flags.upstream_idle_timeout,
                     defaults.idle_timeout,
                 )?,
+            },
+            limits: RequestLimits {
+                header: Limits {
+                    max_uri_length: parse_size("--max-uri-length", flags.max_uri_length, 8 << 10)?
+                        as usize,
+                    max_header_size: parse_size(
+                        "--max-header-size",
+                        flags.max_header_size,
+                        32 << 10,
+                    )? as usize,
+                },
+                max_body_size: parse_size("--max-body-size", flags.max_body_size, 1 << 20)?,
+                client_body_timeout: parse_duration(
+                    "--client-body-timeout",
+                    flags.client_body_timeout,
+                    Duration::from_secs(60),
+                )?,
+                keepalive_timeout: parse_duration(
+                    "--keepalive-timeout",
+                    flags.keepalive_timeout,
+                    Duration::from_secs(75),
+                )?,
+                upstream_attempts: match flags.upstream_attempts {
+                    Some(0) => {
+                        return Err(ConfigError::Invalid {
+                            flag: "--upstream-attempts",
+                            reason: "must be at least 1".into(),
+                        })
+                    }
+                    Some(n) => n,
+                    None => 2,
+                },
             },
             shutdown_grace_period: parse_duration(
                 "--shutdown-grace-period",

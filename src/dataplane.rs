@@ -13,7 +13,9 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::model::Model;
 use crate::routing::compile::{build_pool, index_slices, TlsBinding};
 use crate::routing::{compile, CompileOptions, PoolSpec, Rejected, RouteTable};
-use crate::upstream::Pool;
+use crate::upstream::{EndpointHealth, Pool};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 
 /// One immutable snapshot of everything the request path reads.
 #[derive(Debug, Default)]
@@ -64,7 +66,8 @@ impl Shared {
     /// first publish if `complete` says the source has listed everything.
     pub fn publish_model(&self, model: &Model, complete: bool) -> Vec<Rejected> {
         let started = Instant::now();
-        let compiled = compile(model, &self.options);
+        let mut compiled = compile(model, &self.options);
+        carry_health(&self.load().pools, &mut compiled.pools);
         let route_metrics = compiled
             .table
             .routes()
@@ -104,7 +107,10 @@ impl Shared {
         for (i, spec) in current.pool_specs.iter().enumerate() {
             if services.contains(&spec.service) {
                 if let Some(slot) = pools.get_mut(i) {
-                    *slot = Arc::new(build_pool(spec, &slices));
+                    let mut pool = build_pool(spec, &slices);
+                    // The same spec's previous pool knows these endpoints' health.
+                    pool.adopt_health(&known_health(current.pools.get(i..=i).unwrap_or_default()));
+                    *slot = Arc::new(pool);
                     changed = true;
                 }
             }
@@ -146,6 +152,28 @@ impl Shared {
     /// Marks the start of a shutdown: `/readyz` answers 503 from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+}
+
+fn known_health(pools: &[Arc<Pool>]) -> HashMap<SocketAddr, Arc<EndpointHealth>> {
+    pools
+        .iter()
+        .flat_map(|p| p.endpoints())
+        .map(|u| (u.addr, u.health.clone()))
+        .collect()
+}
+
+/// Gives freshly compiled pools the health records of the endpoints the current snapshot has.
+fn carry_health(current: &[Arc<Pool>], fresh: &mut [Arc<Pool>]) {
+    let known = known_health(current);
+    if known.is_empty() {
+        return;
+    }
+    for pool in fresh.iter_mut() {
+        // Fresh pools are not shared yet.
+        if let Some(p) = Arc::get_mut(pool) {
+            p.adopt_health(&known);
+        }
     }
 }
 

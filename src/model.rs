@@ -171,6 +171,21 @@ pub struct Ingress {
 pub struct IngressAnnotations {
     /// `portico.dev/ssl-redirect`; `None` means the default (redirect when the host has TLS).
     pub ssl_redirect: Option<bool>,
+    /// Per-route overrides of the upstream and body limits.
+    pub limits: RouteLimits,
+}
+
+/// Per-Ingress overrides (`portico.dev/proxy-*` annotations); `None` keeps the global setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// `portico.dev/proxy-body-size`: largest request body in bytes; 0 means unlimited.
+    pub max_body: Option<u64>,
+    /// `portico.dev/proxy-connect-timeout`
+    pub connect_timeout: Option<std::time::Duration>,
+    /// `portico.dev/proxy-read-timeout`
+    pub read_timeout: Option<std::time::Duration>,
+    /// `portico.dev/proxy-send-timeout`
+    pub send_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -65,6 +65,8 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         // in-flight requests before it stops the runtimes.
         grace_period_seconds: Some(config.shutdown_drain_timeout.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Retries are decided per request (idempotent, not answered yet, attempts left).
+        max_retries: config.limits.upstream_attempts.max(1),
         upgrade_sock: format!("/tmp/portico_upgrade_{}.sock", config.admin_listen.port()),
         pid_file: format!("/tmp/portico_{}.pid", config.admin_listen.port()),
         ..ServerConf::default()
@@ -84,6 +86,7 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         upstream: config.upstream.clone(),
         trusted_proxies: config.trusted_proxies.clone().into(),
         access_log: config.access_log,
+        limits: config.limits,
     };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, app, "portico proxy");
     proxy.add_tcp(&config.http_listen.to_string());

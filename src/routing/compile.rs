@@ -421,6 +421,7 @@ impl<'m> Compiler<'m> {
             service,
             pool,
             redirect_https: redirect,
+            limits: ing.annotations.limits,
         });
         Some(id)
     }
@@ -454,10 +455,10 @@ pub fn build_pool(spec: &PoolSpec, slices: &SliceIndex<'_>) -> Pool {
                     continue;
                 };
                 for ip in &ep.addresses {
-                    target.push(Upstream {
-                        addr: SocketAddr::new(*ip, port),
-                        pod: ep.pod.as_deref().map(Arc::from),
-                    });
+                    target.push(Upstream::new(
+                        SocketAddr::new(*ip, port),
+                        ep.pod.as_deref().map(Arc::from),
+                    ));
                 }
             }
         }
