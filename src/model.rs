@@ -173,6 +173,16 @@ pub struct IngressAnnotations {
     pub ssl_redirect: Option<bool>,
     /// Per-route overrides of the upstream and body limits.
     pub limits: RouteLimits,
+    /// `portico.dev/health-check-path` (+ `-interval`): active HTTP checks of the backends.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// An active HTTP health check: `GET path` on every endpoint every `interval`; a 2xx or 3xx
+/// answer within the timeout is healthy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: std::time::Duration,
 }
 
 /// Per-Ingress overrides (`portico.dev/proxy-*` annotations); `None` keeps the global setting.

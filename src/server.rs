@@ -102,6 +102,13 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
     admin.threads = Some(1);
     server.add_service(admin);
 
+    server.add_service(background_service(
+        "health checks",
+        crate::health::HealthChecker {
+            shared: shared.clone(),
+        },
+    ));
+
     match &config.manifests {
         Some(dir) => {
             let source = ManifestSource::new(dir.clone(), shared.clone())?;

@@ -32,6 +32,8 @@ pub const BODY_SIZE_ANNOTATION: &str = "portico.dev/proxy-body-size";
 pub const CONNECT_TIMEOUT_ANNOTATION: &str = "portico.dev/proxy-connect-timeout";
 pub const READ_TIMEOUT_ANNOTATION: &str = "portico.dev/proxy-read-timeout";
 pub const SEND_TIMEOUT_ANNOTATION: &str = "portico.dev/proxy-send-timeout";
+pub const HEALTH_CHECK_PATH_ANNOTATION: &str = "portico.dev/health-check-path";
+pub const HEALTH_CHECK_INTERVAL_ANNOTATION: &str = "portico.dev/health-check-interval";
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The only Secret type Portico reads.
@@ -292,6 +294,38 @@ pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
         }
     }
     annotations.limits = limits;
+    if let Some(path) = annotation(&ing.metadata, HEALTH_CHECK_PATH_ANNOTATION) {
+        let interval = match annotation(&ing.metadata, HEALTH_CHECK_INTERVAL_ANNOTATION) {
+            Some(v) => match parse_timeout(v) {
+                Ok(t) if !t.is_zero() => Some(t),
+                Ok(_) => {
+                    report(
+                        HEALTH_CHECK_INTERVAL_ANNOTATION,
+                        "must be more than 0".into(),
+                    );
+                    None
+                }
+                Err(e) => {
+                    report(HEALTH_CHECK_INTERVAL_ANNOTATION, e);
+                    None
+                }
+            },
+            None => Some(std::time::Duration::from_secs(5)),
+        };
+        let valid_path =
+            path.starts_with('/') && !path.bytes().any(|b| b.is_ascii_control() || b == b' ');
+        if !valid_path {
+            report(
+                HEALTH_CHECK_PATH_ANNOTATION,
+                format!("{path:?} is not an absolute path"),
+            );
+        } else if let Some(interval) = interval {
+            annotations.health_check = Some(crate::model::HealthCheck {
+                path: path.to_string(),
+                interval,
+            });
+        }
+    }
     let spec = ing.spec.clone().unwrap_or_default();
     let default_backend = match spec.default_backend.as_ref().map(backend_from_k8s) {
         Some(Ok(b)) => Some(b),

@@ -330,3 +330,71 @@ async fn hostile_requests_get_clear_4xx() {
     // None of it disturbed the proxy.
     assert_eq!(p.echo("rel.example", "/").await.service, "hostile");
 }
+
+/// A pod that serves traffic but fails its health check: 503 on /healthz, 200 "sick" otherwise.
+async fn sick_pod(ip: std::net::IpAddr, port: u16) -> tokio::task::JoinHandle<()> {
+    let l = tokio::net::TcpListener::bind((ip, port))
+        .await
+        .expect("bind sick pod");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let answer = if head.starts_with("GET /healthz") {
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_string()
+                    } else {
+                        "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nsick".to_string()
+                    };
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_take_a_failing_pod_out() {
+    let pods = Pods::start("checked", 1).await;
+    // A second "pod" of the same Service on the next address, same port, failing its check.
+    let std::net::IpAddr::V4(v4) = pods.ips[0] else {
+        panic!("v4")
+    };
+    let sick_ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4) + 1));
+    let sick = sick_pod(sick_ip, pods.port).await;
+    let svc = pods.manifests("default", "", 80).replace(
+        "endpoints:\n",
+        &format!("endpoints:\n  - addresses: [\"{sick_ip}\"]\n"),
+    );
+    let rules = ingress("default", "hc", "2026-01-01T00:00:00Z", &[("hc.example", "/", "Prefix", "checked", 80)])
+        .replace(
+            "  creationTimestamp:",
+            "  annotations: { portico.dev/health-check-path: /healthz, portico.dev/health-check-interval: 200ms }\n  creationTimestamp:",
+        );
+    let p = Portico::start(&[
+        ("class.yaml", INGRESS_CLASS),
+        ("rules.yaml", &rules),
+        ("svc.yaml", &svc),
+    ])
+    .await;
+    assert!(p.metrics().await.contains(
+        "portico_pool_endpoints{namespace=\"default\",port=\"80\",service=\"checked\"} 2"
+    ));
+    // Within a check interval or two, the sick pod is out of rotation.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..20 {
+        let (status, body) = p.get("hc.example", "/").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("\"checked\""),
+            "served by the sick pod: {body}"
+        );
+    }
+    sick.abort();
+}

@@ -50,6 +50,8 @@ pub struct PoolSpec {
     /// The resolved Service port name (empty for an unnamed port); `None` when the Service or the
     /// port does not exist, which makes an empty pool.
     pub port_name: Option<String>,
+    /// Active health check, from the oldest Ingress that asks for one on this backend.
+    pub health_check: Option<crate::model::HealthCheck>,
 }
 
 /// A TLS host bound to its Secret, after conflict resolution.
@@ -359,7 +361,15 @@ impl<'m> Compiler<'m> {
         };
         let service = ObjectKey::new(ing.key.namespace.clone(), name.clone());
         let pool = match self.pool_ids.get(&(service.clone(), port.clone())) {
-            Some(id) => *id,
+            Some(id) => {
+                // A younger Ingress may ask for a check the older ones did not.
+                if let Some(spec) = self.out.pool_specs.get_mut(*id) {
+                    if spec.health_check.is_none() {
+                        spec.health_check = ing.annotations.health_check.clone();
+                    }
+                }
+                *id
+            }
             None => {
                 let spec = match self.model.services.get(&service) {
                     None => {
@@ -373,6 +383,7 @@ impl<'m> Compiler<'m> {
                             service: service.clone(),
                             port: port.clone(),
                             port_name: None,
+                            health_check: ing.annotations.health_check.clone(),
                         }
                     }
                     Some(svc) if svc.external_name => {
@@ -403,6 +414,7 @@ impl<'m> Compiler<'m> {
                             service: service.clone(),
                             port: port.clone(),
                             port_name: found.map(|p| p.name.clone()),
+                            health_check: ing.annotations.health_check.clone(),
                         }
                     }
                 };
