@@ -92,6 +92,9 @@ pub struct Flags {
     /// Access log: off, plain or json [default: plain].
     #[arg(long, global = true, value_name = "FORMAT")]
     pub access_log: Option<AccessLog>,
+    /// Per-request metrics; `false` only to measure their cost [default: true].
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub request_metrics: Option<bool>,
     /// Upstream connect timeout, e.g. 5s [default: 5s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub upstream_connect_timeout: Option<String>,
@@ -142,6 +145,7 @@ pub struct Config {
     pub threads: usize,
     pub trusted_proxies: Vec<Cidr>,
     pub access_log: AccessLog,
+    pub request_metrics: bool,
     pub upstream: UpstreamOptions,
     pub limits: RequestLimits,
     pub shutdown_grace_period: Duration,
@@ -207,6 +211,7 @@ impl Flags {
                 self.trusted_proxies
             },
             access_log: self.access_log.or(file.access_log),
+            request_metrics: self.request_metrics.or(file.request_metrics),
             upstream_connect_timeout: self
                 .upstream_connect_timeout
                 .or(file.upstream_connect_timeout),
@@ -265,6 +270,7 @@ impl Flags {
             threads,
             trusted_proxies,
             access_log: flags.access_log.unwrap_or(AccessLog::Plain),
+            request_metrics: flags.request_metrics.unwrap_or(true),
             upstream: UpstreamOptions {
                 connect_timeout: parse_duration(
                     "--upstream-connect-timeout",

@@ -137,6 +137,8 @@ pub struct Portico {
     pub trusted_proxies: Arc<[Cidr]>,
     pub access_log: AccessLog,
     pub limits: RequestLimits,
+    /// Per-request metrics (counters, histograms); off only to measure what they cost.
+    pub request_metrics: bool,
 }
 
 /// Per-request state, from the request header to the log line.
@@ -197,6 +199,9 @@ fn request_host(req: &RequestHeader) -> &str {
 
 impl Portico {
     fn metrics_for<'a>(&'a self, ctx: &'a RequestCtx) -> &'a RouteMetrics {
+        if !self.request_metrics {
+            return &self.shared.metrics.disabled;
+        }
         ctx.plane
             .as_ref()
             .and_then(|p| ctx.route.and_then(|i| p.route_metrics.get(i)))

@@ -87,6 +87,7 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         trusted_proxies: config.trusted_proxies.clone().into(),
         access_log: config.access_log,
         limits: config.limits,
+        request_metrics: config.request_metrics,
     };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, app, "portico proxy");
     proxy.add_tcp(&config.http_listen.to_string());
