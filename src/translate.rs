@@ -27,6 +27,10 @@ pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 /// Opts an Ingress out of the HTTP to HTTPS redirect.
 pub const SSL_REDIRECT_ANNOTATION: &str = "portico.dev/ssl-redirect";
+/// The `Strict-Transport-Security` policy of an Ingress's responses over TLS.
+pub const HSTS_ANNOTATION: &str = "portico.dev/hsts";
+/// How Portico speaks to an Ingress's backends: HTTP, HTTPS, H2C, GRPC or GRPCS.
+pub const BACKEND_PROTOCOL_ANNOTATION: &str = "portico.dev/backend-protocol";
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The only Secret type Portico reads.
@@ -238,6 +242,21 @@ pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
         match parse_bool_annotation(v) {
             Ok(b) => annotations.ssl_redirect = Some(b),
             Err(e) => problems.push(format!("annotation {SSL_REDIRECT_ANNOTATION}: {e}")),
+        }
+    }
+    // An invalid value is reported and ignored: the Ingress still serves, with the default.
+    if let Some(v) = annotation(&ing.metadata, HSTS_ANNOTATION) {
+        match v.parse() {
+            Ok(h) => annotations.hsts = Some(h),
+            Err(e) => problems.push(format!("annotation {HSTS_ANNOTATION}: {e}")),
+        }
+    }
+    if let Some(v) = annotation(&ing.metadata, BACKEND_PROTOCOL_ANNOTATION) {
+        match v.parse() {
+            Ok(p) => annotations.backend_protocol = Some(p),
+            Err(e) => problems.push(format!(
+                "annotation {BACKEND_PROTOCOL_ANNOTATION}: {e}; using HTTP"
+            )),
         }
     }
     let spec = ing.spec.clone().unwrap_or_default();

@@ -421,6 +421,12 @@ impl<'m> Compiler<'m> {
             service,
             pool,
             redirect_https: redirect,
+            hsts: ing
+                .annotations
+                .hsts
+                .as_ref()
+                .map(|h| Arc::from(h.to_string())),
+            backend_protocol: ing.annotations.backend_protocol.unwrap_or_default(),
         });
         Some(id)
     }

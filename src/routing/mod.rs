@@ -9,8 +9,9 @@ pub mod host;
 pub mod path;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::model::ObjectKey;
+use crate::model::{BackendProtocol, ObjectKey};
 pub use compile::{compile, CompileOptions, Compiled, PoolSpec, Rejected};
 pub use host::{normalize_request_host, HostMatch};
 pub use path::PathMatch;
@@ -28,6 +29,10 @@ pub struct Route {
     pub pool: usize,
     /// Answer plain-HTTP requests with a 308 to HTTPS (the host has TLS, and no opt-out).
     pub redirect_https: bool,
+    /// The `Strict-Transport-Security` value added to responses over TLS, from the Ingress.
+    pub hsts: Option<Arc<str>>,
+    /// How to speak to the backend, from the Ingress.
+    pub backend_protocol: BackendProtocol,
 }
 
 /// The rules of one host (or of the host-less rules), best first.
