@@ -71,6 +71,10 @@ pub struct Flags {
     /// HTTPS listener, or `off` [default: 0.0.0.0:443].
     #[arg(long, global = true, value_name = "ADDR")]
     pub https_listen: Option<String>,
+    /// Port put in the `Location` of the 308 to HTTPS, when the HTTPS port clients see is not
+    /// the listener's (a Service mapping 443 to 8443) [default: the port of --https-listen].
+    #[arg(long, global = true, value_name = "PORT")]
+    pub https_redirect_port: Option<u16>,
     /// Default certificate, from a kubernetes.io/tls Secret (NAMESPACE/NAME) that is followed
     /// live [default: a self-signed certificate generated at start-up].
     #[arg(long, global = true, value_name = "NS/NAME")]
@@ -127,6 +131,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// `None` when HTTPS is off: no TLS listener, and no redirect to HTTPS.
     pub https_listen: Option<SocketAddr>,
+    /// The HTTPS port of redirects; `None` exactly when HTTPS is off.
+    pub https_redirect_port: Option<u16>,
     pub default_tls: DefaultCert,
     pub admin_listen: SocketAddr,
     pub compile: CompileOptions,
@@ -211,6 +217,7 @@ impl Flags {
             manifests: self.manifests.or(file.manifests),
             http_listen: self.http_listen.or(file.http_listen),
             https_listen: self.https_listen.or(file.https_listen),
+            https_redirect_port: self.https_redirect_port.or(file.https_redirect_port),
             default_tls_secret: self.default_tls_secret.or(file.default_tls_secret),
             default_tls_cert: self.default_tls_cert.or(file.default_tls_cert),
             default_tls_key: self.default_tls_key.or(file.default_tls_key),
@@ -278,6 +285,8 @@ impl Flags {
         Ok(Config {
             manifests: flags.manifests,
             http_listen: parse_addr("--http-listen", flags.http_listen, "0.0.0.0:80")?,
+            https_redirect_port: https_listen
+                .map(|a| flags.https_redirect_port.unwrap_or(a.port())),
             https_listen,
             default_tls,
             admin_listen: parse_addr("--admin-listen", flags.admin_listen, "0.0.0.0:10254")?,
@@ -371,7 +380,14 @@ mod tests {
             https_listen: Some("off".into()),
             ..Flags::default()
         };
-        assert_eq!(off.resolve().unwrap().https_listen, None);
+        let off = off.resolve().unwrap();
+        assert_eq!((off.https_listen, off.https_redirect_port), (None, None));
+        let mapped = Flags {
+            https_listen: Some("0.0.0.0:8443".into()),
+            https_redirect_port: Some(443),
+            ..Flags::default()
+        };
+        assert_eq!(mapped.resolve().unwrap().https_redirect_port, Some(443));
         let file: Flags = serde_yaml_ng::from_str(
             "default-tls-secret: ingress/wildcard
 ",

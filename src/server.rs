@@ -97,7 +97,7 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         upstream: config.upstream.clone(),
         trusted_proxies: config.trusted_proxies.clone().into(),
         access_log: config.access_log,
-        https_redirect_port: config.https_listen.map(|a| a.port()),
+        https_redirect_port: config.https_redirect_port,
     };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, app, "portico proxy");
     proxy.add_tcp(&config.http_listen.to_string());

@@ -782,6 +782,15 @@ async fn plain_http_to_a_tls_host_gets_308_unless_opted_out_or_https_is_off() {
         assert_eq!(get("plain.test", p.http).await.status(), 200);
         drop(p);
 
+        // Behind a Service that maps 443 to the listener's port.
+        let p = Proxy::start_with(&files, |f| f.https_redirect_port = Some(443)).await;
+        let r = get("a.test", p.http).await;
+        assert_eq!(
+            r.headers().get("location").and_then(|v| v.to_str().ok()),
+            Some("https://a.test/some/path?q=1")
+        );
+        drop(p);
+
         let p = Proxy::start_with(&files, |f| f.https_listen = Some("off".into())).await;
         assert_eq!(get("a.test", p.http).await.status(), 200);
     })
