@@ -491,3 +491,55 @@ pub fn secret_from_k8s(s: &Secret) -> Result<Option<TlsSecret>, String> {
         key_pem,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BackendProtocol, Hsts};
+
+    #[test]
+    fn tls_annotations_are_typed_and_bad_values_reported() {
+        let docs = parse_documents(include_str!("../tests/fixtures/tls/annotations.yaml"));
+        let ingresses: Vec<&Ingress> = docs
+            .iter()
+            .filter_map(|d| match d {
+                Document::Object(Object::Ingress(i)) => Some(i.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let good = ingresses[0];
+        assert_eq!(good.annotations.ssl_redirect, Some(false));
+        assert_eq!(
+            good.annotations.hsts,
+            Some(Hsts {
+                max_age: 31536000,
+                include_subdomains: true,
+                preload: true
+            })
+        );
+        assert_eq!(
+            good.annotations.backend_protocol,
+            Some(BackendProtocol::Grpc)
+        );
+        assert!(good.problems.is_empty(), "{:?}", good.problems);
+
+        let bad = ingresses[1];
+        assert_eq!(bad.annotations, IngressAnnotations::default());
+        assert_eq!(bad.problems.len(), 2, "{:?}", bad.problems);
+        assert!(bad.problems[0].contains(HSTS_ANNOTATION));
+        assert!(bad.problems[1].contains(BACKEND_PROTOCOL_ANNOTATION));
+
+        // The TLS Secret is read (not parsed as PEM yet: that is the compile step's job); the
+        // Opaque one is ignored.
+        let secrets: Vec<&TlsSecret> = docs
+            .iter()
+            .filter_map(|d| match d {
+                Document::Object(Object::Secret(s)) => Some(s.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].cert_pem, b"cert");
+        assert_eq!(secrets[0].key_pem, b"key");
+    }
+}
