@@ -5,7 +5,7 @@
 #   PORTICO_BIN=path/to/portico perf/tls.sh
 #   SECONDS_PER_RUN=10 CONNECTIONS=50 perf/tls.sh
 #
-# Two measures, each A/B/A/B (Portico, nginx, Portico, nginx), loopback only:
+# Two measures (and plain HTTP as a reference), each A/B/A/B (Portico, nginx, Portico, nginx), loopback only:
 #   1. requests/s over TLS with keep-alive (wrk, CONNECTIONS connections, HTTP/1.1);
 #   2. new TLS handshakes/s: wrk with `Connection: close`, so that every request is a new TCP
 #      connection and a full TLS handshake (wrk does not resume sessions).
@@ -51,7 +51,7 @@ trap cleanup EXIT
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-UP=$(free_port); NG=$(free_port); PH=$(free_port); PS=$(free_port); PA=$(free_port)
+UP=$(free_port); NG=$(free_port); NGP=$(free_port); PH=$(free_port); PS=$(free_port); PA=$(free_port)
 
 # The one certificate both proxies serve.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
@@ -89,6 +89,7 @@ http {
   upstream up { server 127.0.0.1:$UP; keepalive 64; }
   server {
     listen 127.0.0.1:$NG ssl;
+    listen 127.0.0.1:$NGP;
     ssl_certificate $work/tls.crt;
     ssl_certificate_key $work/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -168,24 +169,26 @@ fp() { openssl s_client -connect "127.0.0.1:$1" -servername perf.test </dev/null
 
 # One wrk run; prints requests/s (with Connection: close, that is new handshakes/s).
 run() { # port mode
-  local extra=()
+  local extra=() scheme=https
   [ "$2" = close ] && extra=(-H 'Connection: close')
+  [ "$2" = plain ] && scheme=http
   taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" "${extra[@]}" \
-    "https://127.0.0.1:$1/" >"$work/wrk.out" 2>&1
+    "$scheme://127.0.0.1:$1/" >"$work/wrk.out" 2>&1
   if grep -q "Non-2xx\|Socket errors: connect [1-9]" "$work/wrk.out"; then
     grep "Non-2xx\|Socket errors" "$work/wrk.out" >&2
   fi
   awk '/Requests\/sec/ {print $2}' "$work/wrk.out"
 }
 
-echo "TLS perf: $(nproc) CPUs, wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, one proxy worker on CPU 0"
+echo "TLS perf: $(nproc) CPUs, wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, one proxy worker on CPU 0; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "certificate: ECDSA P-256; $(openssl s_client -connect "127.0.0.1:$PS" </dev/null 2>/dev/null | grep -m1 -E 'New, TLS|Protocol' | sed 's/^ *//')"
-for mode in keepalive close; do
-  # Warm both up briefly.
-  SECONDS_PER_RUN=2 run "$PS" "$mode" >/dev/null; SECONDS_PER_RUN=2 run "$NG" "$mode" >/dev/null
-  p1=$(run "$PS" "$mode"); n1=$(run "$NG" "$mode"); p2=$(run "$PS" "$mode"); n2=$(run "$NG" "$mode")
-  label="requests/s, keep-alive"
+for mode in ${MODES:-keepalive close plain}; do
+  pp=$PS np=$NG label="TLS requests/s, keep-alive"
   [ "$mode" = close ] && label="new TLS handshakes/s (one request each)"
+  [ "$mode" = plain ] && pp=$PH np=$NGP label="(reference) plain HTTP requests/s"
+  # Warm both up briefly.
+  SECONDS_PER_RUN=2 run "$pp" "$mode" >/dev/null; SECONDS_PER_RUN=2 run "$np" "$mode" >/dev/null
+  p1=$(run "$pp" "$mode"); n1=$(run "$np" "$mode"); p2=$(run "$pp" "$mode"); n2=$(run "$np" "$mode")
   awk -v l="$label" -v p1="$p1" -v p2="$p2" -v n1="$n1" -v n2="$n2" 'BEGIN {
     p = (p1 + p2) / 2; n = (n1 + n2) / 2;
     printf "%-40s Portico %9.0f %9.0f  nginx %9.0f %9.0f  ratio Portico/nginx %.2f\n", l, p1, p2, n1, n2, (n > 0 ? p / n : 0)
