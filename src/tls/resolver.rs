@@ -18,6 +18,7 @@ pub struct SniResolver {
 }
 
 impl SniResolver {
+    /// Called once by `server::build` for the HTTPS listener.
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
