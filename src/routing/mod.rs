@@ -11,7 +11,7 @@ pub mod path;
 use std::collections::HashMap;
 
 use crate::model::ObjectKey;
-pub use compile::{compile, CompileOptions, Compiled, PoolSpec, Rejected};
+pub use compile::{compile, owned_ingresses, CompileOptions, Compiled, PoolSpec, Rejected};
 pub use host::{normalize_request_host, HostMatch};
 pub use path::PathMatch;
 
