@@ -10,7 +10,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::proxy::{AccessLog, Cidr, UpstreamOptions};
+use crate::guard::Limits;
+use crate::proxy::{AccessLog, Cidr, RequestLimits, UpstreamOptions};
 use crate::routing::CompileOptions;
 
 /// Why the configuration could not be built.
@@ -43,6 +44,9 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub flags: Flags,
+    /// Take over the listeners of a running Portico (graceful upgrade; send it SIGQUIT next).
+    #[arg(short = 'u', long, global = true)]
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +92,9 @@ pub struct Flags {
     /// Access log: off, plain or json [default: plain].
     #[arg(long, global = true, value_name = "FORMAT")]
     pub access_log: Option<AccessLog>,
+    /// Per-request metrics; `false` only to measure their cost [default: true].
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub request_metrics: Option<bool>,
     /// Upstream connect timeout, e.g. 5s [default: 5s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub upstream_connect_timeout: Option<String>,
@@ -100,6 +107,25 @@ pub struct Flags {
     /// How long idle upstream connections are kept for reuse [default: 60s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub upstream_idle_timeout: Option<String>,
+    /// How many endpoints an idempotent request may try when connecting fails or the connection
+    /// is reset before a response [default: 2].
+    #[arg(long, global = true, value_name = "N")]
+    pub upstream_attempts: Option<usize>,
+    /// Largest request body, e.g. 1m; 0 is unlimited; answered with 413 [default: 1m].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_body_size: Option<String>,
+    /// Largest request header block; answered with 431 [default: 32k].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_header_size: Option<String>,
+    /// Longest request target; answered with 414 [default: 8k].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_uri_length: Option<String>,
+    /// Longest pause between two reads of a request body [default: 60s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub client_body_timeout: Option<String>,
+    /// How long an idle client keep-alive connection stays open [default: 75s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub keepalive_timeout: Option<String>,
     /// After SIGTERM, keep accepting (with /readyz at 503) for this long [default: 10s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub shutdown_grace_period: Option<String>,
@@ -142,7 +168,9 @@ pub struct Config {
     pub threads: usize,
     pub trusted_proxies: Vec<Cidr>,
     pub access_log: AccessLog,
+    pub request_metrics: bool,
     pub upstream: UpstreamOptions,
+    pub limits: RequestLimits,
     pub shutdown_grace_period: Duration,
     pub shutdown_drain_timeout: Duration,
     pub kubernetes: KubeOptions,
@@ -231,6 +259,11 @@ fn parse_addr(
     })
 }
 
+fn parse_size(flag: &'static str, value: Option<String>, default: u64) -> Result<u64, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    crate::translate::parse_size(&v).map_err(|reason| ConfigError::Invalid { flag, reason })
+}
+
 fn parse_duration(
     flag: &'static str,
     value: Option<String>,
@@ -273,12 +306,19 @@ impl Flags {
                 self.trusted_proxies
             },
             access_log: self.access_log.or(file.access_log),
+            request_metrics: self.request_metrics.or(file.request_metrics),
             upstream_connect_timeout: self
                 .upstream_connect_timeout
                 .or(file.upstream_connect_timeout),
             upstream_read_timeout: self.upstream_read_timeout.or(file.upstream_read_timeout),
             upstream_send_timeout: self.upstream_send_timeout.or(file.upstream_send_timeout),
             upstream_idle_timeout: self.upstream_idle_timeout.or(file.upstream_idle_timeout),
+            upstream_attempts: self.upstream_attempts.or(file.upstream_attempts),
+            max_body_size: self.max_body_size.or(file.max_body_size),
+            max_header_size: self.max_header_size.or(file.max_header_size),
+            max_uri_length: self.max_uri_length.or(file.max_uri_length),
+            client_body_timeout: self.client_body_timeout.or(file.client_body_timeout),
+            keepalive_timeout: self.keepalive_timeout.or(file.keepalive_timeout),
             shutdown_grace_period: self.shutdown_grace_period.or(file.shutdown_grace_period),
             shutdown_drain_timeout: self.shutdown_drain_timeout.or(file.shutdown_drain_timeout),
             kubeconfig: self.kubeconfig.or(file.kubeconfig),
@@ -339,6 +379,7 @@ impl Flags {
             threads,
             trusted_proxies,
             access_log: flags.access_log.unwrap_or(AccessLog::Plain),
+            request_metrics: flags.request_metrics.unwrap_or(true),
             upstream: UpstreamOptions {
                 connect_timeout: parse_duration(
                     "--upstream-connect-timeout",
@@ -360,6 +401,38 @@ impl Flags {
                     flags.upstream_idle_timeout,
                     defaults.idle_timeout,
                 )?,
+            },
+            limits: RequestLimits {
+                header: Limits {
+                    max_uri_length: parse_size("--max-uri-length", flags.max_uri_length, 8 << 10)?
+                        as usize,
+                    max_header_size: parse_size(
+                        "--max-header-size",
+                        flags.max_header_size,
+                        32 << 10,
+                    )? as usize,
+                },
+                max_body_size: parse_size("--max-body-size", flags.max_body_size, 1 << 20)?,
+                client_body_timeout: parse_duration(
+                    "--client-body-timeout",
+                    flags.client_body_timeout,
+                    Duration::from_secs(60),
+                )?,
+                keepalive_timeout: parse_duration(
+                    "--keepalive-timeout",
+                    flags.keepalive_timeout,
+                    Duration::from_secs(75),
+                )?,
+                upstream_attempts: match flags.upstream_attempts {
+                    Some(0) => {
+                        return Err(ConfigError::Invalid {
+                            flag: "--upstream-attempts",
+                            reason: "must be at least 1".into(),
+                        })
+                    }
+                    Some(n) => n,
+                    None => 2,
+                },
             },
             shutdown_grace_period: parse_duration(
                 "--shutdown-grace-period",

@@ -14,7 +14,8 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::model::Model;
 use crate::routing::compile::{build_pool, SliceIndex, TlsBinding};
 use crate::routing::{compile, CompileOptions, PoolSpec, Rejected, RouteTable};
-use crate::upstream::Pool;
+use crate::upstream::{EndpointHealth, Pool};
+use std::net::SocketAddr;
 
 /// One immutable snapshot of everything the request path reads.
 #[derive(Debug, Default)]
@@ -34,6 +35,7 @@ pub struct Shared {
     current: ArcSwap<DataPlane>,
     ready: AtomicBool,
     draining: AtomicBool,
+    stopped_accepting: AtomicBool,
     generation: AtomicU64,
     pub metrics: Arc<Metrics>,
     pub options: CompileOptions,
@@ -45,6 +47,7 @@ impl Shared {
             current: ArcSwap::from_pointee(DataPlane::default()),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            stopped_accepting: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             metrics,
             options,
@@ -63,7 +66,8 @@ impl Shared {
     /// first publish if `complete` says the source has listed everything.
     pub fn publish_model(&self, model: &Model, complete: bool) -> Vec<Rejected> {
         let started = Instant::now();
-        let compiled = compile(model, &self.options);
+        let mut compiled = compile(model, &self.options);
+        carry_health(&self.load().pools, &mut compiled.pools);
         let route_metrics = compiled
             .table
             .routes()
@@ -125,7 +129,10 @@ impl Shared {
             let id = (spec.service.namespace.as_str(), spec.service.name.as_str());
             if wanted.contains(&id) {
                 if let Some(slot) = pools.get_mut(i) {
-                    *slot = Arc::new(build_pool(spec, &slices));
+                    let mut pool = build_pool(spec, &slices);
+                    // The same spec's previous pool knows these endpoints' health.
+                    pool.adopt_health(&known_health(current.pools.get(i..=i).unwrap_or_default()));
+                    *slot = Arc::new(pool);
                     rebuilt.push(i);
                 }
             }
@@ -159,9 +166,40 @@ impl Shared {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// Marks the moment the listeners stop accepting (after the grace period, or at an upgrade).
+    pub fn stop_accepting(&self) {
+        self.stopped_accepting.store(true, Ordering::Release);
+    }
+
+    pub fn has_stopped_accepting(&self) -> bool {
+        self.stopped_accepting.load(Ordering::Acquire)
+    }
+
     /// Marks the start of a shutdown: `/readyz` answers 503 from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+}
+
+fn known_health(pools: &[Arc<Pool>]) -> HashMap<SocketAddr, Arc<EndpointHealth>> {
+    pools
+        .iter()
+        .flat_map(|p| p.endpoints())
+        .map(|u| (u.addr, u.health.clone()))
+        .collect()
+}
+
+/// Gives freshly compiled pools the health records of the endpoints the current snapshot has.
+fn carry_health(current: &[Arc<Pool>], fresh: &mut [Arc<Pool>]) {
+    let known = known_health(current);
+    if known.is_empty() {
+        return;
+    }
+    for pool in fresh.iter_mut() {
+        // Fresh pools are not shared yet.
+        if let Some(p) = Arc::get_mut(pool) {
+            p.adopt_health(&known);
+        }
     }
 }
 

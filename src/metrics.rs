@@ -90,6 +90,8 @@ pub struct Metrics {
     tls_expiry: GaugeVec,
     /// Handles for requests that matched no route.
     pub unrouted: RouteMetrics,
+    /// Handles that record nothing (`--request-metrics false`).
+    pub disabled: RouteMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -240,6 +242,7 @@ impl Metrics {
             pool_endpoints,
             tls_expiry,
             unrouted: RouteMetrics::empty(["", "", ""]),
+            disabled: RouteMetrics::empty(["", "", ""]),
         };
         metrics.unrouted = metrics.route_labels(["", "", ""]);
         Ok(Arc::new(metrics))

@@ -50,6 +50,8 @@ pub struct PoolSpec {
     /// The resolved Service port name (empty for an unnamed port); `None` when the Service or the
     /// port does not exist, which makes an empty pool.
     pub port_name: Option<String>,
+    /// Active health check, from the oldest Ingress that asks for one on this backend.
+    pub health_check: Option<crate::model::HealthCheck>,
 }
 
 /// A TLS host bound to its Secret, after conflict resolution.
@@ -361,7 +363,15 @@ impl<'m> Compiler<'m> {
         };
         let service = ObjectKey::new(ing.key.namespace.clone(), name.clone());
         let pool = match self.pool_ids.get(&(service.clone(), port.clone())) {
-            Some(id) => *id,
+            Some(id) => {
+                // A younger Ingress may ask for a check the older ones did not.
+                if let Some(spec) = self.out.pool_specs.get_mut(*id) {
+                    if spec.health_check.is_none() {
+                        spec.health_check = ing.annotations.health_check.clone();
+                    }
+                }
+                *id
+            }
             None => {
                 let spec = match self.model.services.get(&service) {
                     None => {
@@ -375,6 +385,7 @@ impl<'m> Compiler<'m> {
                             service: service.clone(),
                             port: port.clone(),
                             port_name: None,
+                            health_check: ing.annotations.health_check.clone(),
                         }
                     }
                     Some(svc) if svc.external_name => {
@@ -405,6 +416,7 @@ impl<'m> Compiler<'m> {
                             service: service.clone(),
                             port: port.clone(),
                             port_name: found.map(|p| p.name.clone()),
+                            health_check: ing.annotations.health_check.clone(),
                         }
                     }
                 };
@@ -423,6 +435,7 @@ impl<'m> Compiler<'m> {
             service,
             pool,
             redirect_https: redirect,
+            limits: ing.annotations.limits,
         });
         Some(id)
     }
@@ -456,10 +469,10 @@ pub fn build_pool(spec: &PoolSpec, slices: &SliceIndex<'_>) -> Pool {
                     continue;
                 };
                 for ip in &ep.addresses {
-                    target.push(Upstream {
-                        addr: SocketAddr::new(*ip, port),
-                        pod: ep.pod.as_deref().map(Arc::from),
-                    });
+                    target.push(Upstream::new(
+                        SocketAddr::new(*ip, port),
+                        ep.pod.as_deref().map(Arc::from),
+                    ));
                 }
             }
         }

@@ -10,7 +10,7 @@ pub mod path;
 
 use std::collections::HashMap;
 
-use crate::model::ObjectKey;
+use crate::model::{ObjectKey, RouteLimits};
 pub use compile::{compile, owned_ingresses, CompileOptions, Compiled, PoolSpec, Rejected};
 pub use host::{normalize_request_host, HostMatch};
 pub use path::PathMatch;
@@ -28,6 +28,8 @@ pub struct Route {
     pub pool: usize,
     /// Answer plain-HTTP requests with a 308 to HTTPS (the host has TLS, and no opt-out).
     pub redirect_https: bool,
+    /// The Ingress's overrides of body size and upstream timeouts.
+    pub limits: RouteLimits,
 }
 
 /// The rules of one host (or of the host-less rules), best first.
