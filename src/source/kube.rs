@@ -576,18 +576,25 @@ impl KubeSource {
             }
             .run(rejections_rx),
         );
+        let mut elector_task = None;
         if self.options.publish_addresses.is_empty() {
             tracing::info!("no --publish-address and no $NODE_IP: Ingress status is not written");
         } else {
             let (leader_tx, leader_rx) = watch::channel(false);
-            tasks.spawn(
-                super::leader::LeaderElector::new(
-                    Api::namespaced(client.clone(), &self.options.election.namespace),
-                    self.options.election.clone(),
-                    shared.clone(),
-                )
-                .run(leader_tx),
+            let elector = super::leader::LeaderElector::new(
+                Api::namespaced(client.clone(), &self.options.election.namespace),
+                self.options.election.clone(),
+                shared.clone(),
             );
+            let mut synced = owned_rx.clone();
+            let stop = shutdown.clone();
+            elector_task = Some(tokio::spawn(async move {
+                // Campaign only with a complete view: a replica that cannot list the cluster
+                // must not hold the Lease and leave status unwritten.
+                if synced.wait_for(Option::is_some).await.is_ok() {
+                    elector.run(leader_tx, stop).await;
+                }
+            }));
             tasks.spawn(
                 super::status::StatusWriter {
                     client: client.clone(),
@@ -601,6 +608,15 @@ impl KubeSource {
 
         let mut controller = Controller::new(shared.clone(), owned_tx, rejections_tx);
         controller.run(rx, shutdown).await;
+        // Shutdown: give the elector a moment to release the Lease, then stop everything.
+        if let Some(mut elector) = elector_task {
+            if tokio::time::timeout(Duration::from_secs(2), &mut elector)
+                .await
+                .is_err()
+            {
+                elector.abort();
+            }
+        }
         tasks.shutdown().await;
     }
 }

@@ -170,8 +170,42 @@ impl LeaderElector {
         }
     }
 
-    /// Runs rounds forever, every renew period, and publishes leadership on `leader`.
-    pub async fn run(mut self, leader: watch::Sender<bool>) {
+    /// Gives the Lease up if we hold it, so that another replica takes over at once instead of
+    /// waiting out the lease duration (client-go's `ReleaseOnCancel`). Conflicts mean someone
+    /// else already holds it: nothing to do.
+    pub async fn release(&mut self) -> Result<(), LeaderError> {
+        let name = self.options.lease_name.clone();
+        let current = self
+            .api
+            .get_opt(&name)
+            .await
+            .map_err(|source| LeaderError::Get {
+                name: name.clone(),
+                source,
+            })?;
+        let Some(mut lease) = current else {
+            return Ok(());
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.options.identity.as_str()) {
+            return Ok(());
+        }
+        let now = MicroTime(Timestamp::now());
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(now.clone());
+        spec.acquire_time = Some(now);
+        lease.spec = Some(spec);
+        match self.api.replace(&name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(source) => Err(LeaderError::Write { name, source }),
+        }
+    }
+
+    /// Runs a round every renew period and publishes leadership on `leader`, until `shutdown`
+    /// fires; then releases the Lease if we hold it.
+    pub async fn run(mut self, leader: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
         let renew_deadline = self.options.lease_duration * 2 / 3;
         let mut last_renew: Option<Instant> = None;
         loop {
@@ -209,7 +243,17 @@ impl LeaderElector {
                 );
                 leader.send_replace(leading);
             }
-            tokio::time::sleep(self.options.renew_period).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.options.renew_period) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        leader.send_replace(false);
+        if last_renew.is_some() {
+            match self.release().await {
+                Ok(()) => tracing::info!("status-writer Lease released"),
+                Err(e) => tracing::warn!(error = %e, "cannot release the status-writer Lease"),
+            }
         }
     }
 }
