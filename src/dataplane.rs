@@ -3,6 +3,7 @@
 //! A request loads the current [`DataPlane`] once and uses only it, so it never sees new routes
 //! with old pools. Publishing is a single `ArcSwap::store`; readers never block.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,11 +12,10 @@ use arc_swap::ArcSwap;
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::model::Model;
-use crate::routing::compile::{build_pool, index_slices, TlsBinding};
+use crate::routing::compile::{build_pool, SliceIndex, TlsBinding};
 use crate::routing::{compile, CompileOptions, PoolSpec, Rejected, RouteTable};
 use crate::tls::{CertStore, TlsOptions};
 use crate::upstream::{EndpointHealth, Pool};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 /// One immutable snapshot of everything the request path reads.
@@ -130,26 +130,52 @@ impl Shared {
 
     /// Rebuilds only the pools of `services` from the model and publishes a snapshot that shares
     /// the current route table. For endpoint-only changes: no route is recompiled.
+    ///
+    /// The cost follows the change, not the cluster: only the affected namespaces' slices are
+    /// read and only the rebuilt pools' gauges are set.
     pub fn publish_endpoints(&self, model: &Model, services: &[crate::model::ObjectKey]) {
         let current = self.load();
-        let slices = index_slices(model);
+        let wanted: HashSet<(&str, &str)> = services
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.name.as_str()))
+            .collect();
+        let namespaces: BTreeSet<&str> = wanted.iter().map(|(ns, _)| *ns).collect();
+        let mut slices: SliceIndex<'_> = HashMap::new();
+        for ns in namespaces {
+            let in_ns = model
+                .slices
+                .range(crate::model::ObjectKey::new(ns, "")..)
+                .take_while(|(k, _)| k.namespace == ns);
+            for (_, slice) in in_ns {
+                if let Some(svc) = slice.service_name.as_deref() {
+                    if wanted.contains(&(ns, svc)) {
+                        slices.entry((ns, svc)).or_default().push(slice);
+                    }
+                }
+            }
+        }
         let mut pools = current.pools.clone();
-        let mut changed = false;
+        let mut rebuilt = Vec::new();
         for (i, spec) in current.pool_specs.iter().enumerate() {
-            if services.contains(&spec.service) {
+            let id = (spec.service.namespace.as_str(), spec.service.name.as_str());
+            if wanted.contains(&id) {
                 if let Some(slot) = pools.get_mut(i) {
                     let mut pool = build_pool(spec, &slices);
                     // The same spec's previous pool knows these endpoints' health.
                     pool.adopt_health(&known_health(current.pools.get(i..=i).unwrap_or_default()));
                     *slot = Arc::new(pool);
-                    changed = true;
+                    rebuilt.push(i);
                 }
             }
         }
-        if !changed {
+        if rebuilt.is_empty() {
             return;
         }
-        self.metrics.set_pools(&pools);
+        for i in rebuilt {
+            if let Some(pool) = pools.get(i) {
+                self.metrics.set_pool(pool);
+            }
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.current.store(Arc::new(DataPlane {
             generation,

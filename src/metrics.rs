@@ -300,6 +300,14 @@ impl Metrics {
         }
     }
 
+    /// Sets the usable-endpoint gauge of one pool, after an endpoint-only change.
+    pub fn set_pool(&self, pool: &Pool) {
+        let port = pool.port.to_string();
+        self.pool_endpoints
+            .with_label_values(&[&pool.service.namespace, &pool.service.name, &port])
+            .set(pool.endpoints().len() as i64);
+    }
+
     pub fn source_event(&self, source: &str, kind: &str) {
         self.source_events.with_label_values(&[source, kind]).inc();
     }

@@ -1,4 +1,5 @@
-//! Assembles the Pingora server: the proxy listeners, the admin listener and the source.
+//! Assembles the Pingora server: the proxy listeners, the admin listener and the source (the
+//! manifest directory with `--manifests`, else the Kubernetes cluster).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::config::Config;
 use crate::dataplane::Shared;
 use crate::metrics::Metrics;
 use crate::proxy::Portico;
+use crate::source::kube::KubeSource;
 use crate::source::manifests::{ManifestError, ManifestSource};
 use crate::tls::{SniResolver, TlsError, TlsOptions};
 
@@ -37,8 +39,6 @@ pub enum ServerError {
     TlsListener(String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("no source: pass --manifests DIR (the Kubernetes source is not built in yet)")]
-    NoSource,
 }
 
 /// A built server, ready to run.
@@ -141,7 +141,10 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
             // request is answered from an empty table (after a start or an upgrade).
             proxy.add_dependency(&source);
         }
-        None => return Err(ServerError::NoSource),
+        None => {
+            let source = KubeSource::new(config.kubernetes.clone(), shared.clone());
+            server.add_service(background_service("kubernetes source", source));
+        }
     }
     Ok(Built { server, shared })
 }

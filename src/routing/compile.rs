@@ -89,6 +89,37 @@ pub fn index_slices(model: &Model) -> SliceIndex<'_> {
     index
 }
 
+/// Portico's Ingresses in `model`, oldest first (then by namespace/name): the ones the compile step
+/// serves, and the ones whose status the Kubernetes source writes.
+///
+/// An Ingress is Portico's when its `spec.ingressClassName` names a class whose controller is
+/// ours; or, without a class name, when its legacy annotation equals our class name; or, with
+/// neither, when one of our classes is marked as the cluster default.
+pub fn owned_ingresses<'m>(model: &'m Model, opts: &CompileOptions) -> Vec<&'m Ingress> {
+    let owned: HashSet<&str> = model
+        .classes
+        .values()
+        .filter(|c| c.controller == opts.controller_name)
+        .map(|c| c.name.as_str())
+        .collect();
+    let default_class = model
+        .classes
+        .values()
+        .any(|c| c.is_default && owned.contains(c.name.as_str()));
+    let mut ours: Vec<&Ingress> = model
+        .ingresses
+        .values()
+        .map(|i| i.as_ref())
+        .filter(|ing| match (&ing.class_name, &ing.class_annotation) {
+            (Some(class), _) => owned.contains(class.as_str()),
+            (None, Some(annotation)) => *annotation == opts.ingress_class,
+            (None, None) => default_class,
+        })
+        .collect();
+    ours.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
+    ours
+}
+
 /// Compiles the model. Pure: same model and options, same output.
 pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
     let mut c = Compiler {
@@ -102,7 +133,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
         any_host: HostRules::default(),
     };
 
-    let ours = c.select_ingresses(opts);
+    let ours = owned_ingresses(model, opts);
     let mut default_owner: Option<&ObjectKey> = None;
     let mut tls_owner: BTreeMap<HostMatch, TlsBinding> = BTreeMap::new();
 
@@ -249,35 +280,6 @@ impl<'m> Compiler<'m> {
             reason,
             message,
         });
-    }
-
-    /// Portico's Ingresses, oldest first (then by namespace/name).
-    fn select_ingresses(&mut self, opts: &CompileOptions) -> Vec<&'m Ingress> {
-        let owned: HashSet<&str> = self
-            .model
-            .classes
-            .values()
-            .filter(|c| c.controller == opts.controller_name)
-            .map(|c| c.name.as_str())
-            .collect();
-        let default_class = self
-            .model
-            .classes
-            .values()
-            .any(|c| c.is_default && owned.contains(c.name.as_str()));
-        let mut ours: Vec<&Ingress> = self
-            .model
-            .ingresses
-            .values()
-            .map(|i| i.as_ref())
-            .filter(|ing| match (&ing.class_name, &ing.class_annotation) {
-                (Some(class), _) => owned.contains(class.as_str()),
-                (None, Some(annotation)) => *annotation == opts.ingress_class,
-                (None, None) => default_class,
-            })
-            .collect();
-        ours.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
-        ours
     }
 
     /// Validates the Ingress's TLS entries and claims their hosts; returns the hosts this Ingress

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::model::{BackendProtocol, ObjectKey, RouteLimits};
-pub use compile::{compile, CompileOptions, Compiled, PoolSpec, Rejected};
+pub use compile::{compile, owned_ingresses, CompileOptions, Compiled, PoolSpec, Rejected};
 pub use host::{normalize_request_host, HostMatch};
 pub use path::PathMatch;
 
