@@ -140,7 +140,7 @@ impl Shared {
             .map(|s| (s.namespace.as_str(), s.name.as_str()))
             .collect();
         let namespaces: BTreeSet<&str> = wanted.iter().map(|(ns, _)| *ns).collect();
-        let mut slices: SliceIndex<'_> = HashMap::new();
+        let mut slices: SliceIndex<'_> = SliceIndex::default();
         for ns in namespaces {
             let in_ns = model
                 .slices

@@ -15,20 +15,18 @@ use std::time::{Duration, Instant};
 
 use crate::model::{ObjectKey, PortRef};
 
-/// One usable endpoint: an address and, when known, the pod behind it.
+/// One usable endpoint.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
-    pub pod: Option<Arc<str>>,
     /// Passive health, shared by every snapshot that has this address.
     pub health: Arc<EndpointHealth>,
 }
 
 impl Upstream {
-    pub fn new(addr: SocketAddr, pod: Option<Arc<str>>) -> Self {
+    pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
-            pod,
             health: Arc::default(),
         }
     }
@@ -165,7 +163,7 @@ mod tests {
 
     fn pool(n: usize) -> Pool {
         let eps = (0..n)
-            .map(|i| Upstream::new(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)), None))
+            .map(|i| Upstream::new(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16))))
             .collect();
         Pool::new(ObjectKey::new("ns", "svc"), PortRef::Number(80), eps)
     }
