@@ -300,6 +300,9 @@ pub struct Controller {
 const KINDS: usize = 5;
 
 impl Controller {
+    /// An empty controller: publishes to `shared`, sends the owned Ingresses after each compile on
+    /// `owned` and new rejections on `rejections`. Nothing is published before every kind is
+    /// listed ([`Change::Relisted`]).
     pub fn new(
         shared: Arc<Shared>,
         owned: watch::Sender<Option<Owned>>,
@@ -496,6 +499,8 @@ pub struct KubeSource {
 }
 
 impl KubeSource {
+    /// Called by [`crate::server::build`] when `--manifests` is absent. Does nothing until the
+    /// server starts the service.
     pub fn new(options: KubeOptions, shared: Arc<Shared>) -> Self {
         Self { options, shared }
     }
