@@ -11,8 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::guard::Limits;
+use crate::model::ObjectKey;
 use crate::proxy::{AccessLog, Cidr, RequestLimits, UpstreamOptions};
 use crate::routing::CompileOptions;
+use crate::tls::DefaultCert;
 
 /// Why the configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -70,9 +72,23 @@ pub struct Flags {
     /// Plain-HTTP listener [default: 0.0.0.0:80].
     #[arg(long, global = true, value_name = "ADDR")]
     pub http_listen: Option<String>,
-    /// HTTPS listener [default: 0.0.0.0:443].
+    /// HTTPS listener, or `off` [default: 0.0.0.0:443].
     #[arg(long, global = true, value_name = "ADDR")]
     pub https_listen: Option<String>,
+    /// Port put in the `Location` of the 308 to HTTPS, when the HTTPS port clients see is not
+    /// the listener's (a Service mapping 443 to 8443) [default: the port of --https-listen].
+    #[arg(long, global = true, value_name = "PORT")]
+    pub https_redirect_port: Option<u16>,
+    /// Default certificate, from a kubernetes.io/tls Secret (NAMESPACE/NAME) that is followed
+    /// live [default: a self-signed certificate generated at start-up].
+    #[arg(long, global = true, value_name = "NS/NAME")]
+    pub default_tls_secret: Option<String>,
+    /// Default certificate, from a PEM file (the full chain); needs --default-tls-key.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub default_tls_cert: Option<PathBuf>,
+    /// Private key of --default-tls-cert (PEM: PKCS#1, PKCS#8 or SEC1).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub default_tls_key: Option<PathBuf>,
     /// Admin listener for /healthz, /readyz and /metrics [default: 0.0.0.0:10254].
     #[arg(long, global = true, value_name = "ADDR")]
     pub admin_listen: Option<String>,
@@ -162,7 +178,11 @@ pub struct Flags {
 pub struct Config {
     pub manifests: Option<PathBuf>,
     pub http_listen: SocketAddr,
-    pub https_listen: SocketAddr,
+    /// `None` when HTTPS is off: no TLS listener, and no redirect to HTTPS.
+    pub https_listen: Option<SocketAddr>,
+    /// The HTTPS port of redirects; `None` exactly when HTTPS is off.
+    pub https_redirect_port: Option<u16>,
+    pub default_tls: DefaultCert,
     pub admin_listen: SocketAddr,
     pub compile: CompileOptions,
     pub threads: usize,
@@ -276,6 +296,35 @@ fn parse_duration(
     })
 }
 
+fn default_tls(
+    secret: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<DefaultCert, ConfigError> {
+    match (secret, cert, key) {
+        (None, None, None) => Ok(DefaultCert::Generated),
+        (Some(s), None, None) => match s.trim().split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(DefaultCert::Secret(ObjectKey::new(ns, name)))
+            }
+            _ => Err(ConfigError::Invalid {
+                flag: "--default-tls-secret",
+                reason: format!("{s:?} is not NAMESPACE/NAME"),
+            }),
+        },
+        (None, Some(cert), Some(key)) => Ok(DefaultCert::Files { cert, key }),
+        (None, _, _) => Err(ConfigError::Invalid {
+            flag: "--default-tls-cert",
+            reason: "--default-tls-cert and --default-tls-key go together".into(),
+        }),
+        (Some(_), _, _) => Err(ConfigError::Invalid {
+            flag: "--default-tls-secret",
+            reason: "give either --default-tls-secret or --default-tls-cert/--default-tls-key"
+                .into(),
+        }),
+    }
+}
+
 impl Flags {
     /// Reads a config file into flags.
     pub fn from_file(path: &Path) -> Result<Flags, ConfigError> {
@@ -296,6 +345,10 @@ impl Flags {
             manifests: self.manifests.or(file.manifests),
             http_listen: self.http_listen.or(file.http_listen),
             https_listen: self.https_listen.or(file.https_listen),
+            https_redirect_port: self.https_redirect_port.or(file.https_redirect_port),
+            default_tls_secret: self.default_tls_secret.or(file.default_tls_secret),
+            default_tls_cert: self.default_tls_cert.or(file.default_tls_cert),
+            default_tls_key: self.default_tls_key.or(file.default_tls_key),
             admin_listen: self.admin_listen.or(file.admin_listen),
             ingress_class: self.ingress_class.or(file.ingress_class),
             controller_name: self.controller_name.or(file.controller_name),
@@ -365,10 +418,26 @@ impl Flags {
                 reason,
             })?;
         let kubernetes = flags.kube_options()?;
+        let https_listen = match flags.https_listen.as_deref().map(str::trim) {
+            Some("off") => None,
+            other => Some(parse_addr(
+                "--https-listen",
+                other.map(str::to_string),
+                "0.0.0.0:443",
+            )?),
+        };
+        let default_tls = default_tls(
+            flags.default_tls_secret,
+            flags.default_tls_cert,
+            flags.default_tls_key,
+        )?;
         Ok(Config {
             manifests: flags.manifests,
             http_listen: parse_addr("--http-listen", flags.http_listen, "0.0.0.0:80")?,
-            https_listen: parse_addr("--https-listen", flags.https_listen, "0.0.0.0:443")?,
+            https_redirect_port: https_listen
+                .map(|a| flags.https_redirect_port.unwrap_or(a.port())),
+            https_listen,
+            default_tls,
             admin_listen: parse_addr("--admin-listen", flags.admin_listen, "0.0.0.0:10254")?,
             compile: CompileOptions {
                 controller_name: flags
@@ -527,7 +596,8 @@ mod tests {
         let c = cli.or(file).resolve().unwrap();
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:10000");
-        assert_eq!(c.https_listen.to_string(), "0.0.0.0:443");
+        assert_eq!(c.https_listen, Some("0.0.0.0:443".parse().unwrap()));
+        assert_eq!(c.default_tls, DefaultCert::Generated);
         assert_eq!(c.threads, 3);
         assert_eq!(c.trusted_proxies.len(), 1);
         assert_eq!(c.compile.ingress_class, "portico");
@@ -576,5 +646,56 @@ mod tests {
             bad.resolve().is_err(),
             "renewing after 2/3 of the lease is too late"
         );
+    }
+
+    #[test]
+    fn https_and_default_certificate_settings() {
+        let off = Flags {
+            https_listen: Some("off".into()),
+            ..Flags::default()
+        };
+        let off = off.resolve().unwrap();
+        assert_eq!((off.https_listen, off.https_redirect_port), (None, None));
+        let mapped = Flags {
+            https_listen: Some("0.0.0.0:8443".into()),
+            https_redirect_port: Some(443),
+            ..Flags::default()
+        };
+        assert_eq!(mapped.resolve().unwrap().https_redirect_port, Some(443));
+        let file: Flags = serde_yaml_ng::from_str(
+            "default-tls-secret: ingress/wildcard
+",
+        )
+        .unwrap();
+        assert_eq!(
+            file.resolve().unwrap().default_tls,
+            DefaultCert::Secret(ObjectKey::new("ingress", "wildcard"))
+        );
+        let files = Flags {
+            default_tls_cert: Some("c.pem".into()),
+            default_tls_key: Some("k.pem".into()),
+            ..Flags::default()
+        };
+        assert!(matches!(
+            files.resolve().unwrap().default_tls,
+            DefaultCert::Files { .. }
+        ));
+        for bad in [
+            Flags {
+                default_tls_cert: Some("c.pem".into()),
+                ..Flags::default()
+            },
+            Flags {
+                default_tls_secret: Some("no-namespace".into()),
+                ..Flags::default()
+            },
+            Flags {
+                default_tls_secret: Some("a/b".into()),
+                default_tls_key: Some("k.pem".into()),
+                ..Flags::default()
+            },
+        ] {
+            assert!(bad.resolve().is_err());
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The one swap unit: routes, pools and (later) certificates, published together.
+//! The one swap unit: routes, pools and certificates, published together.
 //!
 //! A request loads the current [`DataPlane`] once and uses only it, so it never sees new routes
 //! with old pools. Publishing is a single `ArcSwap::store`; readers never block.
@@ -14,6 +14,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::model::Model;
 use crate::routing::compile::{build_pool, SliceIndex, TlsBinding};
 use crate::routing::{compile, CompileOptions, PoolSpec, Rejected, RouteTable};
+use crate::tls::{CertStore, TlsOptions};
 use crate::upstream::{EndpointHealth, Pool};
 use std::net::SocketAddr;
 
@@ -26,6 +27,8 @@ pub struct DataPlane {
     pub pools: Vec<Arc<Pool>>,
     pub pool_specs: Arc<Vec<PoolSpec>>,
     pub tls: Arc<Vec<TlsBinding>>,
+    /// The certificates the HTTPS listener serves, by SNI name.
+    pub certs: Arc<CertStore>,
     /// Metric handles per route, resolved when the snapshot is built (indexed by `Route::id`).
     pub route_metrics: Arc<Vec<RouteMetrics>>,
 }
@@ -39,18 +42,31 @@ pub struct Shared {
     generation: AtomicU64,
     pub metrics: Arc<Metrics>,
     pub options: CompileOptions,
+    pub tls: TlsOptions,
 }
 
 impl Shared {
+    /// Shared state without a default certificate: enough when no HTTPS listener runs.
     pub fn new(options: CompileOptions, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::with_tls(options, metrics, TlsOptions::default())
+    }
+
+    /// Shared state whose snapshots carry certificates; until the first publish, handshakes get
+    /// the default certificate of `tls`.
+    pub fn with_tls(options: CompileOptions, metrics: Arc<Metrics>, tls: TlsOptions) -> Arc<Self> {
+        let initial = DataPlane {
+            certs: Arc::new(CertStore::initial(&tls)),
+            ..DataPlane::default()
+        };
         Arc::new(Self {
-            current: ArcSwap::from_pointee(DataPlane::default()),
+            current: ArcSwap::from_pointee(initial),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             stopped_accepting: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             metrics,
             options,
+            tls,
         })
     }
 
@@ -64,10 +80,24 @@ impl Shared {
     ///
     /// Never fails: bad objects are left out and reported. Marks the controller ready after the
     /// first publish if `complete` says the source has listed everything.
+    ///
+    /// Certificates are parsed here, with the routes; a Secret that fails keeps the certificate
+    /// the previous snapshot served for its hosts. Sources call this from one task at a time.
     pub fn publish_model(&self, model: &Model, complete: bool) -> Vec<Rejected> {
         let started = Instant::now();
         let mut compiled = compile(model, &self.options);
-        carry_health(&self.load().pools, &mut compiled.pools);
+        let previous = self.load();
+        carry_health(&previous.pools, &mut compiled.pools);
+        let (certs, rejected_secrets) = CertStore::build(
+            &compiled.tls,
+            &model.secrets,
+            &self.tls,
+            &previous.certs,
+            now_unix() as i64,
+        );
+        drop(previous);
+        compiled.rejected.extend(rejected_secrets);
+        self.metrics.set_tls_expiry(&certs.expiries());
         let route_metrics = compiled
             .table
             .routes()
@@ -82,6 +112,7 @@ impl Shared {
             pools: compiled.pools,
             pool_specs: Arc::new(compiled.pool_specs),
             tls: Arc::new(compiled.tls),
+            certs: Arc::new(certs),
             route_metrics: Arc::new(route_metrics),
         };
         self.current.store(Arc::new(plane));
@@ -152,6 +183,7 @@ impl Shared {
             pools,
             pool_specs: current.pool_specs.clone(),
             tls: current.tls.clone(),
+            certs: current.certs.clone(),
             route_metrics: current.route_metrics.clone(),
         }));
         self.metrics.generation.set(generation as i64);

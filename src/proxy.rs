@@ -139,6 +139,9 @@ pub struct Portico {
     pub limits: RequestLimits,
     /// Per-request metrics (counters, histograms); off only to measure what they cost.
     pub request_metrics: bool,
+    /// The port that plain-HTTP requests to TLS hosts are redirected to (omitted from the
+    /// `Location` when 443); `None` when HTTPS is off, which turns the redirect off.
+    pub https_redirect_port: Option<u16>,
 }
 
 /// Per-request state, from the request header to the log line.
@@ -264,12 +267,20 @@ impl ProxyHttp for Portico {
             return Self::respond(session, 404, "no route for this host and path\n").await;
         };
         ctx.route = Some(route.id);
-        if route.redirect_https && !ctx.tls {
+        if let Some(port) = self
+            .https_redirect_port
+            .filter(|_| route.redirect_https && !ctx.tls)
+        {
             let req = session.req_header();
-            let host_header = request_host(req);
+            let host = normalize_request_host(request_host(req));
             let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            // The port of the plain-HTTP request is not the HTTPS one: replace it.
+            let location = match port {
+                443 => format!("https://{host}{path}"),
+                port => format!("https://{host}:{port}{path}"),
+            };
             let mut resp = ResponseHeader::build(308, Some(3))?;
-            resp.insert_header(header::LOCATION, format!("https://{host_header}{path}"))?;
+            resp.insert_header(header::LOCATION, location)?;
             resp.insert_header(header::CONTENT_LENGTH, "0")?;
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(true);
@@ -337,8 +348,25 @@ impl ProxyHttp for Portico {
             .get(index)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "endpoint index"))?;
         let limits = &route.limits;
-        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
+        let protocol = route.backend_protocol;
+        // With TLS, the SNI is the endpoint's IP, which rustls does not send: cluster backends
+        // are reached by pod IP and mostly have self-signed certificates, so there is no name to
+        // ask for and nothing to verify against (as ingress-nginx does by default).
+        let sni = if protocol.tls() {
+            upstream.addr.ip().to_string()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(upstream.addr, protocol.tls(), sni);
         let o = &mut peer.options;
+        if protocol.tls() {
+            o.verify_cert = false;
+            o.verify_hostname = false;
+        }
+        if protocol.http2() {
+            // h2c with prior knowledge in clear text; ALPN h2 only over TLS.
+            o.set_http_version(2, 2);
+        }
         o.connection_timeout = Some(
             limits
                 .connect_timeout
@@ -505,7 +533,7 @@ impl ProxyHttp for Portico {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if !ctx.responded {
@@ -516,6 +544,22 @@ impl ProxyHttp for Portico {
         }
         if let Some(t) = ctx.upstream_started.take() {
             self.metrics_for(ctx).observe_upstream_response(t.elapsed());
+        }
+        // HSTS only means something over TLS (RFC 6797 section 7.2). A policy the backend sets
+        // itself wins: the application knows its subdomains better than the Ingress.
+        if ctx.tls
+            && !upstream_response
+                .headers
+                .contains_key(header::STRICT_TRANSPORT_SECURITY)
+        {
+            let hsts = ctx
+                .plane
+                .as_ref()
+                .and_then(|p| ctx.route(p))
+                .and_then(|r| r.hsts.clone());
+            if let Some(hsts) = hsts {
+                upstream_response.insert_header(header::STRICT_TRANSPORT_SECURITY, &*hsts)?;
+            }
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::background::background_service;
@@ -18,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Portico;
 use crate::source::kube::KubeSource;
 use crate::source::manifests::{ManifestError, ManifestSource};
+use crate::tls::{SniResolver, TlsError, TlsOptions};
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,10 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Manifests(#[from] ManifestError),
+    #[error("default TLS certificate: {0}")]
+    Tls(#[from] TlsError),
+    #[error("HTTPS listener: {0}")]
+    TlsListener(String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -54,10 +60,17 @@ fn check_free(flag: &'static str, addr: SocketAddr) -> Result<(), ServerError> {
 pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
     if !upgrade {
         check_free("--http-listen", config.http_listen)?;
+        if let Some(addr) = config.https_listen {
+            check_free("--https-listen", addr)?;
+        }
         check_free("--admin-listen", config.admin_listen)?;
     }
     let metrics = Metrics::new()?;
-    let shared = Shared::new(config.compile.clone(), metrics);
+    let tls = match config.https_listen {
+        Some(_) => TlsOptions::from_config(&config.default_tls)?,
+        None => TlsOptions::default(),
+    };
+    let shared = Shared::with_tls(config.compile.clone(), metrics, tls);
 
     let conf = ServerConf {
         threads: config.threads,
@@ -88,9 +101,19 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         access_log: config.access_log,
         limits: config.limits,
         request_metrics: config.request_metrics,
+        https_redirect_port: config.https_redirect_port,
     };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, app, "portico proxy");
     proxy.add_tcp(&config.http_listen.to_string());
+    if let Some(addr) = config.https_listen {
+        // rustls: TLS 1.2 and 1.3 only, AEAD suites with forward secrecy only (ring's defaults).
+        // No certificate files: the resolver picks one per handshake from the snapshot.
+        let mut tls = TlsSettings::intermediate("", "")
+            .map_err(|e| ServerError::TlsListener(e.to_string()))?;
+        tls.set_cert_resolver(Arc::new(SniResolver::new(shared.clone())));
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+    }
     let proxy = server.add_service(proxy);
 
     let mut admin = Service::new(

@@ -34,6 +34,10 @@ pub const READ_TIMEOUT_ANNOTATION: &str = "portico.dev/proxy-read-timeout";
 pub const SEND_TIMEOUT_ANNOTATION: &str = "portico.dev/proxy-send-timeout";
 pub const HEALTH_CHECK_PATH_ANNOTATION: &str = "portico.dev/health-check-path";
 pub const HEALTH_CHECK_INTERVAL_ANNOTATION: &str = "portico.dev/health-check-interval";
+/// The `Strict-Transport-Security` policy of an Ingress's responses over TLS.
+pub const HSTS_ANNOTATION: &str = "portico.dev/hsts";
+/// How Portico speaks to an Ingress's backends: HTTP, HTTPS, H2C, GRPC or GRPCS.
+pub const BACKEND_PROTOCOL_ANNOTATION: &str = "portico.dev/backend-protocol";
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The only Secret type Portico reads.
@@ -326,6 +330,21 @@ pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
             });
         }
     }
+    // An invalid value is reported and ignored: the Ingress still serves, with the default.
+    if let Some(v) = annotation(&ing.metadata, HSTS_ANNOTATION) {
+        match v.parse() {
+            Ok(h) => annotations.hsts = Some(h),
+            Err(e) => problems.push(format!("annotation {HSTS_ANNOTATION}: {e}")),
+        }
+    }
+    if let Some(v) = annotation(&ing.metadata, BACKEND_PROTOCOL_ANNOTATION) {
+        match v.parse() {
+            Ok(p) => annotations.backend_protocol = Some(p),
+            Err(e) => problems.push(format!(
+                "annotation {BACKEND_PROTOCOL_ANNOTATION}: {e}; using HTTP"
+            )),
+        }
+    }
     let spec = ing.spec.clone().unwrap_or_default();
     let default_backend = match spec.default_backend.as_ref().map(backend_from_k8s) {
         Some(Ok(b)) => Some(b),
@@ -557,4 +576,56 @@ pub fn secret_from_k8s(s: &Secret) -> Result<Option<TlsSecret>, String> {
         cert_pem,
         key_pem,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BackendProtocol, Hsts};
+
+    #[test]
+    fn tls_annotations_are_typed_and_bad_values_reported() {
+        let docs = parse_documents(include_str!("../tests/fixtures/tls/annotations.yaml"));
+        let ingresses: Vec<&Ingress> = docs
+            .iter()
+            .filter_map(|d| match d {
+                Document::Object(Object::Ingress(i)) => Some(i.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let good = ingresses[0];
+        assert_eq!(good.annotations.ssl_redirect, Some(false));
+        assert_eq!(
+            good.annotations.hsts,
+            Some(Hsts {
+                max_age: 31536000,
+                include_subdomains: true,
+                preload: true
+            })
+        );
+        assert_eq!(
+            good.annotations.backend_protocol,
+            Some(BackendProtocol::Grpc)
+        );
+        assert!(good.problems.is_empty(), "{:?}", good.problems);
+
+        let bad = ingresses[1];
+        assert_eq!(bad.annotations, IngressAnnotations::default());
+        assert_eq!(bad.problems.len(), 2, "{:?}", bad.problems);
+        assert!(bad.problems[0].contains(HSTS_ANNOTATION));
+        assert!(bad.problems[1].contains(BACKEND_PROTOCOL_ANNOTATION));
+
+        // The TLS Secret is read (not parsed as PEM yet: that is the compile step's job); the
+        // Opaque one is ignored.
+        let secrets: Vec<&TlsSecret> = docs
+            .iter()
+            .filter_map(|d| match d {
+                Document::Object(Object::Secret(s)) => Some(s.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].cert_pem, b"cert");
+        assert_eq!(secrets[0].key_pem, b"key");
+    }
 }

@@ -436,6 +436,12 @@ impl<'m> Compiler<'m> {
             pool,
             redirect_https: redirect,
             limits: ing.annotations.limits,
+            hsts: ing
+                .annotations
+                .hsts
+                .as_ref()
+                .map(|h| Arc::from(h.to_string())),
+            backend_protocol: ing.annotations.backend_protocol.unwrap_or_default(),
         });
         Some(id)
     }

@@ -9,8 +9,9 @@ pub mod host;
 pub mod path;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::model::{ObjectKey, RouteLimits};
+use crate::model::{BackendProtocol, ObjectKey, RouteLimits};
 pub use compile::{compile, owned_ingresses, CompileOptions, Compiled, PoolSpec, Rejected};
 pub use host::{normalize_request_host, HostMatch};
 pub use path::PathMatch;
@@ -30,6 +31,10 @@ pub struct Route {
     pub redirect_https: bool,
     /// The Ingress's overrides of body size and upstream timeouts.
     pub limits: RouteLimits,
+    /// The `Strict-Transport-Security` value added to responses over TLS, from the Ingress.
+    pub hsts: Option<Arc<str>>,
+    /// How to speak to the backend, from the Ingress.
+    pub backend_protocol: BackendProtocol,
 }
 
 /// The rules of one host (or of the host-less rules), best first.
