@@ -697,6 +697,36 @@ mod tests {
         }
     }
 
+    /// kube builds its rustls connector from whatever crypto provider the build enables; with
+    /// Pingora's and kube's TLS in one binary that must still be exactly one (or a panic at the
+    /// first HTTPS cluster). The stand-in is plain HTTP, so check it here.
+    #[tokio::test]
+    async fn client_builds_for_an_https_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\nusers:\n- name: u\n  user: {token: t}\n",
+        )
+        .unwrap();
+        let options = crate::config::Flags {
+            kubeconfig: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap()
+        .kubernetes;
+        assert!(client(&options).await.is_ok());
+        let missing = KubeOptions {
+            kubeconfig: Some(dir.path().join("nope")),
+            ..options
+        };
+        assert!(matches!(
+            client(&missing).await,
+            Err(KubeError::Kubeconfig { .. })
+        ));
+    }
+
     #[test]
     fn publishes_nothing_until_every_kind_is_listed() {
         let (mut c, _owned) = controller();
