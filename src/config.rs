@@ -619,36 +619,6 @@ mod tests {
     }
 
     #[test]
-    fn kubernetes_settings_parse_and_validate() {
-        let file: Flags = serde_yaml_ng::from_str(
-            "kubeconfig: /k\nwatch-namespace: apps\npublish-address: [10.0.0.1, LB.example.com]\nelection-lease-name: l\n",
-        )
-        .unwrap();
-        let c = Flags::default().or(file).resolve().unwrap().kubernetes;
-        assert_eq!(c.kubeconfig, Some(PathBuf::from("/k")));
-        assert_eq!(c.watch_namespace.as_deref(), Some("apps"));
-        assert_eq!(
-            c.publish_addresses,
-            vec![
-                PublishAddress::Ip("10.0.0.1".parse().unwrap()),
-                PublishAddress::Hostname("lb.example.com".into())
-            ]
-        );
-        assert_eq!(c.election.lease_name, "l");
-        assert_eq!(c.election.lease_duration, Duration::from_secs(15));
-        assert!("-bad-.example".parse::<PublishAddress>().is_err());
-        assert!("a b".parse::<PublishAddress>().is_err());
-        let bad = Flags {
-            election_renew_period: Some("12s".into()),
-            ..Flags::default()
-        };
-        assert!(
-            bad.resolve().is_err(),
-            "renewing after 2/3 of the lease is too late"
-        );
-    }
-
-    #[test]
     fn https_and_default_certificate_settings() {
         let off = Flags {
             https_listen: Some("off".into()),
@@ -697,5 +667,35 @@ mod tests {
         ] {
             assert!(bad.resolve().is_err());
         }
+    }
+
+    #[test]
+    fn kubernetes_settings_parse_and_validate() {
+        let file: Flags = serde_yaml_ng::from_str(
+            "kubeconfig: /k\nwatch-namespace: apps\npublish-address: [10.0.0.1, LB.example.com]\nelection-lease-name: l\n",
+        )
+        .unwrap();
+        let c = Flags::default().or(file).resolve().unwrap().kubernetes;
+        assert_eq!(c.kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(c.watch_namespace.as_deref(), Some("apps"));
+        assert_eq!(
+            c.publish_addresses,
+            vec![
+                PublishAddress::Ip("10.0.0.1".parse().unwrap()),
+                PublishAddress::Hostname("lb.example.com".into())
+            ]
+        );
+        assert_eq!(c.election.lease_name, "l");
+        assert_eq!(c.election.lease_duration, Duration::from_secs(15));
+        assert!("-bad-.example".parse::<PublishAddress>().is_err());
+        assert!("a b".parse::<PublishAddress>().is_err());
+        let bad = Flags {
+            election_renew_period: Some("12s".into()),
+            ..Flags::default()
+        };
+        assert!(
+            bad.resolve().is_err(),
+            "renewing after 2/3 of the lease is too late"
+        );
     }
 }
