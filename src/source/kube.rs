@@ -300,6 +300,9 @@ pub struct Controller {
 const KINDS: usize = 5;
 
 impl Controller {
+    /// An empty controller: publishes to `shared`, sends the owned Ingresses after each compile on
+    /// `owned` and new rejections on `rejections`. Nothing is published before every kind is
+    /// listed ([`Change::Relisted`]).
     pub fn new(
         shared: Arc<Shared>,
         owned: watch::Sender<Option<Owned>>,
@@ -496,6 +499,8 @@ pub struct KubeSource {
 }
 
 impl KubeSource {
+    /// Called by [`crate::server::build`] when `--manifests` is absent. Does nothing until the
+    /// server starts the service.
     pub fn new(options: KubeOptions, shared: Arc<Shared>) -> Self {
         Self { options, shared }
     }
@@ -690,6 +695,36 @@ mod tests {
         ] {
             c.apply(Change::Relisted(kind, vec![]));
         }
+    }
+
+    /// kube builds its rustls connector from whatever crypto provider the build enables; with
+    /// Pingora's and kube's TLS in one binary that must still be exactly one (or a panic at the
+    /// first HTTPS cluster). The stand-in is plain HTTP, so check it here.
+    #[tokio::test]
+    async fn client_builds_for_an_https_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\nusers:\n- name: u\n  user: {token: t}\n",
+        )
+        .unwrap();
+        let options = crate::config::Flags {
+            kubeconfig: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap()
+        .kubernetes;
+        assert!(client(&options).await.is_ok());
+        let missing = KubeOptions {
+            kubeconfig: Some(dir.path().join("nope")),
+            ..options
+        };
+        assert!(matches!(
+            client(&missing).await,
+            Err(KubeError::Kubeconfig { .. })
+        ));
     }
 
     #[test]

@@ -66,6 +66,8 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
 }
 
 impl LeaderElector {
+    /// An elector for the Lease `options.lease_name` in `api`'s namespace; it does nothing until
+    /// [`LeaderElector::run`] or [`LeaderElector::try_acquire_or_renew`].
     pub fn new(api: Api<Lease>, options: ElectionOptions, shared: Arc<Shared>) -> Self {
         Self {
             api,
