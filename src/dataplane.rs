@@ -3,7 +3,7 @@
 //! A request loads the current [`DataPlane`] once and uses only it, so it never sees new routes
 //! with old pools. Publishing is a single `ArcSwap::store`; readers never block.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,8 +30,13 @@ pub struct DataPlane {
     /// The certificates the HTTPS listener serves, by SNI name.
     pub certs: Arc<CertStore>,
     /// Metric handles per route, resolved when the snapshot is built (indexed by `Route::id`).
-    pub route_metrics: Arc<Vec<RouteMetrics>>,
+    pub route_metrics: Arc<Vec<Arc<RouteMetrics>>>,
 }
+
+type MetricHandles = crate::routing::FastMap<
+    (Arc<crate::model::ObjectKey>, Arc<crate::model::ObjectKey>),
+    Arc<RouteMetrics>,
+>;
 
 /// Shared state between the control plane (sources, compile) and the data plane (proxy, admin).
 pub struct Shared {
@@ -42,6 +47,8 @@ pub struct Shared {
     generation: AtomicU64,
     pub metrics: Arc<Metrics>,
     pub options: CompileOptions,
+    /// Route metric handles by label set; touched only by the control plane when publishing.
+    metric_handles: std::sync::Mutex<MetricHandles>,
     pub tls: TlsOptions,
 }
 
@@ -67,6 +74,7 @@ impl Shared {
             metrics,
             options,
             tls,
+            metric_handles: std::sync::Mutex::default(),
         })
     }
 
@@ -98,12 +106,7 @@ impl Shared {
         drop(previous);
         compiled.rejected.extend(rejected_secrets);
         self.metrics.set_tls_expiry(&certs.expiries());
-        let route_metrics = compiled
-            .table
-            .routes()
-            .iter()
-            .map(|r| self.metrics.route(r))
-            .collect();
+        let route_metrics = self.route_metrics(compiled.table.routes());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.set_pools(&compiled.pools);
         let plane = DataPlane {
@@ -189,6 +192,32 @@ impl Shared {
         self.metrics.generation.set(generation as i64);
     }
 
+    /// The metric handles of each route. Routes with the same labels (namespace, Ingress,
+    /// Service) share one set, and a set lives on across snapshots for as long as a route uses it,
+    /// so a recompile neither rebuilds nor re-resolves them.
+    fn route_metrics(&self, routes: &[crate::routing::Route]) -> Vec<Arc<RouteMetrics>> {
+        let mut cache = match self.metric_handles.lock() {
+            Ok(c) => c,
+            // A panic while holding it cannot leave the map inconsistent; keep using it.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut used = crate::routing::FastMap::default();
+        let handles = routes
+            .iter()
+            .map(|r| {
+                let key = (r.ingress.clone(), r.service.clone());
+                let handle = cache
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(self.metrics.route(r)));
+                used.insert(key, handle.clone());
+                handle
+            })
+            .collect();
+        *cache = used;
+        handles
+    }
+
     /// True once the first complete snapshot is published, until shutdown starts.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
@@ -213,7 +242,7 @@ impl Shared {
     }
 }
 
-fn known_health(pools: &[Arc<Pool>]) -> HashMap<SocketAddr, Arc<EndpointHealth>> {
+fn known_health(pools: &[Arc<Pool>]) -> crate::routing::FastMap<SocketAddr, Arc<EndpointHealth>> {
     pools
         .iter()
         .flat_map(|p| p.endpoints())

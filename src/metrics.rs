@@ -88,6 +88,10 @@ pub struct Metrics {
     source_errors: IntCounterVec,
     pool_endpoints: IntGaugeVec,
     tls_expiry: GaugeVec,
+    /// The endpoint gauge of each pool, by (Service, port); kept across snapshots.
+    pool_gauges: std::sync::Mutex<
+        crate::routing::FastMap<(crate::model::ObjectKey, crate::model::PortRef), IntGauge>,
+    >,
     /// Handles for requests that matched no route.
     pub unrouted: RouteMetrics,
     /// Handles that record nothing (`--request-metrics false`).
@@ -241,6 +245,7 @@ impl Metrics {
             source_errors,
             pool_endpoints,
             tls_expiry,
+            pool_gauges: std::sync::Mutex::default(),
             unrouted: RouteMetrics::empty(["", "", ""]),
             disabled: RouteMetrics::empty(["", "", ""]),
         };
@@ -290,14 +295,41 @@ impl Metrics {
     }
 
     /// Sets the usable-endpoint gauge of every pool.
+    ///
+    /// Gauges of pools that stay are kept (not re-created: a `reset` and fresh children cost
+    /// more than the whole compile at 10,000 backends); gauges of pools that left are removed.
     pub fn set_pools(&self, pools: &[Arc<Pool>]) {
-        self.pool_endpoints.reset();
+        let mut known = match self.pool_gauges.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut now = crate::routing::FastMap::default();
         for p in pools {
-            let port = p.port.to_string();
-            self.pool_endpoints
-                .with_label_values(&[&p.service.namespace, &p.service.name, &port])
-                .set(p.endpoints().len() as i64);
+            let key = (p.service.clone(), p.port.clone());
+            let gauge = match known.remove(&key) {
+                Some(g) => g,
+                None => {
+                    let port = p.port.to_string();
+                    self.pool_endpoints.with_label_values(&[
+                        &p.service.namespace,
+                        &p.service.name,
+                        &port,
+                    ])
+                }
+            };
+            gauge.set(p.endpoints().len() as i64);
+            now.insert(key, gauge);
         }
+        for ((service, port), _) in known.drain() {
+            let port = port.to_string();
+            // Absent only if already removed; nothing to do then.
+            let _ = self.pool_endpoints.remove_label_values(&[
+                &service.namespace,
+                &service.name,
+                &port,
+            ]);
+        }
+        *known = now;
     }
 
     /// Sets the usable-endpoint gauge of one pool, after an endpoint-only change.

@@ -7,7 +7,6 @@
 //! own discovery and update cycle, which would be a second swap unit beside the snapshot. Pools
 //! here live inside the one snapshot, so routes and endpoints always change together.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -139,7 +138,10 @@ impl Pool {
 
     /// Takes over the health records of endpoints that `previous` snapshots already knew, so that
     /// an ejection survives a recompile.
-    pub fn adopt_health(&mut self, known: &HashMap<SocketAddr, Arc<EndpointHealth>>) {
+    pub fn adopt_health(
+        &mut self,
+        known: &crate::routing::FastMap<SocketAddr, Arc<EndpointHealth>>,
+    ) {
         for u in self.endpoints.iter_mut() {
             if let Some(h) = known.get(&u.addr) {
                 u.health = h.clone();

@@ -428,6 +428,11 @@ stringData:
             .header("host", host)
             .body(Full::new(Bytes::new()))
             .expect("request");
+        // The connection task may still be finishing the previous exchange.
+        tokio::time::timeout(STEP, sender.ready())
+            .await
+            .expect("timed out")
+            .expect("connection closed");
         let resp = tokio::time::timeout(STEP, sender.send_request(req))
             .await
             .expect("timed out")
