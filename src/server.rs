@@ -143,7 +143,8 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         }
         None => {
             let source = KubeSource::new(config.kubernetes.clone(), shared.clone());
-            server.add_service(background_service("kubernetes source", source));
+            let source = server.add_service(background_service("kubernetes source", source));
+            proxy.add_dependency(&source);
         }
     }
     Ok(Built { server, shared })

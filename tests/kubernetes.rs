@@ -124,9 +124,11 @@ impl Portico {
         matches!(self.client.get(url).send().await, Ok(r) if r.status() == 200)
     }
 
+    /// Ready, and the proxy listener (which opens after the first snapshot) accepts.
     async fn wait_ready(&self) {
         eventually("/readyz 200", Duration::from_secs(10), || async {
-            self.ready().await.then_some(())
+            let listening = tokio::net::TcpStream::connect(self.http).await.is_ok();
+            (self.ready().await && listening).then_some(())
         })
         .await;
     }
@@ -800,7 +802,12 @@ async fn not_ready_until_the_first_complete_sync() {
         .await;
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert!(!portico.ready().await, "ready without a sync");
-        assert_eq!(portico.status("a.example", "/").await, 404);
+        // The proxy does not listen before the first complete snapshot: no answer from an empty
+        // table.
+        assert!(
+            tokio::net::TcpStream::connect(portico.http).await.is_err(),
+            "the proxy listens before the first sync"
+        );
         let errors = portico
             .metric("portico_source_errors_total", "reason=\"list\"")
             .await;

@@ -628,6 +628,23 @@ impl KubeSource {
 
 #[async_trait]
 impl BackgroundService for KubeSource {
+    /// Signals ready once the first complete snapshot is published, so that the proxy listeners
+    /// (which depend on this service) never answer from an empty table.
+    async fn start_with_ready_notifier(
+        &self,
+        shutdown: ShutdownWatch,
+        ready: pingora_core::services::ServiceReadyNotifier,
+    ) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            while !shared.is_ready() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            ready.notify_ready();
+        });
+        self.start(shutdown).await;
+    }
+
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let Some(client) = self.connect(&mut shutdown).await else {
             return;
