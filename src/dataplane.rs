@@ -3,6 +3,7 @@
 //! A request loads the current [`DataPlane`] once and uses only it, so it never sees new routes
 //! with old pools. Publishing is a single `ArcSwap::store`; readers never block.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,10 +12,11 @@ use arc_swap::ArcSwap;
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::model::Model;
-use crate::routing::compile::{build_pool, index_slices, TlsBinding};
+use crate::routing::compile::{build_pool, SliceIndex, TlsBinding};
 use crate::routing::{compile, CompileOptions, PoolSpec, Rejected, RouteTable};
 use crate::tls::{CertStore, TlsOptions};
-use crate::upstream::Pool;
+use crate::upstream::{EndpointHealth, Pool};
+use std::net::SocketAddr;
 
 /// One immutable snapshot of everything the request path reads.
 #[derive(Debug, Default)]
@@ -36,6 +38,7 @@ pub struct Shared {
     current: ArcSwap<DataPlane>,
     ready: AtomicBool,
     draining: AtomicBool,
+    stopped_accepting: AtomicBool,
     generation: AtomicU64,
     pub metrics: Arc<Metrics>,
     pub options: CompileOptions,
@@ -59,6 +62,7 @@ impl Shared {
             current: ArcSwap::from_pointee(initial),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            stopped_accepting: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             metrics,
             options,
@@ -83,6 +87,7 @@ impl Shared {
         let started = Instant::now();
         let mut compiled = compile(model, &self.options);
         let previous = self.load();
+        carry_health(&previous.pools, &mut compiled.pools);
         let (certs, rejected_secrets) = CertStore::build(
             &compiled.tls,
             &model.secrets,
@@ -125,23 +130,52 @@ impl Shared {
 
     /// Rebuilds only the pools of `services` from the model and publishes a snapshot that shares
     /// the current route table. For endpoint-only changes: no route is recompiled.
+    ///
+    /// The cost follows the change, not the cluster: only the affected namespaces' slices are
+    /// read and only the rebuilt pools' gauges are set.
     pub fn publish_endpoints(&self, model: &Model, services: &[crate::model::ObjectKey]) {
         let current = self.load();
-        let slices = index_slices(model);
-        let mut pools = current.pools.clone();
-        let mut changed = false;
-        for (i, spec) in current.pool_specs.iter().enumerate() {
-            if services.contains(&spec.service) {
-                if let Some(slot) = pools.get_mut(i) {
-                    *slot = Arc::new(build_pool(spec, &slices));
-                    changed = true;
+        let wanted: HashSet<(&str, &str)> = services
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.name.as_str()))
+            .collect();
+        let namespaces: BTreeSet<&str> = wanted.iter().map(|(ns, _)| *ns).collect();
+        let mut slices: SliceIndex<'_> = HashMap::new();
+        for ns in namespaces {
+            let in_ns = model
+                .slices
+                .range(crate::model::ObjectKey::new(ns, "")..)
+                .take_while(|(k, _)| k.namespace == ns);
+            for (_, slice) in in_ns {
+                if let Some(svc) = slice.service_name.as_deref() {
+                    if wanted.contains(&(ns, svc)) {
+                        slices.entry((ns, svc)).or_default().push(slice);
+                    }
                 }
             }
         }
-        if !changed {
+        let mut pools = current.pools.clone();
+        let mut rebuilt = Vec::new();
+        for (i, spec) in current.pool_specs.iter().enumerate() {
+            let id = (spec.service.namespace.as_str(), spec.service.name.as_str());
+            if wanted.contains(&id) {
+                if let Some(slot) = pools.get_mut(i) {
+                    let mut pool = build_pool(spec, &slices);
+                    // The same spec's previous pool knows these endpoints' health.
+                    pool.adopt_health(&known_health(current.pools.get(i..=i).unwrap_or_default()));
+                    *slot = Arc::new(pool);
+                    rebuilt.push(i);
+                }
+            }
+        }
+        if rebuilt.is_empty() {
             return;
         }
-        self.metrics.set_pools(&pools);
+        for i in rebuilt {
+            if let Some(pool) = pools.get(i) {
+                self.metrics.set_pool(pool);
+            }
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.current.store(Arc::new(DataPlane {
             generation,
@@ -164,9 +198,40 @@ impl Shared {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// Marks the moment the listeners stop accepting (after the grace period, or at an upgrade).
+    pub fn stop_accepting(&self) {
+        self.stopped_accepting.store(true, Ordering::Release);
+    }
+
+    pub fn has_stopped_accepting(&self) -> bool {
+        self.stopped_accepting.load(Ordering::Acquire)
+    }
+
     /// Marks the start of a shutdown: `/readyz` answers 503 from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+}
+
+fn known_health(pools: &[Arc<Pool>]) -> HashMap<SocketAddr, Arc<EndpointHealth>> {
+    pools
+        .iter()
+        .flat_map(|p| p.endpoints())
+        .map(|u| (u.addr, u.health.clone()))
+        .collect()
+}
+
+/// Gives freshly compiled pools the health records of the endpoints the current snapshot has.
+fn carry_health(current: &[Arc<Pool>], fresh: &mut [Arc<Pool>]) {
+    let known = known_health(current);
+    if known.is_empty() {
+        return;
+    }
+    for pool in fresh.iter_mut() {
+        // Fresh pools are not shared yet.
+        if let Some(p) = Arc::get_mut(pool) {
+            p.adopt_health(&known);
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! The demo runs one per example pod, and the end-to-end tests use it as the real origin. Paths:
 //! - `/status/NNN`: answers with that status;
+//! - `/delay/MS`: answers after MS milliseconds;
 //! - `/bytes/N`: streams N bytes back;
 //! - anything else: a JSON description of the request, including the request body's length and
 //!   checksum (the body is streamed through, never buffered whole);
@@ -94,6 +95,11 @@ async fn handle(
             hyper::header::HeaderValue::from_static("websocket"),
         );
         return Ok(r);
+    }
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        let ms: u64 = ms.parse().unwrap_or(0).min(60_000);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        return Ok(full(200, format!("delayed {ms} ms by {}\n", id.pod)));
     }
     if let Some(code) = path.strip_prefix("/status/") {
         return Ok(full(

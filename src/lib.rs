@@ -14,6 +14,8 @@ pub mod config;
 pub mod dataplane;
 pub mod demo;
 pub mod echo;
+pub mod guard;
+pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod proxy;

@@ -8,6 +8,7 @@ use portico::server::{self, Signals};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let demo = matches!(cli.command, Some(Command::Demo));
+    let upgrade = cli.upgrade;
     let mut flags = cli.flags;
     if demo {
         let dir = portico::demo::demo_dir().context("creating the demo directory")?;
@@ -18,7 +19,6 @@ fn main() -> anyhow::Result<()> {
     }
     let config = flags.resolve()?;
     portico::telemetry::init(config.access_log);
-    let upgrade = std::env::args().any(|a| a == "-u" || a == "--upgrade");
     let built = server::build(&config, upgrade)?;
     if demo {
         portico::demo::start_backends().context("starting the demo's echo backends")?;
@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         shared: built.shared.clone(),
         grace_period: config.shutdown_grace_period,
     };
-    server::exit_when_drained(built.shared.clone(), config.shutdown_grace_period);
+    server::exit_when_drained(built.shared.clone());
     server::run(built.server, Box::new(signals));
     Ok(())
 }

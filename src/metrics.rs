@@ -90,6 +90,8 @@ pub struct Metrics {
     tls_expiry: GaugeVec,
     /// Handles for requests that matched no route.
     pub unrouted: RouteMetrics,
+    /// Handles that record nothing (`--request-metrics false`).
+    pub disabled: RouteMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -240,6 +242,7 @@ impl Metrics {
             pool_endpoints,
             tls_expiry,
             unrouted: RouteMetrics::empty(["", "", ""]),
+            disabled: RouteMetrics::empty(["", "", ""]),
         };
         metrics.unrouted = metrics.route_labels(["", "", ""]);
         Ok(Arc::new(metrics))
@@ -295,6 +298,14 @@ impl Metrics {
                 .with_label_values(&[&p.service.namespace, &p.service.name, &port])
                 .set(p.endpoints().len() as i64);
         }
+    }
+
+    /// Sets the usable-endpoint gauge of one pool, after an endpoint-only change.
+    pub fn set_pool(&self, pool: &Pool) {
+        let port = pool.port.to_string();
+        self.pool_endpoints
+            .with_label_values(&[&pool.service.namespace, &pool.service.name, &port])
+            .set(pool.endpoints().len() as i64);
     }
 
     pub fn source_event(&self, source: &str, kind: &str) {

@@ -171,10 +171,35 @@ pub struct Ingress {
 pub struct IngressAnnotations {
     /// `portico.dev/ssl-redirect`; `None` means the default (redirect when the host has TLS).
     pub ssl_redirect: Option<bool>,
+    /// Per-route overrides of the upstream and body limits.
+    pub limits: RouteLimits,
+    /// `portico.dev/health-check-path` (+ `-interval`): active HTTP checks of the backends.
+    pub health_check: Option<HealthCheck>,
     /// `portico.dev/hsts`: the `Strict-Transport-Security` policy sent over TLS.
     pub hsts: Option<Hsts>,
     /// `portico.dev/backend-protocol`; `None` means [`BackendProtocol::Http`].
     pub backend_protocol: Option<BackendProtocol>,
+}
+
+/// An active HTTP health check: `GET path` on every endpoint every `interval`; a 2xx or 3xx
+/// answer within the timeout is healthy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: std::time::Duration,
+}
+
+/// Per-Ingress overrides (`portico.dev/proxy-*` annotations); `None` keeps the global setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// `portico.dev/proxy-body-size`: largest request body in bytes; 0 means unlimited.
+    pub max_body: Option<u64>,
+    /// `portico.dev/proxy-connect-timeout`
+    pub connect_timeout: Option<std::time::Duration>,
+    /// `portico.dev/proxy-read-timeout`
+    pub read_timeout: Option<std::time::Duration>,
+    /// `portico.dev/proxy-send-timeout`
+    pub send_timeout: Option<std::time::Duration>,
 }
 
 /// How Portico speaks to the backends of one Ingress.

@@ -1,4 +1,5 @@
-//! Assembles the Pingora server: the proxy listeners, the admin listener and the source.
+//! Assembles the Pingora server: the proxy listeners, the admin listener and the source (the
+//! manifest directory with `--manifests`, else the Kubernetes cluster).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::config::Config;
 use crate::dataplane::Shared;
 use crate::metrics::Metrics;
 use crate::proxy::Portico;
+use crate::source::kube::KubeSource;
 use crate::source::manifests::{ManifestError, ManifestSource};
 use crate::tls::{SniResolver, TlsError, TlsOptions};
 
@@ -37,8 +39,6 @@ pub enum ServerError {
     TlsListener(String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("no source: pass --manifests DIR (the Kubernetes source is not built in yet)")]
-    NoSource,
 }
 
 /// A built server, ready to run.
@@ -78,6 +78,8 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         // in-flight requests before it stops the runtimes.
         grace_period_seconds: Some(config.shutdown_drain_timeout.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Retries are decided per request (idempotent, not answered yet, attempts left).
+        max_retries: config.limits.upstream_attempts.max(1),
         upgrade_sock: format!("/tmp/portico_upgrade_{}.sock", config.admin_listen.port()),
         pid_file: format!("/tmp/portico_{}.pid", config.admin_listen.port()),
         ..ServerConf::default()
@@ -97,6 +99,8 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         upstream: config.upstream.clone(),
         trusted_proxies: config.trusted_proxies.clone().into(),
         access_log: config.access_log,
+        limits: config.limits,
+        request_metrics: config.request_metrics,
         https_redirect_port: config.https_redirect_port,
     };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, app, "portico proxy");
@@ -110,7 +114,7 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         tls.enable_h2();
         proxy.add_tls_with_settings(&addr.to_string(), None, tls);
     }
-    server.add_service(proxy);
+    let proxy = server.add_service(proxy);
 
     let mut admin = Service::new(
         "portico admin".to_string(),
@@ -122,12 +126,25 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
     admin.threads = Some(1);
     server.add_service(admin);
 
+    server.add_service(background_service(
+        "health checks",
+        crate::health::HealthChecker {
+            shared: shared.clone(),
+        },
+    ));
+
     match &config.manifests {
         Some(dir) => {
             let source = ManifestSource::new(dir.clone(), shared.clone())?;
-            server.add_service(background_service("manifests source", source));
+            let source = server.add_service(background_service("manifests source", source));
+            // The proxy listeners open only once the first snapshot is published, so that no
+            // request is answered from an empty table (after a start or an upgrade).
+            proxy.add_dependency(&source);
         }
-        None => return Err(ServerError::NoSource),
+        None => {
+            let source = KubeSource::new(config.kubernetes.clone(), shared.clone());
+            server.add_service(background_service("kubernetes source", source));
+        }
     }
     Ok(Built { server, shared })
 }
@@ -158,11 +175,15 @@ impl ShutdownSignalWatch for Signals {
                 tracing::info!(grace = ?self.grace_period, "SIGTERM: not ready; still accepting during the grace period");
                 tokio::time::sleep(self.grace_period).await;
                 tracing::info!("grace period over: no longer accepting; draining in-flight requests");
+                self.shared.stop_accepting();
                 ShutdownSignal::GracefulTerminate
             }
             _ = int.recv() => ShutdownSignal::FastShutdown,
             _ = quit.recv() => {
+                // The new process answers /readyz from now on; this one only drains.
+                tracing::info!("SIGQUIT: handing the listeners to the new process");
                 self.shared.start_draining();
+                self.shared.stop_accepting();
                 ShutdownSignal::GracefulUpgrade
             }
         }
@@ -176,17 +197,25 @@ pub fn run(server: Server, shutdown: Box<dyn ShutdownSignalWatch + Send>) {
     });
 }
 
-/// Ends the process as soon as a graceful shutdown has nothing left in flight, instead of waiting
-/// out Pingora's whole drain timeout. Idle keep-alive connections are closed, which HTTP/1.1
-/// clients handle by retrying on a new connection.
-pub fn exit_when_drained(shared: Arc<Shared>, grace_period: Duration) {
+/// Ends the process as soon as a graceful shutdown or upgrade has nothing left in flight, instead
+/// of waiting out Pingora's whole drain timeout (which stays the upper bound). Idle keep-alive
+/// connections are closed, which HTTP/1.1 clients handle by retrying on a new connection.
+pub fn exit_when_drained(shared: Arc<Shared>) {
     std::thread::spawn(move || {
-        while !shared.is_draining() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(grace_period + Duration::from_millis(200));
-        while shared.metrics.inflight.get() > 0 {
+        while !shared.has_stopped_accepting() {
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let Pingora close the listeners (or send them to the new process) and read the
+        // requests of connections it accepted last; then wait for a quiet half second.
+        std::thread::sleep(Duration::from_millis(1000));
+        let mut quiet = 0;
+        while quiet < 5 {
+            quiet = if shared.metrics.inflight.get() > 0 {
+                0
+            } else {
+                quiet + 1
+            };
+            std::thread::sleep(Duration::from_millis(100));
         }
         tracing::info!("drained: exiting");
         std::process::exit(0);

@@ -50,6 +50,8 @@ pub struct PoolSpec {
     /// The resolved Service port name (empty for an unnamed port); `None` when the Service or the
     /// port does not exist, which makes an empty pool.
     pub port_name: Option<String>,
+    /// Active health check, from the oldest Ingress that asks for one on this backend.
+    pub health_check: Option<crate::model::HealthCheck>,
 }
 
 /// A TLS host bound to its Secret, after conflict resolution.
@@ -87,6 +89,37 @@ pub fn index_slices(model: &Model) -> SliceIndex<'_> {
     index
 }
 
+/// Portico's Ingresses in `model`, oldest first (then by namespace/name): the ones the compile step
+/// serves, and the ones whose status the Kubernetes source writes.
+///
+/// An Ingress is Portico's when its `spec.ingressClassName` names a class whose controller is
+/// ours; or, without a class name, when its legacy annotation equals our class name; or, with
+/// neither, when one of our classes is marked as the cluster default.
+pub fn owned_ingresses<'m>(model: &'m Model, opts: &CompileOptions) -> Vec<&'m Ingress> {
+    let owned: HashSet<&str> = model
+        .classes
+        .values()
+        .filter(|c| c.controller == opts.controller_name)
+        .map(|c| c.name.as_str())
+        .collect();
+    let default_class = model
+        .classes
+        .values()
+        .any(|c| c.is_default && owned.contains(c.name.as_str()));
+    let mut ours: Vec<&Ingress> = model
+        .ingresses
+        .values()
+        .map(|i| i.as_ref())
+        .filter(|ing| match (&ing.class_name, &ing.class_annotation) {
+            (Some(class), _) => owned.contains(class.as_str()),
+            (None, Some(annotation)) => *annotation == opts.ingress_class,
+            (None, None) => default_class,
+        })
+        .collect();
+    ours.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
+    ours
+}
+
 /// Compiles the model. Pure: same model and options, same output.
 pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
     let mut c = Compiler {
@@ -100,7 +133,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
         any_host: HostRules::default(),
     };
 
-    let ours = c.select_ingresses(opts);
+    let ours = owned_ingresses(model, opts);
     let mut default_owner: Option<&ObjectKey> = None;
     let mut tls_owner: BTreeMap<HostMatch, TlsBinding> = BTreeMap::new();
 
@@ -249,35 +282,6 @@ impl<'m> Compiler<'m> {
         });
     }
 
-    /// Portico's Ingresses, oldest first (then by namespace/name).
-    fn select_ingresses(&mut self, opts: &CompileOptions) -> Vec<&'m Ingress> {
-        let owned: HashSet<&str> = self
-            .model
-            .classes
-            .values()
-            .filter(|c| c.controller == opts.controller_name)
-            .map(|c| c.name.as_str())
-            .collect();
-        let default_class = self
-            .model
-            .classes
-            .values()
-            .any(|c| c.is_default && owned.contains(c.name.as_str()));
-        let mut ours: Vec<&Ingress> = self
-            .model
-            .ingresses
-            .values()
-            .map(|i| i.as_ref())
-            .filter(|ing| match (&ing.class_name, &ing.class_annotation) {
-                (Some(class), _) => owned.contains(class.as_str()),
-                (None, Some(annotation)) => *annotation == opts.ingress_class,
-                (None, None) => default_class,
-            })
-            .collect();
-        ours.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
-        ours
-    }
-
     /// Validates the Ingress's TLS entries and claims their hosts; returns the hosts this Ingress
     /// now holds TLS for.
     fn tls_hosts(
@@ -359,7 +363,15 @@ impl<'m> Compiler<'m> {
         };
         let service = ObjectKey::new(ing.key.namespace.clone(), name.clone());
         let pool = match self.pool_ids.get(&(service.clone(), port.clone())) {
-            Some(id) => *id,
+            Some(id) => {
+                // A younger Ingress may ask for a check the older ones did not.
+                if let Some(spec) = self.out.pool_specs.get_mut(*id) {
+                    if spec.health_check.is_none() {
+                        spec.health_check = ing.annotations.health_check.clone();
+                    }
+                }
+                *id
+            }
             None => {
                 let spec = match self.model.services.get(&service) {
                     None => {
@@ -373,6 +385,7 @@ impl<'m> Compiler<'m> {
                             service: service.clone(),
                             port: port.clone(),
                             port_name: None,
+                            health_check: ing.annotations.health_check.clone(),
                         }
                     }
                     Some(svc) if svc.external_name => {
@@ -403,6 +416,7 @@ impl<'m> Compiler<'m> {
                             service: service.clone(),
                             port: port.clone(),
                             port_name: found.map(|p| p.name.clone()),
+                            health_check: ing.annotations.health_check.clone(),
                         }
                     }
                 };
@@ -421,6 +435,7 @@ impl<'m> Compiler<'m> {
             service,
             pool,
             redirect_https: redirect,
+            limits: ing.annotations.limits,
             hsts: ing
                 .annotations
                 .hsts
@@ -460,10 +475,10 @@ pub fn build_pool(spec: &PoolSpec, slices: &SliceIndex<'_>) -> Pool {
                     continue;
                 };
                 for ip in &ep.addresses {
-                    target.push(Upstream {
-                        addr: SocketAddr::new(*ip, port),
-                        pod: ep.pod.as_deref().map(Arc::from),
-                    });
+                    target.push(Upstream::new(
+                        SocketAddr::new(*ip, port),
+                        ep.pod.as_deref().map(Arc::from),
+                    ));
                 }
             }
         }

@@ -11,8 +11,8 @@ pub mod path;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::{BackendProtocol, ObjectKey};
-pub use compile::{compile, CompileOptions, Compiled, PoolSpec, Rejected};
+use crate::model::{BackendProtocol, ObjectKey, RouteLimits};
+pub use compile::{compile, owned_ingresses, CompileOptions, Compiled, PoolSpec, Rejected};
 pub use host::{normalize_request_host, HostMatch};
 pub use path::PathMatch;
 
@@ -29,6 +29,8 @@ pub struct Route {
     pub pool: usize,
     /// Answer plain-HTTP requests with a 308 to HTTPS (the host has TLS, and no opt-out).
     pub redirect_https: bool,
+    /// The Ingress's overrides of body size and upstream timeouts.
+    pub limits: RouteLimits,
     /// The `Strict-Transport-Security` value added to responses over TLS, from the Ingress.
     pub hsts: Option<Arc<str>>,
     /// How to speak to the backend, from the Ingress.

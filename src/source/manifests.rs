@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use notify::{RecursiveMode, Watcher};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use pingora_core::services::ServiceReadyNotifier;
 use tokio::sync::mpsc;
 
 use crate::dataplane::Shared;
@@ -222,24 +223,20 @@ impl ManifestSource {
         Ok(Self { dir, shared })
     }
 
-    /// Loads the directory and publishes the first snapshot; then applies every change until
-    /// shutdown.
-    pub async fn run(&self, mut shutdown: ShutdownWatch) -> Result<(), ManifestError> {
+    /// Loads the directory and publishes the first snapshot, then signals `ready` (the proxy
+    /// listeners start only after that); then applies every change until shutdown.
+    pub async fn run(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: impl FnOnce(),
+    ) -> Result<(), ManifestError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event| {
+        // Watch before the first scan, so that no change between the two is missed.
+        let watcher = notify::recommended_watcher(move |event| {
             // The receiver only goes away at shutdown.
             let _ = tx.send(event);
         })
-        .map_err(|source| ManifestError::Watch {
-            path: self.dir.clone(),
-            source,
-        })?;
-        watcher
-            .watch(&self.dir, RecursiveMode::NonRecursive)
-            .map_err(|source| ManifestError::Watch {
-                path: self.dir.clone(),
-                source,
-            })?;
+        .and_then(|mut w| w.watch(&self.dir, RecursiveMode::NonRecursive).map(|_| w));
 
         let mut dir = ManifestDir::default();
         let mut reported = HashSet::new();
@@ -249,6 +246,11 @@ impl ManifestSource {
             super::report_rejections(&mut reported, &rejected);
         };
         publish(&mut dir);
+        ready();
+        let _watcher = watcher.map_err(|source| ManifestError::Watch {
+            path: self.dir.clone(),
+            source,
+        })?;
         tracing::info!(dir = %self.dir.display(), "manifests loaded; watching for changes");
 
         loop {
@@ -278,8 +280,20 @@ impl ManifestSource {
 
 #[async_trait]
 impl BackgroundService for ManifestSource {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        if let Err(e) = self.run(shutdown).await {
+    async fn start_with_ready_notifier(
+        &self,
+        shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let mut ready = Some(ready);
+        let result = self
+            .run(shutdown, || {
+                if let Some(r) = ready.take() {
+                    r.notify_ready()
+                }
+            })
+            .await;
+        if let Err(e) = result {
             tracing::error!(error = %e, "manifest source stopped; the last snapshot keeps serving");
             self.shared.metrics.source_error(SOURCE, "watch");
         }
