@@ -898,7 +898,10 @@ async fn grpc_backend() -> u16 {
                             && req
                                 .headers()
                                 .get("content-type")
-                                .is_some_and(|v| v == "application/grpc");
+                                .is_some_and(|v| v == "application/grpc")
+                            // gRPC servers expect it (grpc-java warns of a proxy without
+                            // trailer support when it is missing).
+                            && req.headers().get("te").is_some_and(|v| v == "trailers");
                         let path = req.uri().path().to_string();
                         let message = req
                             .into_body()
