@@ -12,7 +12,8 @@
 # Both proxies terminate TLS with the same ECDSA P-256 certificate (TLS 1.3, X25519) and proxy
 # over keep-alive HTTP/1.1 to one nginx upstream that answers `200 ok`. Each proxy gets one
 # worker pinned to CPU 0; wrk and the upstream share CPU 1. Access logs are off on both.
-# The result is reported as Portico/nginx ratios.
+# The result is reported as Portico/nginx ratios, of requests/s and of requests per CPU-second of
+# the proxy process (its own CPU time, read from /proc, which other load disturbs much less).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -105,7 +106,8 @@ http {
 }
 EOF
 taskset -c 0 "$NGINX" -p "$work/ng" -c "$work/ng/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+NGINX_PID=$!
+pids+=($NGINX_PID)
 
 # Portico: the same certificate as its default, and as the Secret of an Ingress host.
 mkdir -p "$work/manifests"
@@ -150,7 +152,8 @@ taskset -c 0 "$PORTICO_BIN" --manifests "$work/manifests" --threads 1 --access-l
   --http-listen "127.0.0.1:$PH" --https-listen "127.0.0.1:$PS" --admin-listen "127.0.0.1:$PA" \
   --default-tls-cert "$work/tls.crt" --default-tls-key "$work/tls.key" \
   >"$work/portico.log" 2>&1 &
-pids+=($!)
+PORTICO_PID=$!
+pids+=($PORTICO_PID)
 
 for _ in $(seq 100); do
   if curl -sf "http://127.0.0.1:$PA/readyz" >/dev/null \
@@ -167,30 +170,54 @@ curl -skf "https://127.0.0.1:$NG/" >/dev/null || { cat "$work/ng/error.log"; ech
 fp() { openssl s_client -connect "127.0.0.1:$1" -servername perf.test </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256; }
 [ "$(fp "$PS")" = "$(fp "$NG")" ] || { echo "the proxies serve different certificates" >&2; exit 1; }
 
-# One wrk run; prints requests/s (with Connection: close, that is new handshakes/s).
-run() { # port mode
-  local extra=() scheme=https
-  [ "$2" = close ] && extra=(-H 'Connection: close')
-  [ "$2" = plain ] && scheme=http
+# CPU time (clock ticks) of a process and its children: nginx's master and worker; Portico's
+# threads are in its own counters.
+ticks() {
+  local total=0 pid
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
+# One wrk run against port $1 of process $2; prints "requests/s requests-per-CPU-second".
+# With `Connection: close`, requests are new TLS handshakes.
+run() { # port pid mode
+  local extra=() scheme=https before after
+  [ "$3" = close ] && extra=(-H 'Connection: close')
+  [ "$3" = plain ] && scheme=http
+  before=$(ticks "$2")
   taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" "${extra[@]}" \
     "$scheme://127.0.0.1:$1/" >"$work/wrk.out" 2>&1
+  after=$(ticks "$2")
   if grep -q "Non-2xx\|Socket errors: connect [1-9]" "$work/wrk.out"; then
     grep "Non-2xx\|Socket errors" "$work/wrk.out" >&2
   fi
-  awk '/Requests\/sec/ {print $2}' "$work/wrk.out"
+  awk -v cpu="$(( after - before ))" -v hz="$HZ" '
+    / requests in / { n = $1 }
+    /Requests\/sec/ { rps = $2 }
+    END { printf "%s %.0f\n", rps, (cpu > 0 ? n / (cpu / hz) : 0) }' "$work/wrk.out"
 }
 
 echo "TLS perf: $(nproc) CPUs, wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, one proxy worker on CPU 0; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "certificate: ECDSA P-256; $(openssl s_client -connect "127.0.0.1:$PS" </dev/null 2>/dev/null | grep -m1 -E 'New, TLS|Protocol' | sed 's/^ *//')"
+echo "Throughput (req/s) is what wrk sees; efficiency (req/CPU-s) divides the requests by the proxy's"
+echo "own CPU time, which other load on the machine disturbs much less."
+printf "%-40s %-26s %-26s %s\n" "" "Portico run 1, run 2" "nginx run 1, run 2" "ratio Portico/nginx"
 for mode in ${MODES:-keepalive close plain}; do
-  pp=$PS np=$NG label="TLS requests/s, keep-alive"
-  [ "$mode" = close ] && label="new TLS handshakes/s (one request each)"
-  [ "$mode" = plain ] && pp=$PH np=$NGP label="(reference) plain HTTP requests/s"
+  pp=$PS np=$NG label="TLS keep-alive"
+  [ "$mode" = close ] && label="new TLS handshakes (1 request each)"
+  [ "$mode" = plain ] && pp=$PH np=$NGP label="(reference) plain HTTP keep-alive"
   # Warm both up briefly.
-  SECONDS_PER_RUN=2 run "$pp" "$mode" >/dev/null; SECONDS_PER_RUN=2 run "$np" "$mode" >/dev/null
-  p1=$(run "$pp" "$mode"); n1=$(run "$np" "$mode"); p2=$(run "$pp" "$mode"); n2=$(run "$np" "$mode")
+  SECONDS_PER_RUN=2 run "$pp" "$PORTICO_PID" "$mode" >/dev/null
+  SECONDS_PER_RUN=2 run "$np" "$NGINX_PID" "$mode" >/dev/null
+  p1=$(run "$pp" "$PORTICO_PID" "$mode"); n1=$(run "$np" "$NGINX_PID" "$mode")
+  p2=$(run "$pp" "$PORTICO_PID" "$mode"); n2=$(run "$np" "$NGINX_PID" "$mode")
   awk -v l="$label" -v p1="$p1" -v p2="$p2" -v n1="$n1" -v n2="$n2" 'BEGIN {
-    p = (p1 + p2) / 2; n = (n1 + n2) / 2;
-    printf "%-40s Portico %9.0f %9.0f  nginx %9.0f %9.0f  ratio Portico/nginx %.2f\n", l, p1, p2, n1, n2, (n > 0 ? p / n : 0)
+    split(p1, a, " "); split(p2, b, " "); split(n1, c, " "); split(n2, d, " ");
+    printf "%-40s %9.0f %9.0f req/s      %9.0f %9.0f req/s      %.2f\n", l, a[1], b[1], c[1], d[1], (c[1] + d[1] > 0 ? (a[1] + b[1]) / (c[1] + d[1]) : 0);
+    printf "%-40s %9.0f %9.0f req/CPU-s  %9.0f %9.0f req/CPU-s  %.2f\n", "", a[2], b[2], c[2], d[2], (c[2] + d[2] > 0 ? (a[2] + b[2]) / (c[2] + d[2]) : 0);
   }'
 done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

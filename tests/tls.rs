@@ -903,7 +903,10 @@ async fn grpc_backend() -> u16 {
                             && req
                                 .headers()
                                 .get("content-type")
-                                .is_some_and(|v| v == "application/grpc");
+                                .is_some_and(|v| v == "application/grpc")
+                            // gRPC servers expect it (grpc-java warns of a proxy without
+                            // trailer support when it is missing).
+                            && req.headers().get("te").is_some_and(|v| v == "trailers");
                         let path = req.uri().path().to_string();
                         let message = req
                             .into_body()
@@ -1027,7 +1030,7 @@ async fn https_backend() -> u16 {
     let c = cert(&["backend.cluster.local"]);
     use rustls::pki_types::pem::PemObject;
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(c.key.as_bytes()).expect("key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -1035,6 +1038,7 @@ async fn https_backend() -> u16 {
     .with_no_client_auth()
     .with_single_cert(vec![CertificateDer::from(c.der.clone())], key)
     .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1067,7 +1071,7 @@ async fn https_backend() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_backend_with_a_self_signed_certificate() {
+async fn https_and_grpcs_backends_with_a_self_signed_certificate() {
     bounded(async {
         let port = https_backend().await;
         let p = Proxy::start(&[
@@ -1083,19 +1087,32 @@ async fn https_backend_with_a_self_signed_certificate() {
                     &[],
                 ),
             ),
+            (
+                "g.yaml",
+                ingress(
+                    "g",
+                    &[("portico.dev/backend-protocol", "GRPCS")],
+                    &["grpcs.test"],
+                    "secure",
+                    &[],
+                ),
+            ),
         ])
         .await;
-        let r = client()
-            .get(format!("http://{}/in", p.http))
-            .header("host", "secure.test")
-            .send()
-            .await
-            .expect("http");
-        assert_eq!(r.status(), 200);
-        assert_eq!(
-            r.text().await.unwrap_or_default(),
-            "tls backend HTTP/1.1 /in"
-        );
+        // HTTPS is HTTP/1.1 over TLS; GRPCS is HTTP/2 negotiated by ALPN.
+        for (host, want) in [
+            ("secure.test", "tls backend HTTP/1.1 /in"),
+            ("grpcs.test", "tls backend HTTP/2.0 /in"),
+        ] {
+            let r = client()
+                .get(format!("http://{}/in", p.http))
+                .header("host", host)
+                .send()
+                .await
+                .expect("http");
+            assert_eq!(r.status(), 200, "{host}");
+            assert_eq!(r.text().await.unwrap_or_default(), want);
+        }
     })
     .await;
 }
