@@ -12,10 +12,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use support::*;
 
+mod common;
+
 mod support {
+    pub use super::common::{free_port, StopSignal};
     use super::*;
-    use async_trait::async_trait;
-    use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
     use portico::config::Flags;
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::crypto::CryptoProvider;
@@ -24,24 +25,6 @@ mod support {
     use tokio::sync::watch;
 
     pub const STEP: Duration = Duration::from_secs(8);
-
-    pub fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free port")
-    }
-
-    struct StopSignal(watch::Receiver<bool>);
-
-    #[async_trait]
-    impl ShutdownSignalWatch for StopSignal {
-        async fn recv(&self) -> ShutdownSignal {
-            let mut rx = self.0.clone();
-            let _ = rx.wait_for(|stop| *stop).await;
-            ShutdownSignal::FastShutdown
-        }
-    }
 
     /// A running Portico, stopped when dropped.
     pub struct Proxy {
