@@ -25,7 +25,7 @@ pub struct DataPlane {
     pub pool_specs: Arc<Vec<PoolSpec>>,
     pub tls: Arc<Vec<TlsBinding>>,
     /// Metric handles per route, resolved when the snapshot is built (indexed by `Route::id`).
-    pub route_metrics: Arc<Vec<RouteMetrics>>,
+    pub route_metrics: Arc<Vec<Arc<RouteMetrics>>>,
 }
 
 /// Shared state between the control plane (sources, compile) and the data plane (proxy, admin).
@@ -65,12 +65,7 @@ impl Shared {
     pub fn publish_model(&self, model: &Model, complete: bool) -> Vec<Rejected> {
         let started = Instant::now();
         let compiled = compile(model, &self.options);
-        let route_metrics = compiled
-            .table
-            .routes()
-            .iter()
-            .map(|r| self.metrics.route(r))
-            .collect();
+        let route_metrics = self.metrics.routes(compiled.table.routes());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.set_pools(&compiled.pools);
         let plane = DataPlane {

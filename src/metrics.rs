@@ -3,7 +3,8 @@
 //! The request path never hashes a label set: each route carries a [`RouteMetrics`] built with
 //! its snapshot, whose handles are resolved once, on first use, and then only incremented.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -90,6 +91,8 @@ pub struct Metrics {
     tls_expiry: GaugeVec,
     /// Handles for requests that matched no route.
     pub unrouted: RouteMetrics,
+    /// The route handles of the current snapshot by label set, reused by the next one.
+    route_cache: Mutex<HashMap<String, Arc<RouteMetrics>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -240,6 +243,7 @@ impl Metrics {
             pool_endpoints,
             tls_expiry,
             unrouted: RouteMetrics::empty(["", "", ""]),
+            route_cache: Mutex::new(HashMap::new()),
         };
         metrics.unrouted = metrics.route_labels(["", "", ""]);
         Ok(Arc::new(metrics))
@@ -247,11 +251,32 @@ impl Metrics {
 
     /// The handles for one route; called when a snapshot is built.
     pub fn route(&self, route: &Route) -> RouteMetrics {
-        self.route_labels([
-            route.ingress.namespace.as_str(),
-            route.ingress.name.as_str(),
-            route.service.name.as_str(),
-        ])
+        self.route_labels(route_labels(route))
+    }
+
+    /// The handles of every route of a new snapshot, in route order; called when a snapshot is
+    /// built. Routes with the same labels (the paths of one Ingress to one Service) share one
+    /// [`RouteMetrics`], and a label set of the previous snapshot keeps its handles, already
+    /// resolved; those of label sets that are gone are dropped. At 10,000 Ingresses × 3 paths
+    /// this made a publish ~30k allocations of handles lighter.
+    pub fn routes(&self, routes: &[Route]) -> Vec<Arc<RouteMetrics>> {
+        let mut cache = self.route_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut previous = std::mem::take(&mut *cache);
+        routes
+            .iter()
+            .map(|r| {
+                let labels = route_labels(r);
+                let key = labels.join("\0");
+                if let Some(m) = cache.get(&key) {
+                    return m.clone();
+                }
+                let m = previous
+                    .remove(&key)
+                    .unwrap_or_else(|| Arc::new(self.route_labels(labels)));
+                cache.insert(key, m.clone());
+                m
+            })
+            .collect()
     }
 
     fn route_labels(&self, labels: [&str; 3]) -> RouteMetrics {
@@ -321,6 +346,14 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
     }
+}
+
+fn route_labels(route: &Route) -> [&str; 3] {
+    [
+        route.ingress.namespace.as_str(),
+        route.ingress.name.as_str(),
+        route.service.name.as_str(),
+    ]
 }
 
 #[derive(Clone)]
@@ -411,5 +444,35 @@ impl RouteMetrics {
         self.response
             .get_or_init(|| f.upstream_response.with_label_values(&self.labels()))
             .observe(took.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ObjectKey;
+
+    fn route(id: usize, ingress: &str, service: &str) -> Route {
+        Route {
+            id,
+            ingress: ObjectKey::new("ns", ingress),
+            service: ObjectKey::new("ns", service),
+            pool: 0,
+            redirect_https: false,
+        }
+    }
+
+    #[test]
+    fn route_handles_are_shared_by_label_set_and_kept_across_snapshots() {
+        let m = Metrics::new().unwrap();
+        let first = m.routes(&[route(0, "a", "s"), route(1, "a", "s"), route(2, "b", "s")]);
+        assert!(Arc::ptr_eq(&first[0], &first[1]));
+        assert!(!Arc::ptr_eq(&first[0], &first[2]));
+
+        let a = Arc::downgrade(&first[0]);
+        let second = m.routes(&[route(0, "b", "s"), route(1, "c", "s")]);
+        assert!(Arc::ptr_eq(&second[0], &first[2]), "kept across snapshots");
+        drop(first);
+        assert!(a.upgrade().is_none(), "a label set that is gone is dropped");
     }
 }

@@ -144,6 +144,7 @@ impl Portico {
         ctx.plane
             .as_ref()
             .and_then(|p| ctx.route.and_then(|i| p.route_metrics.get(i)))
+            .map(Arc::as_ref)
             .unwrap_or(&self.shared.metrics.unrouted)
     }
 
