@@ -51,3 +51,17 @@ pub fn init(access_log: AccessLog) {
         .with(access)
         .try_init();
 }
+
+#[cfg(test)]
+mod tests {
+    /// Pingora logs through the `log` crate on every request; those calls must stop at the
+    /// max-level check unless debugging was asked for.
+    #[test]
+    fn log_crate_max_level_follows_the_filter() {
+        if std::env::var_os("RUST_LOG").is_some() {
+            return;
+        }
+        super::init(crate::proxy::AccessLog::Plain);
+        assert_eq!(log::max_level(), log::LevelFilter::Info);
+    }
+}
