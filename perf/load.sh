@@ -373,7 +373,7 @@ measure() {
     echo "$case $tool $proxy $rps $p50 $p99 $cpu_us $rss $bad $errs" >>"$RESULTS"
 }
 
-log "portico $("$WORK/portico" --version 2>/dev/null | head -1) vs $("$NGINX" -v 2>&1 | sed 's/.*: //'); ${WORKERS} workers each; ${DURATION} s per run; $(nproc) CPUs"
+log "$("$WORK/portico" --version 2>/dev/null | head -1) vs $("$NGINX" -v 2>&1 | sed 's/.*: //'); ${WORKERS} workers each; ${DURATION} s per run; $(nproc) CPUs"
 for case in $CASES; do
     https=0
     case $case in
