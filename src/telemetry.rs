@@ -10,6 +10,13 @@ use crate::proxy::AccessLog;
 
 const ACCESS: &str = "portico::access";
 
+/// The access log's events only (they are all INFO).
+fn access_filter() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool>
+{
+    filter_fn(|m| m.target() == ACCESS && *m.level() <= LevelFilter::INFO)
+        .with_max_level_hint(LevelFilter::INFO)
+}
+
 /// Installs the global subscriber. `RUST_LOG` sets the level of the diagnostic logs (default
 /// `info`). Calling it twice is harmless (the second call does nothing).
 pub fn init(access_log: AccessLog) {
@@ -22,16 +29,18 @@ pub fn init(access_log: AccessLog) {
     let diagnostics = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(env)
-        .with_filter(filter_fn(|m| m.target() != ACCESS).with_max_level_hint(diagnostics_level));
+        // The closure checks the level too: a hint must never be exceeded (debug builds assert it).
+        .with_filter(
+            filter_fn(move |m| m.target() != ACCESS && *m.level() <= diagnostics_level)
+                .with_max_level_hint(diagnostics_level),
+        );
     let access = match access_log {
         AccessLog::Off => None,
         AccessLog::Plain => Some(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stdout)
                 .with_target(false)
-                .with_filter(
-                    filter_fn(|m| m.target() == ACCESS).with_max_level_hint(LevelFilter::INFO),
-                )
+                .with_filter(access_filter())
                 .boxed(),
         ),
         AccessLog::Json => Some(
@@ -40,9 +49,7 @@ pub fn init(access_log: AccessLog) {
                 .flatten_event(true)
                 .with_writer(std::io::stdout)
                 .with_target(false)
-                .with_filter(
-                    filter_fn(|m| m.target() == ACCESS).with_max_level_hint(LevelFilter::INFO),
-                )
+                .with_filter(access_filter())
                 .boxed(),
         ),
     };
