@@ -27,6 +27,25 @@ fn bench(c: &mut Criterion) {
     }
     compile_group.finish();
 
+    // The whole publish: compile, certificates, metric handles, pool gauges and the swap.
+    let mut publish = c.benchmark_group("publish");
+    publish.sample_size(10);
+    for (n, endpoints) in [(10_000, 3), (10_000, 10)] {
+        let model = synthetic_model(n, endpoints);
+        let shared = portico::dataplane::Shared::new(
+            opts.clone(),
+            portico::metrics::Metrics::new().expect("metrics"),
+        );
+        publish.bench_function(
+            BenchmarkId::from_parameter(format!(
+                "{n}-ingresses-{}k-endpoints",
+                n * endpoints / 1000
+            )),
+            |b| b.iter(|| black_box(shared.publish_model(&model, true))),
+        );
+    }
+    publish.finish();
+
     let mut lookup = c.benchmark_group("lookup");
     for n in [100, 1_000, 10_000] {
         let compiled = compile(&synthetic_model(n, 3), &opts);

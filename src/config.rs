@@ -10,8 +10,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::proxy::{AccessLog, Cidr, UpstreamOptions};
+use crate::guard::Limits;
+use crate::model::ObjectKey;
+use crate::proxy::{AccessLog, Cidr, RequestLimits, UpstreamOptions};
 use crate::routing::CompileOptions;
+use crate::tls::DefaultCert;
 
 /// Why the configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +72,23 @@ pub struct Flags {
     /// Plain-HTTP listener [default: 0.0.0.0:80].
     #[arg(long, global = true, value_name = "ADDR")]
     pub http_listen: Option<String>,
-    /// HTTPS listener [default: 0.0.0.0:443].
+    /// HTTPS listener, or `off` [default: 0.0.0.0:443].
     #[arg(long, global = true, value_name = "ADDR")]
     pub https_listen: Option<String>,
+    /// Port put in the `Location` of the 308 to HTTPS, when the HTTPS port clients see is not
+    /// the listener's (a Service mapping 443 to 8443) [default: the port of --https-listen].
+    #[arg(long, global = true, value_name = "PORT")]
+    pub https_redirect_port: Option<u16>,
+    /// Default certificate, from a kubernetes.io/tls Secret (NAMESPACE/NAME) that is followed
+    /// live [default: a self-signed certificate generated at start-up].
+    #[arg(long, global = true, value_name = "NS/NAME")]
+    pub default_tls_secret: Option<String>,
+    /// Default certificate, from a PEM file (the full chain); needs --default-tls-key.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub default_tls_cert: Option<PathBuf>,
+    /// Private key of --default-tls-cert (PEM: PKCS#1, PKCS#8 or SEC1).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub default_tls_key: Option<PathBuf>,
     /// Admin listener for /healthz, /readyz and /metrics [default: 0.0.0.0:10254].
     #[arg(long, global = true, value_name = "ADDR")]
     pub admin_listen: Option<String>,
@@ -91,6 +108,9 @@ pub struct Flags {
     /// Access log: off, plain or json [default: plain].
     #[arg(long, global = true, value_name = "FORMAT")]
     pub access_log: Option<AccessLog>,
+    /// Per-request metrics; `false` only to measure their cost [default: true].
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub request_metrics: Option<bool>,
     /// Upstream connect timeout, e.g. 5s [default: 5s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub upstream_connect_timeout: Option<String>,
@@ -103,12 +123,54 @@ pub struct Flags {
     /// How long idle upstream connections are kept for reuse [default: 60s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub upstream_idle_timeout: Option<String>,
+    /// How many endpoints an idempotent request may try when connecting fails or the connection
+    /// is reset before a response [default: 2].
+    #[arg(long, global = true, value_name = "N")]
+    pub upstream_attempts: Option<usize>,
+    /// Largest request body, e.g. 1m; 0 is unlimited; answered with 413 [default: 1m].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_body_size: Option<String>,
+    /// Largest request header block; answered with 431 [default: 32k].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_header_size: Option<String>,
+    /// Longest request target; answered with 414 [default: 8k].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_uri_length: Option<String>,
+    /// Longest pause between two reads of a request body [default: 60s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub client_body_timeout: Option<String>,
+    /// How long an idle client keep-alive connection stays open [default: 75s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub keepalive_timeout: Option<String>,
     /// After SIGTERM, keep accepting (with /readyz at 503) for this long [default: 10s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub shutdown_grace_period: Option<String>,
     /// Then wait at most this long for in-flight requests [default: 20s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub shutdown_drain_timeout: Option<String>,
+    /// Kubernetes: kubeconfig file to use instead of the in-cluster account or $KUBECONFIG.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes: watch only this namespace (IngressClasses are cluster-scoped) [default: all].
+    #[arg(long, global = true, value_name = "NS")]
+    pub watch_namespace: Option<String>,
+    /// Address written to the status of Portico's Ingresses (repeatable, IP or hostname)
+    /// [default: $NODE_IP].
+    #[arg(long, global = true, value_name = "ADDR")]
+    #[serde(default)]
+    pub publish_address: Vec<String>,
+    /// Namespace of the status-writer Lease [default: $POD_NAMESPACE, else default].
+    #[arg(long, global = true, value_name = "NS")]
+    pub election_namespace: Option<String>,
+    /// Name of the status-writer Lease [default: portico-leader].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub election_lease_name: Option<String>,
+    /// How long a Lease holds without renewal [default: 15s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub election_lease_duration: Option<String>,
+    /// How often the holder renews the Lease, and others retry [default: 5s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub election_renew_period: Option<String>,
 }
 
 /// The resolved configuration.
@@ -116,15 +178,93 @@ pub struct Flags {
 pub struct Config {
     pub manifests: Option<PathBuf>,
     pub http_listen: SocketAddr,
-    pub https_listen: SocketAddr,
+    /// `None` when HTTPS is off: no TLS listener, and no redirect to HTTPS.
+    pub https_listen: Option<SocketAddr>,
+    /// The HTTPS port of redirects; `None` exactly when HTTPS is off.
+    pub https_redirect_port: Option<u16>,
+    pub default_tls: DefaultCert,
     pub admin_listen: SocketAddr,
     pub compile: CompileOptions,
     pub threads: usize,
     pub trusted_proxies: Vec<Cidr>,
     pub access_log: AccessLog,
+    pub request_metrics: bool,
     pub upstream: UpstreamOptions,
+    pub limits: RequestLimits,
     pub shutdown_grace_period: Duration,
     pub shutdown_drain_timeout: Duration,
+    pub kubernetes: KubeOptions,
+}
+
+/// Settings of the Kubernetes source (used when `--manifests` is absent).
+#[derive(Clone, Debug)]
+pub struct KubeOptions {
+    pub kubeconfig: Option<PathBuf>,
+    /// `None` watches every namespace.
+    pub watch_namespace: Option<String>,
+    /// Written to `status.loadBalancer.ingress`; empty means no status is written.
+    pub publish_addresses: Vec<PublishAddress>,
+    pub election: ElectionOptions,
+}
+
+/// One entry of `status.loadBalancer.ingress`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublishAddress {
+    Ip(std::net::IpAddr),
+    Hostname(String),
+}
+
+impl std::str::FromStr for PublishAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(ip) = s.parse() {
+            return Ok(PublishAddress::Ip(ip));
+        }
+        // A DNS name: dot-separated labels of letters, digits and '-', not starting or ending
+        // with '-'. This is what the API server validates for `hostname`.
+        let valid = !s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if valid {
+            Ok(PublishAddress::Hostname(s.to_ascii_lowercase()))
+        } else {
+            Err(format!("{s:?} is neither an IP address nor a DNS name"))
+        }
+    }
+}
+
+/// Leader election for the one Ingress-status writer.
+#[derive(Clone, Debug)]
+pub struct ElectionOptions {
+    pub namespace: String,
+    pub lease_name: String,
+    /// `$POD_NAME`, else the host name.
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_period: Duration,
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn hostname() -> String {
+    env_nonempty("HOSTNAME")
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| format!("portico-{}", std::process::id()))
 }
 
 fn parse_addr(
@@ -139,6 +279,11 @@ fn parse_addr(
     })
 }
 
+fn parse_size(flag: &'static str, value: Option<String>, default: u64) -> Result<u64, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    crate::translate::parse_size(&v).map_err(|reason| ConfigError::Invalid { flag, reason })
+}
+
 fn parse_duration(
     flag: &'static str,
     value: Option<String>,
@@ -149,6 +294,35 @@ fn parse_duration(
         flag,
         reason: format!("{v:?}: {e}"),
     })
+}
+
+fn default_tls(
+    secret: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<DefaultCert, ConfigError> {
+    match (secret, cert, key) {
+        (None, None, None) => Ok(DefaultCert::Generated),
+        (Some(s), None, None) => match s.trim().split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(DefaultCert::Secret(ObjectKey::new(ns, name)))
+            }
+            _ => Err(ConfigError::Invalid {
+                flag: "--default-tls-secret",
+                reason: format!("{s:?} is not NAMESPACE/NAME"),
+            }),
+        },
+        (None, Some(cert), Some(key)) => Ok(DefaultCert::Files { cert, key }),
+        (None, _, _) => Err(ConfigError::Invalid {
+            flag: "--default-tls-cert",
+            reason: "--default-tls-cert and --default-tls-key go together".into(),
+        }),
+        (Some(_), _, _) => Err(ConfigError::Invalid {
+            flag: "--default-tls-secret",
+            reason: "give either --default-tls-secret or --default-tls-cert/--default-tls-key"
+                .into(),
+        }),
+    }
 }
 
 impl Flags {
@@ -171,6 +345,10 @@ impl Flags {
             manifests: self.manifests.or(file.manifests),
             http_listen: self.http_listen.or(file.http_listen),
             https_listen: self.https_listen.or(file.https_listen),
+            https_redirect_port: self.https_redirect_port.or(file.https_redirect_port),
+            default_tls_secret: self.default_tls_secret.or(file.default_tls_secret),
+            default_tls_cert: self.default_tls_cert.or(file.default_tls_cert),
+            default_tls_key: self.default_tls_key.or(file.default_tls_key),
             admin_listen: self.admin_listen.or(file.admin_listen),
             ingress_class: self.ingress_class.or(file.ingress_class),
             controller_name: self.controller_name.or(file.controller_name),
@@ -181,14 +359,34 @@ impl Flags {
                 self.trusted_proxies
             },
             access_log: self.access_log.or(file.access_log),
+            request_metrics: self.request_metrics.or(file.request_metrics),
             upstream_connect_timeout: self
                 .upstream_connect_timeout
                 .or(file.upstream_connect_timeout),
             upstream_read_timeout: self.upstream_read_timeout.or(file.upstream_read_timeout),
             upstream_send_timeout: self.upstream_send_timeout.or(file.upstream_send_timeout),
             upstream_idle_timeout: self.upstream_idle_timeout.or(file.upstream_idle_timeout),
+            upstream_attempts: self.upstream_attempts.or(file.upstream_attempts),
+            max_body_size: self.max_body_size.or(file.max_body_size),
+            max_header_size: self.max_header_size.or(file.max_header_size),
+            max_uri_length: self.max_uri_length.or(file.max_uri_length),
+            client_body_timeout: self.client_body_timeout.or(file.client_body_timeout),
+            keepalive_timeout: self.keepalive_timeout.or(file.keepalive_timeout),
             shutdown_grace_period: self.shutdown_grace_period.or(file.shutdown_grace_period),
             shutdown_drain_timeout: self.shutdown_drain_timeout.or(file.shutdown_drain_timeout),
+            kubeconfig: self.kubeconfig.or(file.kubeconfig),
+            watch_namespace: self.watch_namespace.or(file.watch_namespace),
+            publish_address: if self.publish_address.is_empty() {
+                file.publish_address
+            } else {
+                self.publish_address
+            },
+            election_namespace: self.election_namespace.or(file.election_namespace),
+            election_lease_name: self.election_lease_name.or(file.election_lease_name),
+            election_lease_duration: self
+                .election_lease_duration
+                .or(file.election_lease_duration),
+            election_renew_period: self.election_renew_period.or(file.election_renew_period),
         }
     }
 
@@ -219,10 +417,27 @@ impl Flags {
                 flag: "--trusted-proxies",
                 reason,
             })?;
+        let kubernetes = flags.kube_options()?;
+        let https_listen = match flags.https_listen.as_deref().map(str::trim) {
+            Some("off") => None,
+            other => Some(parse_addr(
+                "--https-listen",
+                other.map(str::to_string),
+                "0.0.0.0:443",
+            )?),
+        };
+        let default_tls = default_tls(
+            flags.default_tls_secret,
+            flags.default_tls_cert,
+            flags.default_tls_key,
+        )?;
         Ok(Config {
             manifests: flags.manifests,
             http_listen: parse_addr("--http-listen", flags.http_listen, "0.0.0.0:80")?,
-            https_listen: parse_addr("--https-listen", flags.https_listen, "0.0.0.0:443")?,
+            https_redirect_port: https_listen
+                .map(|a| flags.https_redirect_port.unwrap_or(a.port())),
+            https_listen,
+            default_tls,
             admin_listen: parse_addr("--admin-listen", flags.admin_listen, "0.0.0.0:10254")?,
             compile: CompileOptions {
                 controller_name: flags
@@ -233,6 +448,7 @@ impl Flags {
             threads,
             trusted_proxies,
             access_log: flags.access_log.unwrap_or(AccessLog::Plain),
+            request_metrics: flags.request_metrics.unwrap_or(true),
             upstream: UpstreamOptions {
                 connect_timeout: parse_duration(
                     "--upstream-connect-timeout",
@@ -255,6 +471,38 @@ impl Flags {
                     defaults.idle_timeout,
                 )?,
             },
+            limits: RequestLimits {
+                header: Limits {
+                    max_uri_length: parse_size("--max-uri-length", flags.max_uri_length, 8 << 10)?
+                        as usize,
+                    max_header_size: parse_size(
+                        "--max-header-size",
+                        flags.max_header_size,
+                        32 << 10,
+                    )? as usize,
+                },
+                max_body_size: parse_size("--max-body-size", flags.max_body_size, 1 << 20)?,
+                client_body_timeout: parse_duration(
+                    "--client-body-timeout",
+                    flags.client_body_timeout,
+                    Duration::from_secs(60),
+                )?,
+                keepalive_timeout: parse_duration(
+                    "--keepalive-timeout",
+                    flags.keepalive_timeout,
+                    Duration::from_secs(75),
+                )?,
+                upstream_attempts: match flags.upstream_attempts {
+                    Some(0) => {
+                        return Err(ConfigError::Invalid {
+                            flag: "--upstream-attempts",
+                            reason: "must be at least 1".into(),
+                        })
+                    }
+                    Some(n) => n,
+                    None => 2,
+                },
+            },
             shutdown_grace_period: parse_duration(
                 "--shutdown-grace-period",
                 flags.shutdown_grace_period,
@@ -265,6 +513,68 @@ impl Flags {
                 flags.shutdown_drain_timeout,
                 Duration::from_secs(20),
             )?,
+            kubernetes,
+        })
+    }
+
+    fn kube_options(&self) -> Result<KubeOptions, ConfigError> {
+        // `--publish-address` wins; else the node's IP from the downward API (hostNetwork).
+        let mut publish: Vec<String> = self
+            .publish_address
+            .iter()
+            .flat_map(|s| s.split(','))
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+        if publish.is_empty() {
+            publish.extend(env_nonempty("NODE_IP"));
+        }
+        let publish_addresses = publish
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<Vec<PublishAddress>, String>>()
+            .map_err(|reason| ConfigError::Invalid {
+                flag: "--publish-address",
+                reason,
+            })?;
+        let lease_duration = parse_duration(
+            "--election-lease-duration",
+            self.election_lease_duration.clone(),
+            Duration::from_secs(15),
+        )?;
+        let renew_period = parse_duration(
+            "--election-renew-period",
+            self.election_renew_period.clone(),
+            Duration::from_secs(5),
+        )?;
+        // The holder steps down when it could not renew for 2/3 of the lease duration; it must
+        // get at least one renewal attempt in before that.
+        if renew_period.is_zero() || renew_period >= lease_duration * 2 / 3 {
+            return Err(ConfigError::Invalid {
+                flag: "--election-renew-period",
+                reason: format!(
+                    "must be above zero and shorter than 2/3 of the lease duration ({lease_duration:?})"
+                ),
+            });
+        }
+        Ok(KubeOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            watch_namespace: self.watch_namespace.clone().filter(|n| !n.is_empty()),
+            publish_addresses,
+            election: ElectionOptions {
+                namespace: self
+                    .election_namespace
+                    .clone()
+                    .or_else(|| env_nonempty("POD_NAMESPACE"))
+                    .unwrap_or_else(|| "default".into()),
+                lease_name: self
+                    .election_lease_name
+                    .clone()
+                    .unwrap_or_else(|| "portico-leader".into()),
+                identity: env_nonempty("POD_NAME").unwrap_or_else(hostname),
+                lease_duration,
+                renew_period,
+            },
         })
     }
 }
@@ -286,7 +596,8 @@ mod tests {
         let c = cli.or(file).resolve().unwrap();
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:10000");
-        assert_eq!(c.https_listen.to_string(), "0.0.0.0:443");
+        assert_eq!(c.https_listen, Some("0.0.0.0:443".parse().unwrap()));
+        assert_eq!(c.default_tls, DefaultCert::Generated);
         assert_eq!(c.threads, 3);
         assert_eq!(c.trusted_proxies.len(), 1);
         assert_eq!(c.compile.ingress_class, "portico");
@@ -305,5 +616,86 @@ mod tests {
             ..Flags::default()
         };
         assert!(bad.resolve().is_err());
+    }
+
+    #[test]
+    fn https_and_default_certificate_settings() {
+        let off = Flags {
+            https_listen: Some("off".into()),
+            ..Flags::default()
+        };
+        let off = off.resolve().unwrap();
+        assert_eq!((off.https_listen, off.https_redirect_port), (None, None));
+        let mapped = Flags {
+            https_listen: Some("0.0.0.0:8443".into()),
+            https_redirect_port: Some(443),
+            ..Flags::default()
+        };
+        assert_eq!(mapped.resolve().unwrap().https_redirect_port, Some(443));
+        let file: Flags = serde_yaml_ng::from_str(
+            "default-tls-secret: ingress/wildcard
+",
+        )
+        .unwrap();
+        assert_eq!(
+            file.resolve().unwrap().default_tls,
+            DefaultCert::Secret(ObjectKey::new("ingress", "wildcard"))
+        );
+        let files = Flags {
+            default_tls_cert: Some("c.pem".into()),
+            default_tls_key: Some("k.pem".into()),
+            ..Flags::default()
+        };
+        assert!(matches!(
+            files.resolve().unwrap().default_tls,
+            DefaultCert::Files { .. }
+        ));
+        for bad in [
+            Flags {
+                default_tls_cert: Some("c.pem".into()),
+                ..Flags::default()
+            },
+            Flags {
+                default_tls_secret: Some("no-namespace".into()),
+                ..Flags::default()
+            },
+            Flags {
+                default_tls_secret: Some("a/b".into()),
+                default_tls_key: Some("k.pem".into()),
+                ..Flags::default()
+            },
+        ] {
+            assert!(bad.resolve().is_err());
+        }
+    }
+
+    #[test]
+    fn kubernetes_settings_parse_and_validate() {
+        let file: Flags = serde_yaml_ng::from_str(
+            "kubeconfig: /k\nwatch-namespace: apps\npublish-address: [10.0.0.1, LB.example.com]\nelection-lease-name: l\n",
+        )
+        .unwrap();
+        let c = Flags::default().or(file).resolve().unwrap().kubernetes;
+        assert_eq!(c.kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(c.watch_namespace.as_deref(), Some("apps"));
+        assert_eq!(
+            c.publish_addresses,
+            vec![
+                PublishAddress::Ip("10.0.0.1".parse().unwrap()),
+                PublishAddress::Hostname("lb.example.com".into())
+            ]
+        );
+        assert_eq!(c.election.lease_name, "l");
+        assert_eq!(c.election.lease_duration, Duration::from_secs(15));
+        assert!("-bad-.example".parse::<PublishAddress>().is_err());
+        assert!("a b".parse::<PublishAddress>().is_err());
+        let bad = Flags {
+            election_renew_period: Some("12s".into()),
+            ..Flags::default()
+        };
+        assert!(
+            bad.resolve().is_err(),
+            "renewing after 2/3 of the lease is too late"
+        );
     }
 }

@@ -1,8 +1,9 @@
-//! The one swap unit: routes, pools and (later) certificates, published together.
+//! The one swap unit: routes, pools and certificates, published together.
 //!
 //! A request loads the current [`DataPlane`] once and uses only it, so it never sees new routes
 //! with old pools. Publishing is a single `ArcSwap::store`; readers never block.
 
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,9 +12,11 @@ use arc_swap::ArcSwap;
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::model::Model;
-use crate::routing::compile::{build_pool, index_slices, TlsBinding};
+use crate::routing::compile::{build_pool, SliceIndex, TlsBinding};
 use crate::routing::{compile, CompileOptions, PoolSpec, Rejected, RouteTable};
-use crate::upstream::Pool;
+use crate::tls::{CertStore, TlsOptions};
+use crate::upstream::{EndpointHealth, Pool};
+use std::net::SocketAddr;
 
 /// One immutable snapshot of everything the request path reads.
 #[derive(Debug, Default)]
@@ -24,9 +27,16 @@ pub struct DataPlane {
     pub pools: Vec<Arc<Pool>>,
     pub pool_specs: Arc<Vec<PoolSpec>>,
     pub tls: Arc<Vec<TlsBinding>>,
+    /// The certificates the HTTPS listener serves, by SNI name.
+    pub certs: Arc<CertStore>,
     /// Metric handles per route, resolved when the snapshot is built (indexed by `Route::id`).
     pub route_metrics: Arc<Vec<Arc<RouteMetrics>>>,
 }
+
+type MetricHandles = crate::routing::FastMap<
+    (Arc<crate::model::ObjectKey>, Arc<crate::model::ObjectKey>),
+    Arc<RouteMetrics>,
+>;
 
 /// Shared state between the control plane (sources, compile) and the data plane (proxy, admin).
 pub struct Shared {
@@ -37,18 +47,34 @@ pub struct Shared {
     generation: AtomicU64,
     pub metrics: Arc<Metrics>,
     pub options: CompileOptions,
+    /// Route metric handles by label set; touched only by the control plane when publishing.
+    metric_handles: std::sync::Mutex<MetricHandles>,
+    pub tls: TlsOptions,
 }
 
 impl Shared {
+    /// Shared state without a default certificate: enough when no HTTPS listener runs.
     pub fn new(options: CompileOptions, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::with_tls(options, metrics, TlsOptions::default())
+    }
+
+    /// Shared state whose snapshots carry certificates; until the first publish, handshakes get
+    /// the default certificate of `tls`.
+    pub fn with_tls(options: CompileOptions, metrics: Arc<Metrics>, tls: TlsOptions) -> Arc<Self> {
+        let initial = DataPlane {
+            certs: Arc::new(CertStore::initial(&tls)),
+            ..DataPlane::default()
+        };
         Arc::new(Self {
-            current: ArcSwap::from_pointee(DataPlane::default()),
+            current: ArcSwap::from_pointee(initial),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             stopped_accepting: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             metrics,
             options,
+            tls,
+            metric_handles: std::sync::Mutex::default(),
         })
     }
 
@@ -62,10 +88,25 @@ impl Shared {
     ///
     /// Never fails: bad objects are left out and reported. Marks the controller ready after the
     /// first publish if `complete` says the source has listed everything.
+    ///
+    /// Certificates are parsed here, with the routes; a Secret that fails keeps the certificate
+    /// the previous snapshot served for its hosts. Sources call this from one task at a time.
     pub fn publish_model(&self, model: &Model, complete: bool) -> Vec<Rejected> {
         let started = Instant::now();
-        let compiled = compile(model, &self.options);
-        let route_metrics = self.metrics.routes(compiled.table.routes());
+        let mut compiled = compile(model, &self.options);
+        let previous = self.load();
+        carry_health(&previous.pools, &mut compiled.pools);
+        let (certs, rejected_secrets) = CertStore::build(
+            &compiled.tls,
+            &model.secrets,
+            &self.tls,
+            &previous.certs,
+            now_unix() as i64,
+        );
+        drop(previous);
+        compiled.rejected.extend(rejected_secrets);
+        self.metrics.set_tls_expiry(&certs.expiries());
+        let route_metrics = self.route_metrics(compiled.table.routes());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.set_pools(&compiled.pools);
         let plane = DataPlane {
@@ -74,6 +115,7 @@ impl Shared {
             pools: compiled.pools,
             pool_specs: Arc::new(compiled.pool_specs),
             tls: Arc::new(compiled.tls),
+            certs: Arc::new(certs),
             route_metrics: Arc::new(route_metrics),
         };
         self.current.store(Arc::new(plane));
@@ -91,23 +133,52 @@ impl Shared {
 
     /// Rebuilds only the pools of `services` from the model and publishes a snapshot that shares
     /// the current route table. For endpoint-only changes: no route is recompiled.
+    ///
+    /// The cost follows the change, not the cluster: only the affected namespaces' slices are
+    /// read and only the rebuilt pools' gauges are set.
     pub fn publish_endpoints(&self, model: &Model, services: &[crate::model::ObjectKey]) {
         let current = self.load();
-        let slices = index_slices(model);
-        let mut pools = current.pools.clone();
-        let mut changed = false;
-        for (i, spec) in current.pool_specs.iter().enumerate() {
-            if services.contains(&spec.service) {
-                if let Some(slot) = pools.get_mut(i) {
-                    *slot = Arc::new(build_pool(spec, &slices));
-                    changed = true;
+        let wanted: HashSet<(&str, &str)> = services
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.name.as_str()))
+            .collect();
+        let namespaces: BTreeSet<&str> = wanted.iter().map(|(ns, _)| *ns).collect();
+        let mut slices: SliceIndex<'_> = SliceIndex::default();
+        for ns in namespaces {
+            let in_ns = model
+                .slices
+                .range(crate::model::ObjectKey::new(ns, "")..)
+                .take_while(|(k, _)| k.namespace == ns);
+            for (_, slice) in in_ns {
+                if let Some(svc) = slice.service_name.as_deref() {
+                    if wanted.contains(&(ns, svc)) {
+                        slices.entry((ns, svc)).or_default().push(slice);
+                    }
                 }
             }
         }
-        if !changed {
+        let mut pools = current.pools.clone();
+        let mut rebuilt = Vec::new();
+        for (i, spec) in current.pool_specs.iter().enumerate() {
+            let id = (spec.service.namespace.as_str(), spec.service.name.as_str());
+            if wanted.contains(&id) {
+                if let Some(slot) = pools.get_mut(i) {
+                    let mut pool = build_pool(spec, &slices);
+                    // The same spec's previous pool knows these endpoints' health.
+                    pool.adopt_health(&known_health(current.pools.get(i..=i).unwrap_or_default()));
+                    *slot = Arc::new(pool);
+                    rebuilt.push(i);
+                }
+            }
+        }
+        if rebuilt.is_empty() {
             return;
         }
-        self.metrics.set_pools(&pools);
+        for i in rebuilt {
+            if let Some(pool) = pools.get(i) {
+                self.metrics.set_pool(pool);
+            }
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.current.store(Arc::new(DataPlane {
             generation,
@@ -115,9 +186,36 @@ impl Shared {
             pools,
             pool_specs: current.pool_specs.clone(),
             tls: current.tls.clone(),
+            certs: current.certs.clone(),
             route_metrics: current.route_metrics.clone(),
         }));
         self.metrics.generation.set(generation as i64);
+    }
+
+    /// The metric handles of each route. Routes with the same labels (namespace, Ingress,
+    /// Service) share one set, and a set lives on across snapshots for as long as a route uses it,
+    /// so a recompile neither rebuilds nor re-resolves them.
+    fn route_metrics(&self, routes: &[crate::routing::Route]) -> Vec<Arc<RouteMetrics>> {
+        let mut cache = match self.metric_handles.lock() {
+            Ok(c) => c,
+            // A panic while holding it cannot leave the map inconsistent; keep using it.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut used = crate::routing::FastMap::default();
+        let handles = routes
+            .iter()
+            .map(|r| {
+                let key = (r.ingress.clone(), r.service.clone());
+                let handle = cache
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(self.metrics.route(r)));
+                used.insert(key, handle.clone());
+                handle
+            })
+            .collect();
+        *cache = used;
+        handles
     }
 
     /// True once the first complete snapshot is published, until shutdown starts.
@@ -141,6 +239,28 @@ impl Shared {
     /// Marks the start of a shutdown: `/readyz` answers 503 from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+}
+
+fn known_health(pools: &[Arc<Pool>]) -> crate::routing::FastMap<SocketAddr, Arc<EndpointHealth>> {
+    pools
+        .iter()
+        .flat_map(|p| p.endpoints())
+        .map(|u| (u.addr, u.health.clone()))
+        .collect()
+}
+
+/// Gives freshly compiled pools the health records of the endpoints the current snapshot has.
+fn carry_health(current: &[Arc<Pool>], fresh: &mut [Arc<Pool>]) {
+    let known = known_health(current);
+    if known.is_empty() {
+        return;
+    }
+    for pool in fresh.iter_mut() {
+        // Fresh pools are not shared yet.
+        if let Some(p) = Arc::get_mut(pool) {
+            p.adopt_health(&known);
+        }
     }
 }
 

@@ -67,7 +67,22 @@ pub fn demo_dir() -> std::io::Result<PathBuf> {
 }
 
 /// The text printed when the demo starts.
-pub fn banner(http: SocketAddr, admin: SocketAddr, dir: &Path) -> String {
+pub fn banner(
+    http: SocketAddr,
+    https: Option<SocketAddr>,
+    admin: SocketAddr,
+    dir: &Path,
+) -> String {
+    let tls = https
+        .map(|a| {
+            format!(
+                "\n  # HTTPS, with the self-signed default certificate (HTTP/2 where curl offers it)\n\
+                 \x20 curl -sk --resolve ww1.example.com:{port}:{ip} https://ww1.example.com:{port}/\n",
+                port = a.port(),
+                ip = a.ip()
+            )
+        })
+        .unwrap_or_default();
     format!(
         "\nPortico demo: serving conf/examples from {dir} (edit those files: changes apply live)\n\
          \n  # single-service Ingress (defaultBackend): any unmatched request\n\
@@ -79,6 +94,7 @@ pub fn banner(http: SocketAddr, admin: SocketAddr, dir: &Path) -> String {
          \n  # name-based virtual hosting\n\
          \x20 curl -s -H 'Host: ww1.example.com' http://{http}/\n\
          \x20 curl -s -H 'Host: ww2.example.com' http://{http}/\n\
+         {tls}\
          \n  # operations\n\
          \x20 curl -s http://{admin}/readyz\n\
          \x20 curl -s http://{admin}/metrics | grep portico_requests_total\n\

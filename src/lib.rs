@@ -6,6 +6,7 @@
 //! - [`routing`]: the pure compile step and the route table;
 //! - [`dataplane`]: the one immutable snapshot behind one atomic swap;
 //! - [`proxy`]: Pingora's `ProxyHttp`, which reads the snapshot per request;
+//! - [`tls`]: certificates from Secrets, chosen by SNI from the snapshot in each handshake;
 //! - [`admin`], [`metrics`], [`config`], [`server`]: operating it.
 
 pub mod admin;
@@ -13,6 +14,8 @@ pub mod config;
 pub mod dataplane;
 pub mod demo;
 pub mod echo;
+pub mod guard;
+pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod proxy;
@@ -20,5 +23,6 @@ pub mod routing;
 pub mod server;
 pub mod source;
 pub mod telemetry;
+pub mod tls;
 pub mod translate;
 pub mod upstream;

@@ -30,7 +30,12 @@ fn main() -> anyhow::Result<()> {
         if let Some(dir) = &config.manifests {
             println!(
                 "{}",
-                portico::demo::banner(config.http_listen, config.admin_listen, dir)
+                portico::demo::banner(
+                    config.http_listen,
+                    config.https_listen,
+                    config.admin_listen,
+                    dir
+                )
             );
         }
     }

@@ -3,8 +3,7 @@
 //! The request path never hashes a label set: each route carries a [`RouteMetrics`] built with
 //! its snapshot, whose handles are resolved once, on first use, and then only incremented.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -89,10 +88,14 @@ pub struct Metrics {
     source_errors: IntCounterVec,
     pool_endpoints: IntGaugeVec,
     tls_expiry: GaugeVec,
+    /// The endpoint gauge of each pool, by (Service, port); kept across snapshots.
+    pool_gauges: std::sync::Mutex<
+        crate::routing::FastMap<(crate::model::ObjectKey, crate::model::PortRef), IntGauge>,
+    >,
     /// Handles for requests that matched no route.
     pub unrouted: RouteMetrics,
-    /// The route handles of the current snapshot by label set, reused by the next one.
-    route_cache: Mutex<HashMap<String, Arc<RouteMetrics>>>,
+    /// Handles that record nothing (`--request-metrics false`).
+    pub disabled: RouteMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -242,8 +245,9 @@ impl Metrics {
             source_errors,
             pool_endpoints,
             tls_expiry,
+            pool_gauges: std::sync::Mutex::default(),
             unrouted: RouteMetrics::empty(["", "", ""]),
-            route_cache: Mutex::new(HashMap::new()),
+            disabled: RouteMetrics::empty(["", "", ""]),
         };
         metrics.unrouted = metrics.route_labels(["", "", ""]);
         Ok(Arc::new(metrics))
@@ -251,32 +255,11 @@ impl Metrics {
 
     /// The handles for one route; called when a snapshot is built.
     pub fn route(&self, route: &Route) -> RouteMetrics {
-        self.route_labels(route_labels(route))
-    }
-
-    /// The handles of every route of a new snapshot, in route order; called when a snapshot is
-    /// built. Routes with the same labels (the paths of one Ingress to one Service) share one
-    /// [`RouteMetrics`], and a label set of the previous snapshot keeps its handles, already
-    /// resolved; those of label sets that are gone are dropped. At 10,000 Ingresses × 3 paths
-    /// this made a publish ~30k allocations of handles lighter.
-    pub fn routes(&self, routes: &[Route]) -> Vec<Arc<RouteMetrics>> {
-        let mut cache = self.route_cache.lock().unwrap_or_else(|e| e.into_inner());
-        let mut previous = std::mem::take(&mut *cache);
-        routes
-            .iter()
-            .map(|r| {
-                let labels = route_labels(r);
-                let key = labels.join("\0");
-                if let Some(m) = cache.get(&key) {
-                    return m.clone();
-                }
-                let m = previous
-                    .remove(&key)
-                    .unwrap_or_else(|| Arc::new(self.route_labels(labels)));
-                cache.insert(key, m.clone());
-                m
-            })
-            .collect()
+        self.route_labels([
+            route.ingress.namespace.as_str(),
+            route.ingress.name.as_str(),
+            route.service.name.as_str(),
+        ])
     }
 
     fn route_labels(&self, labels: [&str; 3]) -> RouteMetrics {
@@ -312,14 +295,49 @@ impl Metrics {
     }
 
     /// Sets the usable-endpoint gauge of every pool.
+    ///
+    /// Gauges of pools that stay are kept (not re-created: a `reset` and fresh children cost
+    /// more than the whole compile at 10,000 backends); gauges of pools that left are removed.
     pub fn set_pools(&self, pools: &[Arc<Pool>]) {
-        self.pool_endpoints.reset();
+        let mut known = match self.pool_gauges.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut now = crate::routing::FastMap::default();
         for p in pools {
-            let port = p.port.to_string();
-            self.pool_endpoints
-                .with_label_values(&[&p.service.namespace, &p.service.name, &port])
-                .set(p.endpoints().len() as i64);
+            let key = (p.service.clone(), p.port.clone());
+            let gauge = match known.remove(&key) {
+                Some(g) => g,
+                None => {
+                    let port = p.port.to_string();
+                    self.pool_endpoints.with_label_values(&[
+                        &p.service.namespace,
+                        &p.service.name,
+                        &port,
+                    ])
+                }
+            };
+            gauge.set(p.endpoints().len() as i64);
+            now.insert(key, gauge);
         }
+        for ((service, port), _) in known.drain() {
+            let port = port.to_string();
+            // Absent only if already removed; nothing to do then.
+            let _ = self.pool_endpoints.remove_label_values(&[
+                &service.namespace,
+                &service.name,
+                &port,
+            ]);
+        }
+        *known = now;
+    }
+
+    /// Sets the usable-endpoint gauge of one pool, after an endpoint-only change.
+    pub fn set_pool(&self, pool: &Pool) {
+        let port = pool.port.to_string();
+        self.pool_endpoints
+            .with_label_values(&[&pool.service.namespace, &pool.service.name, &port])
+            .set(pool.endpoints().len() as i64);
     }
 
     pub fn source_event(&self, source: &str, kind: &str) {
@@ -346,14 +364,6 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
     }
-}
-
-fn route_labels(route: &Route) -> [&str; 3] {
-    [
-        route.ingress.namespace.as_str(),
-        route.ingress.name.as_str(),
-        route.service.name.as_str(),
-    ]
 }
 
 #[derive(Clone)]
@@ -444,35 +454,5 @@ impl RouteMetrics {
         self.response
             .get_or_init(|| f.upstream_response.with_label_values(&self.labels()))
             .observe(took.as_secs_f64());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::ObjectKey;
-
-    fn route(id: usize, ingress: &str, service: &str) -> Route {
-        Route {
-            id,
-            ingress: ObjectKey::new("ns", ingress),
-            service: ObjectKey::new("ns", service),
-            pool: 0,
-            redirect_https: false,
-        }
-    }
-
-    #[test]
-    fn route_handles_are_shared_by_label_set_and_kept_across_snapshots() {
-        let m = Metrics::new().unwrap();
-        let first = m.routes(&[route(0, "a", "s"), route(1, "a", "s"), route(2, "b", "s")]);
-        assert!(Arc::ptr_eq(&first[0], &first[1]));
-        assert!(!Arc::ptr_eq(&first[0], &first[2]));
-
-        let a = Arc::downgrade(&first[0]);
-        let second = m.routes(&[route(0, "b", "s"), route(1, "c", "s")]);
-        assert!(Arc::ptr_eq(&second[0], &first[2]), "kept across snapshots");
-        drop(first);
-        assert!(a.upgrade().is_none(), "a label set that is gone is dropped");
     }
 }

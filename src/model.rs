@@ -171,6 +171,146 @@ pub struct Ingress {
 pub struct IngressAnnotations {
     /// `portico.dev/ssl-redirect`; `None` means the default (redirect when the host has TLS).
     pub ssl_redirect: Option<bool>,
+    /// Per-route overrides of the upstream and body limits.
+    pub limits: RouteLimits,
+    /// `portico.dev/health-check-path` (+ `-interval`): active HTTP checks of the backends.
+    pub health_check: Option<HealthCheck>,
+    /// `portico.dev/hsts`: the `Strict-Transport-Security` policy sent over TLS.
+    pub hsts: Option<Hsts>,
+    /// `portico.dev/backend-protocol`; `None` means [`BackendProtocol::Http`].
+    pub backend_protocol: Option<BackendProtocol>,
+}
+
+/// An active HTTP health check: `GET path` on every endpoint every `interval`; a 2xx or 3xx
+/// answer within the timeout is healthy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: std::time::Duration,
+}
+
+/// Per-Ingress overrides (`portico.dev/proxy-*` annotations); `None` keeps the global setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// `portico.dev/proxy-body-size`: largest request body in bytes; 0 means unlimited.
+    pub max_body: Option<u64>,
+    /// `portico.dev/proxy-connect-timeout`
+    pub connect_timeout: Option<std::time::Duration>,
+    /// `portico.dev/proxy-read-timeout`
+    pub read_timeout: Option<std::time::Duration>,
+    /// `portico.dev/proxy-send-timeout`
+    pub send_timeout: Option<std::time::Duration>,
+}
+
+/// How Portico speaks to the backends of one Ingress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 in clear text.
+    #[default]
+    Http,
+    /// HTTP/1.1 over TLS. The backend's certificate is not verified: cluster backends mostly
+    /// use self-signed certificates, and the traffic stays inside the cluster network.
+    Https,
+    /// HTTP/2 in clear text, with prior knowledge.
+    H2c,
+    /// gRPC: HTTP/2 in clear text (h2c), trailers passed through.
+    Grpc,
+    /// gRPC over TLS (HTTP/2 negotiated by ALPN); the certificate is not verified, as for HTTPS.
+    Grpcs,
+}
+
+impl BackendProtocol {
+    /// Whether the upstream connection uses TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, BackendProtocol::Https | BackendProtocol::Grpcs)
+    }
+
+    /// Whether the upstream connection speaks HTTP/2 only.
+    pub fn http2(self) -> bool {
+        matches!(
+            self,
+            BackendProtocol::H2c | BackendProtocol::Grpc | BackendProtocol::Grpcs
+        )
+    }
+}
+
+impl std::str::FromStr for BackendProtocol {
+    type Err = String;
+
+    /// Parses the annotation value, case-insensitively: `HTTP`, `HTTPS`, `H2C`, `GRPC`, `GRPCS`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "HTTP" => Ok(BackendProtocol::Http),
+            "HTTPS" => Ok(BackendProtocol::Https),
+            "H2C" => Ok(BackendProtocol::H2c),
+            "GRPC" => Ok(BackendProtocol::Grpc),
+            "GRPCS" => Ok(BackendProtocol::Grpcs),
+            _ => Err(format!(
+                "expected one of HTTP, HTTPS, H2C, GRPC, GRPCS, got {s:?}"
+            )),
+        }
+    }
+}
+
+/// A validated HTTP Strict Transport Security policy (RFC 6797).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Hsts {
+    pub max_age: u64,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+impl std::str::FromStr for Hsts {
+    type Err = String;
+
+    /// Parses `max-age=N[; includeSubDomains][; preload]`. Directive names are
+    /// case-insensitive; `max-age` is required, and unknown or repeated directives are refused,
+    /// since they are most likely typos.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut max_age = None;
+        let mut include_subdomains = false;
+        let mut preload = false;
+        for directive in s.split(';').map(str::trim).filter(|d| !d.is_empty()) {
+            let (name, value) = match directive.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                None => (directive, None),
+            };
+            let repeated = match (name.to_ascii_lowercase().as_str(), value) {
+                ("max-age", Some(v)) => {
+                    let n = v
+                        .parse::<u64>()
+                        .map_err(|_| format!("max-age {v:?} is not a number of seconds"))?;
+                    max_age.replace(n).is_some()
+                }
+                ("includesubdomains", None) => std::mem::replace(&mut include_subdomains, true),
+                ("preload", None) => std::mem::replace(&mut preload, true),
+                _ => return Err(format!("unknown or malformed directive {directive:?}")),
+            };
+            if repeated {
+                return Err(format!("directive {name:?} is repeated"));
+            }
+        }
+        let max_age = max_age.ok_or_else(|| "max-age is required".to_string())?;
+        Ok(Hsts {
+            max_age,
+            include_subdomains,
+            preload,
+        })
+    }
+}
+
+impl fmt::Display for Hsts {
+    /// The header value, in canonical form.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "max-age={}", self.max_age)?;
+        if self.include_subdomains {
+            f.write_str("; includeSubDomains")?;
+        }
+        if self.preload {
+            f.write_str("; preload")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -294,5 +434,48 @@ impl fmt::Debug for TlsSecret {
             .field("cert_pem_len", &self.cert_pem.len())
             .field("key_pem", &"<redacted>")
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hsts_policies() {
+        let h: Hsts = "max-age=31536000; includeSubDomains".parse().unwrap();
+        assert_eq!(
+            h,
+            Hsts {
+                max_age: 31536000,
+                include_subdomains: true,
+                preload: false
+            }
+        );
+        assert_eq!(h.to_string(), "max-age=31536000; includeSubDomains");
+        let h: Hsts = " MAX-AGE=\"60\" ;preload; ".parse().unwrap();
+        assert_eq!(h.to_string(), "max-age=60; preload");
+        for bad in [
+            "",
+            "includeSubDomains",
+            "max-age=-1",
+            "max-age=1y",
+            "max-age=1; max-age=2",
+            "max-age=1; includeSubdomain",
+            "max-age=1; preload=yes",
+        ] {
+            assert!(bad.parse::<Hsts>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn parses_backend_protocols() {
+        assert_eq!("grpc".parse(), Ok(BackendProtocol::Grpc));
+        assert_eq!(" HTTPS ".parse(), Ok(BackendProtocol::Https));
+        assert_eq!("h2c".parse(), Ok(BackendProtocol::H2c));
+        assert!("http2".parse::<BackendProtocol>().is_err());
+        assert!(BackendProtocol::Grpcs.tls() && BackendProtocol::Grpcs.http2());
+        assert!(!BackendProtocol::Grpc.tls() && BackendProtocol::Grpc.http2());
+        assert!(!BackendProtocol::Http.tls() && !BackendProtocol::Http.http2());
     }
 }

@@ -16,8 +16,10 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
 use crate::dataplane::{DataPlane, Shared};
+use crate::guard::{self, Limits};
 use crate::metrics::RouteMetrics;
 use crate::routing::{normalize_request_host, Route};
+use crate::upstream::{now_ms, EndpointHealth};
 
 /// How upstream connections are made; the defaults follow ingress-nginx.
 #[derive(Clone, Debug)]
@@ -36,6 +38,32 @@ impl Default for UpstreamOptions {
             read_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Limits on what clients send, and how hard Portico tries upstream.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    pub header: Limits,
+    /// Largest request body in bytes (0: unlimited); an Ingress may override it.
+    pub max_body_size: u64,
+    /// Longest pause between two reads of a request body.
+    pub client_body_timeout: Duration,
+    /// Idle time after which a client keep-alive connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Endpoints an idempotent request may try.
+    pub upstream_attempts: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            header: Limits::default(),
+            max_body_size: 1 << 20,
+            client_body_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
+            upstream_attempts: 2,
         }
     }
 }
@@ -108,6 +136,12 @@ pub struct Portico {
     pub upstream: UpstreamOptions,
     pub trusted_proxies: Arc<[Cidr]>,
     pub access_log: AccessLog,
+    pub limits: RequestLimits,
+    /// Per-request metrics (counters, histograms); off only to measure what they cost.
+    pub request_metrics: bool,
+    /// The port that plain-HTTP requests to TLS hosts are redirected to (omitted from the
+    /// `Location` when 443); `None` when HTTPS is off, which turns the redirect off.
+    pub https_redirect_port: Option<u16>,
 }
 
 /// Per-request state, from the request header to the log line.
@@ -116,14 +150,41 @@ pub struct RequestCtx {
     plane: Option<Arc<DataPlane>>,
     route: Option<usize>,
     upstream: Option<SocketAddr>,
+    /// Index of the chosen endpoint in its pool, for its health record.
+    endpoint: Option<usize>,
     upstream_started: Option<Instant>,
     tls: bool,
     client: Option<IpAddr>,
+    /// Endpoints tried so far (allocated only when a first attempt fails).
+    tried: Vec<SocketAddr>,
+    /// The upstream answered: from here on a failure is never retried.
+    responded: bool,
+    body_bytes: u64,
+    max_body: u64,
 }
 
 impl RequestCtx {
     fn route<'a>(&self, plane: &'a DataPlane) -> Option<&'a Route> {
         self.route.and_then(|i| plane.routes.routes().get(i))
+    }
+
+    fn health(&self) -> Option<&EndpointHealth> {
+        let plane = self.plane.as_ref()?;
+        let pool = plane.pools.get(self.route(plane)?.pool)?;
+        Some(&pool.endpoints().get(self.endpoint?)?.health)
+    }
+
+    /// Records a failure of the current endpoint; true if another attempt is allowed.
+    fn upstream_failed(&mut self, attempts: usize) -> bool {
+        if let Some(h) = self.health() {
+            if let Some(time) = h.record_failure(now_ms()) {
+                tracing::warn!(upstream = ?self.upstream, ejected_for = ?time, "endpoint ejected after repeated failures");
+            }
+        }
+        if let Some(addr) = self.upstream {
+            self.tried.push(addr);
+        }
+        !self.responded && self.tried.len() < attempts
     }
 }
 
@@ -141,10 +202,13 @@ fn request_host(req: &RequestHeader) -> &str {
 
 impl Portico {
     fn metrics_for<'a>(&'a self, ctx: &'a RequestCtx) -> &'a RouteMetrics {
+        if !self.request_metrics {
+            return &self.shared.metrics.disabled;
+        }
         ctx.plane
             .as_ref()
             .and_then(|p| ctx.route.and_then(|i| p.route_metrics.get(i)))
-            .map(Arc::as_ref)
+            .map(|m| m.as_ref())
             .unwrap_or(&self.shared.metrics.unrouted)
     }
 
@@ -167,9 +231,14 @@ impl ProxyHttp for Portico {
             plane: None,
             route: None,
             upstream: None,
+            endpoint: None,
             upstream_started: None,
             tls: false,
             client: None,
+            tried: Vec::new(),
+            responded: false,
+            body_bytes: 0,
+            max_body: 0,
         }
     }
 
@@ -179,24 +248,43 @@ impl ProxyHttp for Portico {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        if let Err(refusal) = guard::check(session.req_header(), &self.limits.header) {
+            session.set_keepalive(None);
+            tracing::debug!(client = ?ctx.client, status = refusal.status, reason = refusal.reason, "request refused");
+            return Self::respond(session, refusal.status, refusal.reason).await;
+        }
+        // Only bound a keep-alive the session allows: Pingora turns it off for HTTP/1.0, for
+        // `Connection: close`, and for a request framed by both Content-Length and
+        // Transfer-Encoding (RFC 9112 6.1), which must not be followed by another on the socket.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs()));
+        }
         let plane = self.shared.load();
         let req = session.req_header();
         // Only what the later phases need is copied out of the route; it stays in the snapshot.
         let found = plane
             .routes
             .lookup(&normalize_request_host(request_host(req)), req.uri.path())
-            .map(|r| (r.id, r.redirect_https, r.pool));
+            .map(|r| (r.id, r.redirect_https, r.pool, r.limits.max_body));
         ctx.plane = Some(plane);
-        let Some((id, redirect_https, pool)) = found else {
+        let Some((id, redirect_https, pool, max_body)) = found else {
             return Self::respond(session, 404, "no route for this host and path\n").await;
         };
         ctx.route = Some(id);
-        if redirect_https && !ctx.tls {
+        if let Some(port) = self
+            .https_redirect_port
+            .filter(|_| redirect_https && !ctx.tls)
+        {
             let req = session.req_header();
-            let host_header = request_host(req);
+            let host = normalize_request_host(request_host(req));
             let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            // The port of the plain-HTTP request is not the HTTPS one: replace it.
+            let location = match port {
+                443 => format!("https://{host}{path}"),
+                port => format!("https://{host}:{port}{path}"),
+            };
             let mut resp = ResponseHeader::build(308, Some(3))?;
-            resp.insert_header(header::LOCATION, format!("https://{host_header}{path}"))?;
+            resp.insert_header(header::LOCATION, location)?;
             resp.insert_header(header::CONTENT_LENGTH, "0")?;
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(true);
@@ -209,7 +297,35 @@ impl ProxyHttp for Portico {
         if !usable {
             return Self::respond(session, 503, "no usable endpoint for this backend\n").await;
         }
+        ctx.max_body = max_body.unwrap_or(self.limits.max_body_size);
+        let declared = session
+            .req_header()
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if ctx.max_body > 0 && declared.is_some_and(|n| n > ctx.max_body) {
+            session.set_keepalive(None);
+            return Self::respond(session, 413, "request body too large\n").await;
+        }
+        session.set_read_timeout(Some(self.limits.client_body_timeout));
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.max_body > 0 && ctx.body_bytes > ctx.max_body {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -224,18 +340,52 @@ impl ProxyHttp for Portico {
         let route = ctx
             .route(plane)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
-        let upstream = plane
+        let pool = plane
             .pools
             .get(route.pool)
-            .and_then(|p| p.select())
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "empty pool"))?;
-        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
+        // Healthy endpoints not tried yet; failing that, any endpoint not tried yet; failing
+        // that, any (a pool whose endpoints all failed still gets a chance).
+        let now = now_ms();
+        let index = pool
+            .pick(|u| u.health.is_available(now) && !ctx.tried.contains(&u.addr))
+            .or_else(|| pool.pick(|u| !ctx.tried.contains(&u.addr)))
+            .or_else(|| pool.pick(|_| true))
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "empty pool"))?;
+        let upstream = pool
+            .endpoints()
+            .get(index)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "endpoint index"))?;
+        let limits = &route.limits;
+        let protocol = route.backend_protocol;
+        // With TLS, the SNI is the endpoint's IP, which rustls does not send: cluster backends
+        // are reached by pod IP and mostly have self-signed certificates, so there is no name to
+        // ask for and nothing to verify against (as ingress-nginx does by default).
+        let sni = if protocol.tls() {
+            upstream.addr.ip().to_string()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(upstream.addr, protocol.tls(), sni);
         let o = &mut peer.options;
-        o.connection_timeout = Some(self.upstream.connect_timeout);
-        o.read_timeout = Some(self.upstream.read_timeout);
-        o.write_timeout = Some(self.upstream.write_timeout);
+        if protocol.tls() {
+            o.verify_cert = false;
+            o.verify_hostname = false;
+        }
+        if protocol.http2() {
+            // h2c with prior knowledge in clear text; ALPN h2 only over TLS.
+            o.set_http_version(2, 2);
+        }
+        o.connection_timeout = Some(
+            limits
+                .connect_timeout
+                .unwrap_or(self.upstream.connect_timeout),
+        );
+        o.read_timeout = Some(limits.read_timeout.unwrap_or(self.upstream.read_timeout));
+        o.write_timeout = Some(limits.send_timeout.unwrap_or(self.upstream.write_timeout));
         o.idle_timeout = Some(self.upstream.idle_timeout);
         ctx.upstream = Some(upstream.addr);
+        ctx.endpoint = Some(index);
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }
@@ -272,14 +422,114 @@ impl ProxyHttp for Portico {
         set_forwarded_headers(session, upstream_request, ctx, &self.trusted_proxies)
     }
 
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let idempotent = session.req_header().method.is_idempotent();
+        if ctx.upstream_failed(self.limits.upstream_attempts) && idempotent {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let upstream_fault = *e.esource() == pingora_core::ErrorSource::Upstream;
+        // A pooled connection that the upstream closed meanwhile is not the endpoint's fault.
+        let stale_pooled = client_reused && !ctx.responded;
+        let may_retry = if upstream_fault && !stale_pooled {
+            ctx.upstream_failed(self.limits.upstream_attempts)
+        } else {
+            !ctx.responded
+        };
+        let idempotent = session.req_header().method.is_idempotent();
+        let body_intact = !session.as_ref().retry_buffer_truncated();
+        e.set_retry(upstream_fault && may_retry && idempotent && body_intact);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> pingora_proxy::FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if *e.esource() == pingora_core::ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                pingora_core::ErrorSource::Upstream => 502,
+                pingora_core::ErrorSource::Downstream => match e.etype() {
+                    // Timed out or cut short while the client sent its request: answer if the
+                    // connection still takes it (a half-closed client does).
+                    ErrorType::ReadTimedout => 408,
+                    ErrorType::ReadError | ErrorType::ConnectionClosed
+                        if session.response_written().is_none() =>
+                    {
+                        400
+                    }
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            if let Err(err) = session.respond_error(code).await {
+                tracing::debug!(error = %err, "could not send the error response");
+            }
+        }
+        pingora_proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if !ctx.responded {
+            ctx.responded = true;
+            if let Some(h) = ctx.health() {
+                h.record_success();
+            }
+        }
         if let Some(t) = ctx.upstream_started.take() {
             self.metrics_for(ctx).observe_upstream_response(t.elapsed());
+        }
+        // HSTS only means something over TLS (RFC 6797 section 7.2). A policy the backend sets
+        // itself wins: the application knows its subdomains better than the Ingress.
+        if ctx.tls
+            && !upstream_response
+                .headers
+                .contains_key(header::STRICT_TRANSPORT_SECURITY)
+        {
+            let hsts = ctx
+                .plane
+                .as_ref()
+                .and_then(|p| ctx.route(p))
+                .and_then(|r| r.hsts.clone());
+            if let Some(hsts) = hsts {
+                upstream_response.insert_header(header::STRICT_TRANSPORT_SECURITY, &*hsts)?;
+            }
         }
         Ok(())
     }

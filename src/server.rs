@@ -1,10 +1,12 @@
-//! Assembles the Pingora server: the proxy listeners, the admin listener and the source.
+//! Assembles the Pingora server: the proxy listeners, the admin listener and the source (the
+//! manifest directory with `--manifests`, else the Kubernetes cluster).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::background::background_service;
@@ -15,7 +17,9 @@ use crate::config::Config;
 use crate::dataplane::Shared;
 use crate::metrics::Metrics;
 use crate::proxy::Portico;
+use crate::source::kube::KubeSource;
 use crate::source::manifests::{ManifestError, ManifestSource};
+use crate::tls::{SniResolver, TlsError, TlsOptions};
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +33,12 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Manifests(#[from] ManifestError),
+    #[error("default TLS certificate: {0}")]
+    Tls(#[from] TlsError),
+    #[error("HTTPS listener: {0}")]
+    TlsListener(String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("no source: pass --manifests DIR (the Kubernetes source is not built in yet)")]
-    NoSource,
 }
 
 /// A built server, ready to run.
@@ -54,10 +60,17 @@ fn check_free(flag: &'static str, addr: SocketAddr) -> Result<(), ServerError> {
 pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
     if !upgrade {
         check_free("--http-listen", config.http_listen)?;
+        if let Some(addr) = config.https_listen {
+            check_free("--https-listen", addr)?;
+        }
         check_free("--admin-listen", config.admin_listen)?;
     }
     let metrics = Metrics::new()?;
-    let shared = Shared::new(config.compile.clone(), metrics);
+    let tls = match config.https_listen {
+        Some(_) => TlsOptions::from_config(&config.default_tls)?,
+        None => TlsOptions::default(),
+    };
+    let shared = Shared::with_tls(config.compile.clone(), metrics, tls);
 
     let conf = ServerConf {
         threads: config.threads,
@@ -65,6 +78,8 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         // in-flight requests before it stops the runtimes.
         grace_period_seconds: Some(config.shutdown_drain_timeout.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Retries are decided per request (idempotent, not answered yet, attempts left).
+        max_retries: config.limits.upstream_attempts.max(1),
         upgrade_sock: format!("/tmp/portico_upgrade_{}.sock", config.admin_listen.port()),
         pid_file: format!("/tmp/portico_{}.pid", config.admin_listen.port()),
         ..ServerConf::default()
@@ -84,9 +99,21 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         upstream: config.upstream.clone(),
         trusted_proxies: config.trusted_proxies.clone().into(),
         access_log: config.access_log,
+        limits: config.limits,
+        request_metrics: config.request_metrics,
+        https_redirect_port: config.https_redirect_port,
     };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, app, "portico proxy");
     proxy.add_tcp(&config.http_listen.to_string());
+    if let Some(addr) = config.https_listen {
+        // rustls: TLS 1.2 and 1.3 only, AEAD suites with forward secrecy only (ring's defaults).
+        // No certificate files: the resolver picks one per handshake from the snapshot.
+        let mut tls = TlsSettings::intermediate("", "")
+            .map_err(|e| ServerError::TlsListener(e.to_string()))?;
+        tls.set_cert_resolver(Arc::new(SniResolver::new(shared.clone())));
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+    }
     let proxy = server.add_service(proxy);
 
     let mut admin = Service::new(
@@ -99,6 +126,13 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
     admin.threads = Some(1);
     server.add_service(admin);
 
+    server.add_service(background_service(
+        "health checks",
+        crate::health::HealthChecker {
+            shared: shared.clone(),
+        },
+    ));
+
     match &config.manifests {
         Some(dir) => {
             let source = ManifestSource::new(dir.clone(), shared.clone())?;
@@ -107,7 +141,11 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
             // request is answered from an empty table (after a start or an upgrade).
             proxy.add_dependency(&source);
         }
-        None => return Err(ServerError::NoSource),
+        None => {
+            let source = KubeSource::new(config.kubernetes.clone(), shared.clone());
+            let source = server.add_service(background_service("kubernetes source", source));
+            proxy.add_dependency(&source);
+        }
     }
     Ok(Built { server, shared })
 }

@@ -27,6 +27,17 @@ pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 /// Opts an Ingress out of the HTTP to HTTPS redirect.
 pub const SSL_REDIRECT_ANNOTATION: &str = "portico.dev/ssl-redirect";
+/// Per-Ingress limits, typed values in ingress-nginx's formats.
+pub const BODY_SIZE_ANNOTATION: &str = "portico.dev/proxy-body-size";
+pub const CONNECT_TIMEOUT_ANNOTATION: &str = "portico.dev/proxy-connect-timeout";
+pub const READ_TIMEOUT_ANNOTATION: &str = "portico.dev/proxy-read-timeout";
+pub const SEND_TIMEOUT_ANNOTATION: &str = "portico.dev/proxy-send-timeout";
+pub const HEALTH_CHECK_PATH_ANNOTATION: &str = "portico.dev/health-check-path";
+pub const HEALTH_CHECK_INTERVAL_ANNOTATION: &str = "portico.dev/health-check-interval";
+/// The `Strict-Transport-Security` policy of an Ingress's responses over TLS.
+pub const HSTS_ANNOTATION: &str = "portico.dev/hsts";
+/// How Portico speaks to an Ingress's backends: HTTP, HTTPS, H2C, GRPC or GRPCS.
+pub const BACKEND_PROTOCOL_ANNOTATION: &str = "portico.dev/backend-protocol";
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The only Secret type Portico reads.
@@ -214,6 +225,35 @@ fn annotation<'a>(meta: &'a ObjectMeta, name: &str) -> Option<&'a str> {
         .map(|s| s.as_str())
 }
 
+/// A size as nginx writes it: bytes, or a number with `k`, `m` or `g` (powers of 1024).
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let v = value.trim().to_ascii_lowercase();
+    let (digits, unit) = match v.strip_suffix(['k', 'm', 'g']) {
+        Some(d) => (d, v.as_bytes()[v.len() - 1]),
+        None => (v.as_str(), b'b'),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{value:?} is not a size like 1m, 512k or 1048576"))?;
+    let factor: u64 = match unit {
+        b'k' => 1 << 10,
+        b'm' => 1 << 20,
+        b'g' => 1 << 30,
+        _ => 1,
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{value:?} is too large"))
+}
+
+/// A timeout as ingress-nginx writes it (whole seconds), or with a unit (`500ms`, `2m`).
+pub fn parse_timeout(value: &str) -> Result<std::time::Duration, String> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(v).map_err(|e| format!("{value:?}: {e}"))
+}
+
 fn parse_bool_annotation(value: &str) -> Result<bool, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" => Ok(true),
@@ -238,6 +278,71 @@ pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
         match parse_bool_annotation(v) {
             Ok(b) => annotations.ssl_redirect = Some(b),
             Err(e) => problems.push(format!("annotation {SSL_REDIRECT_ANNOTATION}: {e}")),
+        }
+    }
+    let mut limits = crate::model::RouteLimits::default();
+    let mut report = |name: &str, e: String| problems.push(format!("annotation {name}: {e}"));
+    if let Some(v) = annotation(&ing.metadata, BODY_SIZE_ANNOTATION) {
+        parse_size(v).map_or_else(
+            |e| report(BODY_SIZE_ANNOTATION, e),
+            |n| limits.max_body = Some(n),
+        );
+    }
+    for (name, slot) in [
+        (CONNECT_TIMEOUT_ANNOTATION, &mut limits.connect_timeout),
+        (READ_TIMEOUT_ANNOTATION, &mut limits.read_timeout),
+        (SEND_TIMEOUT_ANNOTATION, &mut limits.send_timeout),
+    ] {
+        if let Some(v) = annotation(&ing.metadata, name) {
+            parse_timeout(v).map_or_else(|e| report(name, e), |t| *slot = Some(t));
+        }
+    }
+    annotations.limits = limits;
+    if let Some(path) = annotation(&ing.metadata, HEALTH_CHECK_PATH_ANNOTATION) {
+        let interval = match annotation(&ing.metadata, HEALTH_CHECK_INTERVAL_ANNOTATION) {
+            Some(v) => match parse_timeout(v) {
+                Ok(t) if !t.is_zero() => Some(t),
+                Ok(_) => {
+                    report(
+                        HEALTH_CHECK_INTERVAL_ANNOTATION,
+                        "must be more than 0".into(),
+                    );
+                    None
+                }
+                Err(e) => {
+                    report(HEALTH_CHECK_INTERVAL_ANNOTATION, e);
+                    None
+                }
+            },
+            None => Some(std::time::Duration::from_secs(5)),
+        };
+        let valid_path =
+            path.starts_with('/') && !path.bytes().any(|b| b.is_ascii_control() || b == b' ');
+        if !valid_path {
+            report(
+                HEALTH_CHECK_PATH_ANNOTATION,
+                format!("{path:?} is not an absolute path"),
+            );
+        } else if let Some(interval) = interval {
+            annotations.health_check = Some(crate::model::HealthCheck {
+                path: path.to_string(),
+                interval,
+            });
+        }
+    }
+    // An invalid value is reported and ignored: the Ingress still serves, with the default.
+    if let Some(v) = annotation(&ing.metadata, HSTS_ANNOTATION) {
+        match v.parse() {
+            Ok(h) => annotations.hsts = Some(h),
+            Err(e) => problems.push(format!("annotation {HSTS_ANNOTATION}: {e}")),
+        }
+    }
+    if let Some(v) = annotation(&ing.metadata, BACKEND_PROTOCOL_ANNOTATION) {
+        match v.parse() {
+            Ok(p) => annotations.backend_protocol = Some(p),
+            Err(e) => problems.push(format!(
+                "annotation {BACKEND_PROTOCOL_ANNOTATION}: {e}; using HTTP"
+            )),
         }
     }
     let spec = ing.spec.clone().unwrap_or_default();
@@ -471,4 +576,56 @@ pub fn secret_from_k8s(s: &Secret) -> Result<Option<TlsSecret>, String> {
         cert_pem,
         key_pem,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BackendProtocol, Hsts};
+
+    #[test]
+    fn tls_annotations_are_typed_and_bad_values_reported() {
+        let docs = parse_documents(include_str!("../tests/fixtures/tls/annotations.yaml"));
+        let ingresses: Vec<&Ingress> = docs
+            .iter()
+            .filter_map(|d| match d {
+                Document::Object(Object::Ingress(i)) => Some(i.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let good = ingresses[0];
+        assert_eq!(good.annotations.ssl_redirect, Some(false));
+        assert_eq!(
+            good.annotations.hsts,
+            Some(Hsts {
+                max_age: 31536000,
+                include_subdomains: true,
+                preload: true
+            })
+        );
+        assert_eq!(
+            good.annotations.backend_protocol,
+            Some(BackendProtocol::Grpc)
+        );
+        assert!(good.problems.is_empty(), "{:?}", good.problems);
+
+        let bad = ingresses[1];
+        assert_eq!(bad.annotations, IngressAnnotations::default());
+        assert_eq!(bad.problems.len(), 2, "{:?}", bad.problems);
+        assert!(bad.problems[0].contains(HSTS_ANNOTATION));
+        assert!(bad.problems[1].contains(BACKEND_PROTOCOL_ANNOTATION));
+
+        // The TLS Secret is read (not parsed as PEM yet: that is the compile step's job); the
+        // Opaque one is ignored.
+        let secrets: Vec<&TlsSecret> = docs
+            .iter()
+            .filter_map(|d| match d {
+                Document::Object(Object::Secret(s)) => Some(s.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].cert_pem, b"cert");
+        assert_eq!(secrets[0].key_pem, b"key");
+    }
 }

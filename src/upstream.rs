@@ -8,16 +8,84 @@
 //! here live inside the one snapshot, so routes and endpoints always change together.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::model::{ObjectKey, PortRef};
 
-/// One usable endpoint: an address and, when known, the pod behind it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One usable endpoint.
+#[derive(Clone, Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
-    pub pod: Option<Arc<str>>,
+    /// Passive health, shared by every snapshot that has this address.
+    pub health: Arc<EndpointHealth>,
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            health: Arc::default(),
+        }
+    }
+}
+
+/// Consecutive failures that eject an endpoint.
+pub const EJECT_AFTER_FAILURES: u32 = 2;
+/// The first ejection lasts this long; each further one twice as long, up to [`MAX_EJECTION`].
+pub const BASE_EJECTION: Duration = Duration::from_secs(1);
+pub const MAX_EJECTION: Duration = Duration::from_secs(32);
+
+/// Milliseconds since the process started; a cheap monotonic clock for ejection deadlines.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Passive health of one endpoint: consecutive failures eject it for a short, growing time.
+#[derive(Debug, Default)]
+pub struct EndpointHealth {
+    failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until_ms: AtomicU64,
+}
+
+impl EndpointHealth {
+    #[inline]
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Records a connect failure or a reset; returns the ejection time if this one ejects.
+    pub fn record_failure(&self, now_ms: u64) -> Option<Duration> {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < EJECT_AFTER_FAILURES {
+            return None;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(10);
+        let time = BASE_EJECTION.saturating_mul(1 << n).min(MAX_EJECTION);
+        self.ejected_until_ms
+            .store(now_ms + time.as_millis() as u64, Ordering::Relaxed);
+        Some(time)
+    }
+
+    /// Records a response from the endpoint: it is healthy again.
+    #[inline]
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks the endpoint down (an active health check failed) until `until_ms`.
+    pub fn eject_until(&self, until_ms: u64) {
+        self.ejected_until_ms.store(until_ms, Ordering::Relaxed);
+    }
 }
 
 /// The endpoints behind one `(Service, port)` backend.
@@ -50,16 +118,35 @@ impl Pool {
         self.endpoints.get(i)
     }
 
-    /// The next endpoint in round-robin order that `accept` allows, trying each endpoint once.
-    pub fn select_where(&self, accept: impl Fn(&Upstream) -> bool) -> Option<&Upstream> {
+    /// The index of the next endpoint in round-robin order that `accept` allows, trying each
+    /// endpoint once.
+    pub fn pick(&self, accept: impl Fn(&Upstream) -> bool) -> Option<usize> {
         let len = self.endpoints.len();
         for _ in 0..len {
-            let candidate = self.select()?;
-            if accept(candidate) {
-                return Some(candidate);
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % len;
+            if self.endpoints.get(i).is_some_and(&accept) {
+                return Some(i);
             }
         }
         None
+    }
+
+    /// The next endpoint in round-robin order that `accept` allows, trying each endpoint once.
+    pub fn select_where(&self, accept: impl Fn(&Upstream) -> bool) -> Option<&Upstream> {
+        self.pick(accept).and_then(|i| self.endpoints.get(i))
+    }
+
+    /// Takes over the health records of endpoints that `previous` snapshots already knew, so that
+    /// an ejection survives a recompile.
+    pub fn adopt_health(
+        &mut self,
+        known: &crate::routing::FastMap<SocketAddr, Arc<EndpointHealth>>,
+    ) {
+        for u in self.endpoints.iter_mut() {
+            if let Some(h) = known.get(&u.addr) {
+                u.health = h.clone();
+            }
+        }
     }
 
     pub fn endpoints(&self) -> &[Upstream] {
@@ -78,10 +165,7 @@ mod tests {
 
     fn pool(n: usize) -> Pool {
         let eps = (0..n)
-            .map(|i| Upstream {
-                addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
-                pod: None,
-            })
+            .map(|i| Upstream::new(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16))))
             .collect();
         Pool::new(ObjectKey::new("ns", "svc"), PortRef::Number(80), eps)
     }
@@ -105,6 +189,25 @@ mod tests {
             }
             prop_assert!(counts.iter().all(|c| *c == rounds));
         }
+    }
+
+    #[test]
+    fn failures_eject_for_a_growing_time_and_success_resets() {
+        let h = EndpointHealth::default();
+        assert!(h.is_available(0));
+        assert_eq!(h.record_failure(0), None);
+        assert_eq!(h.record_failure(0), Some(BASE_EJECTION));
+        assert!(!h.is_available(500));
+        assert!(h.is_available(1000));
+        h.record_failure(1000);
+        assert_eq!(h.record_failure(1000), Some(BASE_EJECTION * 2));
+        for _ in 0..40 {
+            h.record_failure(5000);
+        }
+        assert!(h.record_failure(5000).is_none_or(|t| t <= MAX_EJECTION));
+        h.record_success();
+        h.record_failure(100_000);
+        assert_eq!(h.record_failure(100_000), Some(BASE_EJECTION));
     }
 
     #[test]

@@ -9,12 +9,21 @@ use portico::echo::{fnv1a, FNV_OFFSET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn one_route(trusted: Option<&str>) -> (Portico, Pods) {
+    one_route_with(trusted, "").await
+}
+
+/// One route to one echo pod; `annotations` is inserted into the Ingress's metadata.
+async fn one_route_with(trusted: Option<&str>, annotations: &str) -> (Portico, Pods) {
     let pods = Pods::start("echo", 1).await;
     let rules = ingress(
         "default",
         "echo",
         "2026-01-01T00:00:00Z",
         &[("echo.example", "/", "Prefix", "echo", 80)],
+    )
+    .replace(
+        "  creationTimestamp:",
+        &format!("{annotations}  creationTimestamp:"),
     );
     let trusted = trusted.map(str::to_string);
     let p = Portico::start_with(
@@ -118,7 +127,12 @@ async fn hop_by_hop_headers_are_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways() {
-    let (p, _pods) = one_route(None).await;
+    // The Ingress lifts the 1 MiB default body limit for itself.
+    let (p, _pods) = one_route_with(
+        None,
+        "  annotations: { portico.dev/proxy-body-size: 64m }\n",
+    )
+    .await;
     // 8 MiB up, streamed in chunks without a Content-Length.
     let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
     let mut expect = FNV_OFFSET;

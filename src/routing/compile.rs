@@ -3,13 +3,13 @@
 //! It never fails as a whole: each invalid rule, path, backend or TLS entry is left out with a
 //! [`Rejected`] entry naming the object and the reason, and everything else is compiled.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::host::{parse_host, HostMatch};
 use super::path::PathMatch;
-use super::{HostRules, Route, RouteTable};
+use super::{FastMap, FastSet, HostRules, Route, RouteTable};
 use crate::model::{BackendRef, EndpointSlice, Ingress, Kind, Model, ObjectKey, PortRef};
 use crate::upstream::{Pool, Upstream};
 
@@ -50,6 +50,8 @@ pub struct PoolSpec {
     /// The resolved Service port name (empty for an unnamed port); `None` when the Service or the
     /// port does not exist, which makes an empty pool.
     pub port_name: Option<String>,
+    /// Active health check, from the oldest Ingress that asks for one on this backend.
+    pub health_check: Option<crate::model::HealthCheck>,
 }
 
 /// A TLS host bound to its Secret, after conflict resolution.
@@ -71,11 +73,11 @@ pub struct Compiled {
 }
 
 /// EndpointSlices grouped by `(namespace, service name)`.
-pub type SliceIndex<'a> = HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+pub type SliceIndex<'a> = FastMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
 
 /// Groups the model's EndpointSlices by the Service they belong to.
 pub fn index_slices(model: &Model) -> SliceIndex<'_> {
-    let mut index: SliceIndex<'_> = HashMap::new();
+    let mut index: SliceIndex<'_> = FastMap::default();
     for slice in model.slices.values() {
         if let Some(svc) = slice.service_name.as_deref() {
             index
@@ -87,24 +89,56 @@ pub fn index_slices(model: &Model) -> SliceIndex<'_> {
     index
 }
 
+/// Portico's Ingresses in `model`, oldest first (then by namespace/name): the ones the compile step
+/// serves, and the ones whose status the Kubernetes source writes.
+///
+/// An Ingress is Portico's when its `spec.ingressClassName` names a class whose controller is
+/// ours; or, without a class name, when its legacy annotation equals our class name; or, with
+/// neither, when one of our classes is marked as the cluster default.
+pub fn owned_ingresses<'m>(model: &'m Model, opts: &CompileOptions) -> Vec<&'m Ingress> {
+    let owned: FastSet<&str> = model
+        .classes
+        .values()
+        .filter(|c| c.controller == opts.controller_name)
+        .map(|c| c.name.as_str())
+        .collect();
+    let default_class = model
+        .classes
+        .values()
+        .any(|c| c.is_default && owned.contains(c.name.as_str()));
+    let mut ours: Vec<&Ingress> = model
+        .ingresses
+        .values()
+        .map(|i| i.as_ref())
+        .filter(|ing| match (&ing.class_name, &ing.class_annotation) {
+            (Some(class), _) => owned.contains(class.as_str()),
+            (None, Some(annotation)) => *annotation == opts.ingress_class,
+            (None, None) => default_class,
+        })
+        .collect();
+    ours.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
+    ours
+}
+
 /// Compiles the model. Pure: same model and options, same output.
 pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
     let mut c = Compiler {
         model,
         slices: index_slices(model),
         out: Compiled::default(),
-        pool_ids: HashMap::new(),
-        claims: HashMap::new(),
-        precise: HashMap::new(),
-        wildcard: HashMap::new(),
+        pool_ids: FastMap::default(),
+        claims: FastMap::default(),
+        precise: FastMap::default(),
+        wildcard: FastMap::default(),
         any_host: HostRules::default(),
     };
 
-    let ours = c.select_ingresses(opts);
+    let ours = owned_ingresses(model, opts);
     let mut default_owner: Option<&ObjectKey> = None;
     let mut tls_owner: BTreeMap<HostMatch, TlsBinding> = BTreeMap::new();
 
-    for ing in &ours {
+    for (position, ing) in ours.iter().enumerate() {
+        let ing_key = Arc::new(ing.key.clone());
         for problem in &ing.problems {
             c.reject(Kind::Ingress, &ing.key, "InvalidSpec", problem.clone());
         }
@@ -127,7 +161,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
                     format!("defaultBackend ignored: Ingress {owner} is older and has one"),
                 ),
                 None => {
-                    if let Some(route) = c.route_for(ing, backend, false) {
+                    if let Some(route) = c.route_for(ing, &ing_key, backend, false) {
                         default_owner = Some(&ing.key);
                         c.out.table.default_backend = Some(route);
                     }
@@ -164,14 +198,18 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
                     }
                 };
                 let claim = (host.clone(), matcher.clone());
-                if let Some(owner) = c.claims.get(&claim) {
-                    let (reason, message) = if *owner == ing.key {
+                if let Some(&owner) = c.claims.get(&claim) {
+                    let (reason, message) = if owner == position {
                         (
                             "Duplicate",
                             "repeats an earlier path of the same Ingress".to_string(),
                         )
                     } else {
-                        ("Conflict", format!("lost to older Ingress {owner}"))
+                        let older = ours
+                            .get(owner)
+                            .map(|o| o.key.to_string())
+                            .unwrap_or_default();
+                        ("Conflict", format!("lost to older Ingress {older}"))
                     };
                     let host_s = host.as_ref().map(|h| h.to_string()).unwrap_or("*".into());
                     c.reject(
@@ -186,10 +224,10 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
                     );
                     continue;
                 }
-                let Some(route) = c.route_for(ing, &p.backend, redirect) else {
+                let Some(route) = c.route_for(ing, &ing_key, &p.backend, redirect) else {
                     continue;
                 };
-                c.claims.insert(claim, ing.key.clone());
+                c.claims.insert(claim, position);
                 let rules = match &host {
                     Some(HostMatch::Precise(h)) => c.precise.entry(h.clone()).or_default(),
                     Some(HostMatch::Wildcard(s)) => c.wildcard.entry(s.clone()).or_default(),
@@ -232,10 +270,11 @@ struct Compiler<'m> {
     model: &'m Model,
     slices: SliceIndex<'m>,
     out: Compiled,
-    pool_ids: HashMap<(ObjectKey, PortRef), usize>,
-    claims: HashMap<(Option<HostMatch>, PathMatch), ObjectKey>,
-    precise: HashMap<String, HostRules>,
-    wildcard: HashMap<String, HostRules>,
+    pool_ids: FastMap<(ObjectKey, PortRef), (usize, Arc<ObjectKey>)>,
+    /// Who holds each (host, path): the index of the Ingress in age order.
+    claims: FastMap<(Option<HostMatch>, PathMatch), usize>,
+    precise: FastMap<String, HostRules>,
+    wildcard: FastMap<String, HostRules>,
     any_host: HostRules,
 }
 
@@ -249,43 +288,14 @@ impl<'m> Compiler<'m> {
         });
     }
 
-    /// Portico's Ingresses, oldest first (then by namespace/name).
-    fn select_ingresses(&mut self, opts: &CompileOptions) -> Vec<&'m Ingress> {
-        let owned: HashSet<&str> = self
-            .model
-            .classes
-            .values()
-            .filter(|c| c.controller == opts.controller_name)
-            .map(|c| c.name.as_str())
-            .collect();
-        let default_class = self
-            .model
-            .classes
-            .values()
-            .any(|c| c.is_default && owned.contains(c.name.as_str()));
-        let mut ours: Vec<&Ingress> = self
-            .model
-            .ingresses
-            .values()
-            .map(|i| i.as_ref())
-            .filter(|ing| match (&ing.class_name, &ing.class_annotation) {
-                (Some(class), _) => owned.contains(class.as_str()),
-                (None, Some(annotation)) => *annotation == opts.ingress_class,
-                (None, None) => default_class,
-            })
-            .collect();
-        ours.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
-        ours
-    }
-
     /// Validates the Ingress's TLS entries and claims their hosts; returns the hosts this Ingress
     /// now holds TLS for.
     fn tls_hosts(
         &mut self,
         ing: &'m Ingress,
         owners: &mut BTreeMap<HostMatch, TlsBinding>,
-    ) -> HashSet<HostMatch> {
-        let mut mine = HashSet::new();
+    ) -> FastSet<HostMatch> {
+        let mut mine = FastSet::default();
         for (i, entry) in ing.tls.iter().enumerate() {
             let Some(secret) = &entry.secret_name else {
                 // Allowed by the API (SNI-less default certificate); nothing to bind.
@@ -344,7 +354,13 @@ impl<'m> Compiler<'m> {
     }
 
     /// Creates a route to `backend`, or rejects the backend and returns `None`.
-    fn route_for(&mut self, ing: &Ingress, backend: &BackendRef, redirect: bool) -> Option<usize> {
+    fn route_for(
+        &mut self,
+        ing: &Ingress,
+        ing_key: &Arc<ObjectKey>,
+        backend: &BackendRef,
+        redirect: bool,
+    ) -> Option<usize> {
         let (name, port) = match backend {
             BackendRef::Resource { kind, name } => {
                 self.reject(
@@ -357,11 +373,27 @@ impl<'m> Compiler<'m> {
             }
             BackendRef::Service { name, port } => (name, port),
         };
-        let service = ObjectKey::new(ing.key.namespace.clone(), name.clone());
-        let pool = match self.pool_ids.get(&(service.clone(), port.clone())) {
-            Some(id) => *id,
+        let lookup = (
+            ObjectKey::new(ing.key.namespace.clone(), name.clone()),
+            port.clone(),
+        );
+        let known = self
+            .pool_ids
+            .get(&lookup)
+            .map(|(id, key)| (*id, key.clone()));
+        let (pool, service) = match known {
+            Some((id, key)) => {
+                // A younger Ingress may ask for a check the older ones did not.
+                if let Some(spec) = self.out.pool_specs.get_mut(id) {
+                    if spec.health_check.is_none() {
+                        spec.health_check = ing.annotations.health_check.clone();
+                    }
+                }
+                (id, key)
+            }
             None => {
-                let spec = match self.model.services.get(&service) {
+                let service = &lookup.0;
+                let spec = match self.model.services.get(service) {
                     None => {
                         self.reject(
                             Kind::Ingress,
@@ -373,6 +405,7 @@ impl<'m> Compiler<'m> {
                             service: service.clone(),
                             port: port.clone(),
                             port_name: None,
+                            health_check: ing.annotations.health_check.clone(),
                         }
                     }
                     Some(svc) if svc.external_name => {
@@ -403,6 +436,7 @@ impl<'m> Compiler<'m> {
                             service: service.clone(),
                             port: port.clone(),
                             port_name: found.map(|p| p.name.clone()),
+                            health_check: ing.annotations.health_check.clone(),
                         }
                     }
                 };
@@ -410,17 +444,25 @@ impl<'m> Compiler<'m> {
                 let id = self.out.pools.len();
                 self.out.pools.push(Arc::new(pool));
                 self.out.pool_specs.push(spec);
-                self.pool_ids.insert((service.clone(), port.clone()), id);
-                id
+                let key = Arc::new(lookup.0.clone());
+                self.pool_ids.insert(lookup, (id, key.clone()));
+                (id, key)
             }
         };
         let id = self.out.table.routes.len();
         self.out.table.routes.push(Route {
             id,
-            ingress: ing.key.clone(),
+            ingress: ing_key.clone(),
             service,
             pool,
             redirect_https: redirect,
+            limits: ing.annotations.limits,
+            hsts: ing
+                .annotations
+                .hsts
+                .as_ref()
+                .map(|h| Arc::from(h.to_string())),
+            backend_protocol: ing.annotations.backend_protocol.unwrap_or_default(),
         });
         Some(id)
     }
@@ -454,10 +496,7 @@ pub fn build_pool(spec: &PoolSpec, slices: &SliceIndex<'_>) -> Pool {
                     continue;
                 };
                 for ip in &ep.addresses {
-                    target.push(Upstream {
-                        addr: SocketAddr::new(*ip, port),
-                        pod: ep.pod.as_deref().map(Arc::from),
-                    });
+                    target.push(Upstream::new(SocketAddr::new(*ip, port)));
                 }
             }
         }

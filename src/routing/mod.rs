@@ -8,12 +8,18 @@ pub mod compile;
 pub mod host;
 pub mod path;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use crate::model::ObjectKey;
-pub use compile::{compile, CompileOptions, Compiled, PoolSpec, Rejected};
+use crate::model::{BackendProtocol, ObjectKey, RouteLimits};
+pub use compile::{compile, owned_ingresses, CompileOptions, Compiled, PoolSpec, Rejected};
 pub use host::{normalize_request_host, HostMatch};
 pub use path::PathMatch;
+
+/// Hash maps keyed by configuration (hosts, services). foldhash is several times faster than
+/// SipHash here, and its per-process random seed keeps lookups of client-chosen hosts safe.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// What a request is routed to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,13 +27,19 @@ pub struct Route {
     /// Index of this route in [`RouteTable::routes`]; per-route data (metrics) is indexed by it.
     pub id: usize,
     /// The Ingress that defined the rule.
-    pub ingress: ObjectKey,
+    pub ingress: Arc<ObjectKey>,
     /// The backend Service, for logs and metric labels.
-    pub service: ObjectKey,
+    pub service: Arc<ObjectKey>,
     /// Index of the backend's pool in the snapshot.
     pub pool: usize,
     /// Answer plain-HTTP requests with a 308 to HTTPS (the host has TLS, and no opt-out).
     pub redirect_https: bool,
+    /// The Ingress's overrides of body size and upstream timeouts.
+    pub limits: RouteLimits,
+    /// The `Strict-Transport-Security` value added to responses over TLS, from the Ingress.
+    pub hsts: Option<Arc<str>>,
+    /// How to speak to the backend, from the Ingress.
+    pub backend_protocol: BackendProtocol,
 }
 
 /// The rules of one host (or of the host-less rules), best first.
@@ -62,8 +74,8 @@ impl HostRules {
 /// The immutable route table of one snapshot.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    precise: HashMap<String, HostRules>,
-    wildcard: HashMap<String, HostRules>,
+    precise: FastMap<String, HostRules>,
+    wildcard: FastMap<String, HostRules>,
     any_host: HostRules,
     default_backend: Option<usize>,
     routes: Vec<Route>,

@@ -1,7 +1,15 @@
 //! Where snapshots come from. Every source feeds the same compile step through
 //! [`crate::dataplane::Shared::publish_model`], and reports rejections the same way.
+//!
+//! - [`manifests`]: files on disk (`--manifests DIR`);
+//! - [`kube`]: the cluster, through reflectors; with [`status`] (Ingress status, behind the
+//!   [`leader`] Lease) and [`events`] (Events for rejected objects).
 
+pub mod events;
+pub mod kube;
+pub mod leader;
 pub mod manifests;
+pub mod status;
 
 use std::collections::HashSet;
 

@@ -23,7 +23,8 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
-struct StopSignal(watch::Receiver<bool>);
+/// Stops an in-process server (fast shutdown) once the channel says so.
+pub struct StopSignal(pub watch::Receiver<bool>);
 
 #[async_trait]
 impl ShutdownSignalWatch for StopSignal {

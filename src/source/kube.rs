@@ -1,0 +1,813 @@
+//! The Kubernetes source: reflectors on the API server feed the same compile step as the files.
+//!
+//! One reflector per kind (Ingress, IngressClass, Service, EndpointSlice and `kubernetes.io/tls`
+//! Secrets), each `watcher().default_backoff().reflect(writer)`, translates what it sees into
+//! [`Change`]s for one controller task. The controller keeps the [`Model`], coalesces changes for
+//! [`DEBOUNCE`], and then publishes:
+//! - nothing until every reflector has finished its first list (`InitDone`); then one complete
+//!   snapshot, which turns `/readyz` to 200;
+//! - a full recompile when an Ingress, IngressClass, Service or Secret really changed;
+//! - only the affected pools ([`Shared::publish_endpoints`]) when only EndpointSlices changed, so
+//!   an endpoint change costs the same with 10 or 10,000 Ingresses.
+//!
+//! When the API server goes away the reflectors retry with backoff and the last snapshot keeps
+//! serving untouched; a `410 Gone` makes the watcher relist, which replaces that kind's objects
+//! in the model at once. Beside the controller run the Ingress status writer ([`super::status`],
+//! behind the Lease of [`super::leader`]) and the Event recorder ([`super::events`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Secret, Service as K8sService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as K8sSlice;
+use k8s_openapi::api::networking::v1::{Ingress as K8sIngress, IngressClass as K8sClass};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::KubeOptions;
+use crate::dataplane::Shared;
+use crate::model::{Kind, Model, Object, ObjectKey};
+use crate::routing::{owned_ingresses, Rejected};
+use crate::translate;
+
+/// How long the controller waits for more changes before it publishes. A rollout or a relist
+/// arrives as a burst of events; one publish per burst is enough, and 10 ms keeps an endpoint
+/// change well inside its 50 ms budget.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
+/// The `source` label of this source's metrics.
+pub const SOURCE: &str = "kubernetes";
+/// The field selector that keeps every Secret but TLS ones out of memory.
+pub const TLS_SECRET_SELECTOR: &str = "type=kubernetes.io/tls";
+
+/// Why the Kubernetes client could not be built. Both are retried: a mounted service account
+/// token can appear late, and a kubeconfig can be fixed in place.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("cannot read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// Builds the client: `--kubeconfig` when given, else in-cluster or `$KUBECONFIG`
+/// (`Client::try_default`). Does not contact the API server.
+pub async fn client(options: &KubeOptions) -> Result<Client, KubeError> {
+    match &options.kubeconfig {
+        Some(path) => {
+            let wrap = |source| KubeError::Kubeconfig {
+                path: path.clone(),
+                source,
+            };
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(wrap)?;
+            let config = kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(wrap)?;
+            Client::try_from(config).map_err(KubeError::Client)
+        }
+        None => Client::try_default().await.map_err(KubeError::Client),
+    }
+}
+
+/// One change seen by a reflector, already translated into the model's terms.
+#[derive(Debug)]
+pub enum Change {
+    /// An object was added or modified.
+    Upsert(Object),
+    /// An object was deleted, or changed into something Portico does not read.
+    Remove(Kind, ObjectKey),
+    /// A (re)list finished: these are now all the objects of the kind.
+    Relisted(Kind, Vec<Object>),
+}
+
+/// A kind the source watches: how to key it and translate it.
+trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    const KIND: Kind;
+
+    /// `Ok(None)` for an object Portico does not read (a Secret of another type).
+    fn translate(&self) -> Result<Option<Object>, String>;
+
+    fn object_key(&self) -> ObjectKey {
+        let name = self.meta().name.clone().unwrap_or_default();
+        if Self::KIND == Kind::IngressClass {
+            return ObjectKey::new("", name);
+        }
+        let ns = self.meta().namespace.as_deref().unwrap_or("default");
+        ObjectKey::new(ns, name)
+    }
+}
+
+impl Watched for K8sIngress {
+    const KIND: Kind = Kind::Ingress;
+    fn translate(&self) -> Result<Option<Object>, String> {
+        translate::ingress_from_k8s(self).map(|o| Some(Object::Ingress(Arc::new(o))))
+    }
+}
+
+impl Watched for K8sClass {
+    const KIND: Kind = Kind::IngressClass;
+    fn translate(&self) -> Result<Option<Object>, String> {
+        translate::class_from_k8s(self).map(|o| Some(Object::IngressClass(Arc::new(o))))
+    }
+}
+
+impl Watched for K8sService {
+    const KIND: Kind = Kind::Service;
+    fn translate(&self) -> Result<Option<Object>, String> {
+        translate::service_from_k8s(self).map(|o| Some(Object::Service(Arc::new(o))))
+    }
+}
+
+impl Watched for K8sSlice {
+    const KIND: Kind = Kind::EndpointSlice;
+    fn translate(&self) -> Result<Option<Object>, String> {
+        translate::slice_from_k8s(self).map(|o| Some(Object::EndpointSlice(Arc::new(o))))
+    }
+}
+
+impl Watched for Secret {
+    const KIND: Kind = Kind::Secret;
+    fn translate(&self) -> Result<Option<Object>, String> {
+        translate::secret_from_k8s(self).map(|o| o.map(|s| Object::Secret(Arc::new(s))))
+    }
+}
+
+/// Translates one object; an invalid one is logged, counted and treated as absent.
+fn translated<K: Watched>(obj: &K, shared: &Shared) -> Change {
+    let key = obj.object_key();
+    match obj.translate() {
+        Ok(Some(object)) => Change::Upsert(object),
+        Ok(None) => Change::Remove(K::KIND, key),
+        Err(reason) => {
+            // The reason names fields, never values: safe for Secrets too.
+            tracing::warn!(kind = %K::KIND, object = %key, %reason, "object rejected; left out");
+            shared.metrics.source_error(SOURCE, "invalid");
+            Change::Remove(K::KIND, key)
+        }
+    }
+}
+
+/// A short, low-cardinality reason for a watcher error.
+fn error_reason(e: &watcher::Error) -> &'static str {
+    match e {
+        watcher::Error::InitialListFailed(_) => "list",
+        watcher::Error::WatchStartFailed(_) => "watch_start",
+        watcher::Error::WatchError(s) if s.code == 410 => "gone",
+        watcher::Error::WatchError(_) => "watch_error",
+        watcher::Error::WatchFailed(_) => "watch_failed",
+        watcher::Error::NoResourceVersion => "no_resource_version",
+    }
+}
+
+/// Runs one reflector until its channel closes. Never returns on errors: the watcher retries
+/// them itself, with the default (client-go) backoff.
+async fn reflect<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    store: Store<K>,
+    tx: mpsc::UnboundedSender<Change>,
+    shared: Arc<Shared>,
+) {
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        let change = match event {
+            Ok(watcher::Event::Apply(o)) => {
+                shared.metrics.source_event(SOURCE, K::KIND.as_str());
+                translated(&o, &shared)
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                shared.metrics.source_event(SOURCE, K::KIND.as_str());
+                Change::Remove(K::KIND, o.object_key())
+            }
+            Ok(watcher::Event::Init) => {
+                // A (re)list starts: the first one, or a restart after 410 Gone.
+                shared.metrics.source_event(SOURCE, "relist");
+                tracing::debug!(kind = %K::KIND, "listing");
+                continue;
+            }
+            Ok(watcher::Event::InitApply(_)) => continue,
+            Ok(watcher::Event::InitDone) => {
+                // `reflect` has swapped the complete list into the store before yielding this.
+                let objects = store
+                    .state()
+                    .iter()
+                    .filter_map(|o| match translated(o.as_ref(), &shared) {
+                        Change::Upsert(object) => Some(object),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>();
+                tracing::debug!(kind = %K::KIND, objects = objects.len(), "listed");
+                Change::Relisted(K::KIND, objects)
+            }
+            Err(e) => {
+                shared.metrics.source_error(SOURCE, error_reason(&e));
+                tracing::warn!(kind = %K::KIND, error = %e, "watch failed; retrying with backoff; the last snapshot keeps serving");
+                continue;
+            }
+        };
+        if tx.send(change).is_err() {
+            return; // the controller stopped: shutdown
+        }
+    }
+}
+
+/// Starts the reflector of one kind and returns its store.
+fn spawn_reflector<K: Watched>(
+    tasks: &mut JoinSet<()>,
+    api: Api<K>,
+    config: watcher::Config,
+    tx: &mpsc::UnboundedSender<Change>,
+    shared: &Arc<Shared>,
+) -> Store<K> {
+    let writer = reflector::store::Writer::<K>::default();
+    let store = writer.as_reader();
+    tasks.spawn(reflect(
+        api,
+        config,
+        writer,
+        store.clone(),
+        tx.clone(),
+        shared.clone(),
+    ));
+    store
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Watched + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The Ingresses whose status Portico owns, as of the last compile.
+pub type Owned = Arc<Vec<ObjectKey>>;
+
+/// Sets `map[key] = value` unless an equal value is there; returns the replaced value when the
+/// map changed (`Some(None)` for a new key).
+fn upsert<K: Ord, V: PartialEq>(
+    map: &mut BTreeMap<K, Arc<V>>,
+    key: K,
+    value: Arc<V>,
+) -> Option<Option<Arc<V>>> {
+    match map.get(&key) {
+        Some(old) if **old == *value => None,
+        _ => Some(map.insert(key, value)),
+    }
+}
+
+/// The controller: the model, the debounce, and what to publish.
+pub struct Controller {
+    shared: Arc<Shared>,
+    model: Model,
+    synced: BTreeSet<Kind>,
+    published: bool,
+    routes_dirty: bool,
+    /// Services whose EndpointSlices changed since the last publish.
+    endpoints_dirty: BTreeSet<ObjectKey>,
+    /// An Ingress or IngressClass event arrived (maybe status only): re-check status.
+    status_dirty: bool,
+    reported: HashSet<(String, String, &'static str, String)>,
+    owned: watch::Sender<Option<Owned>>,
+    rejections: mpsc::UnboundedSender<Vec<Rejected>>,
+}
+
+const KINDS: usize = 5;
+
+impl Controller {
+    /// An empty controller: publishes to `shared`, sends the owned Ingresses after each compile on
+    /// `owned` and new rejections on `rejections`. Nothing is published before every kind is
+    /// listed ([`Change::Relisted`]).
+    pub fn new(
+        shared: Arc<Shared>,
+        owned: watch::Sender<Option<Owned>>,
+        rejections: mpsc::UnboundedSender<Vec<Rejected>>,
+    ) -> Self {
+        Self {
+            shared,
+            model: Model::default(),
+            synced: BTreeSet::new(),
+            published: false,
+            routes_dirty: false,
+            endpoints_dirty: BTreeSet::new(),
+            status_dirty: false,
+            reported: HashSet::new(),
+            owned,
+            rejections,
+        }
+    }
+
+    /// True once the first complete snapshot is published.
+    pub fn is_synced(&self) -> bool {
+        self.published
+    }
+
+    fn slice_service(slice: &crate::model::EndpointSlice) -> Option<ObjectKey> {
+        slice
+            .service_name
+            .as_ref()
+            .map(|s| ObjectKey::new(slice.key.namespace.clone(), s.clone()))
+    }
+
+    fn touch_slice(&mut self, slice: Option<&Arc<crate::model::EndpointSlice>>) {
+        if let Some(svc) = slice.and_then(|s| Self::slice_service(s)) {
+            self.endpoints_dirty.insert(svc);
+        }
+    }
+
+    /// Applies one change to the model and records what it makes stale.
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Upsert(object) => self.upsert(object),
+            Change::Remove(kind, key) => self.remove(kind, &key),
+            Change::Relisted(kind, objects) => {
+                let mut keep = BTreeSet::new();
+                for object in objects {
+                    keep.insert(object.key());
+                    self.upsert(object);
+                }
+                let gone: Vec<ObjectKey> = match kind {
+                    Kind::Ingress => self.model.ingresses.keys().cloned().collect(),
+                    Kind::IngressClass => self
+                        .model
+                        .classes
+                        .keys()
+                        .map(|n| ObjectKey::new("", n.clone()))
+                        .collect(),
+                    Kind::Service => self.model.services.keys().cloned().collect(),
+                    Kind::EndpointSlice => self.model.slices.keys().cloned().collect(),
+                    Kind::Secret => self.model.secrets.keys().cloned().collect(),
+                };
+                for key in gone.into_iter().filter(|k| !keep.contains(k)) {
+                    self.remove(kind, &key);
+                }
+                if kind == Kind::Ingress || kind == Kind::IngressClass {
+                    self.status_dirty = true;
+                }
+                if self.synced.insert(kind) {
+                    tracing::info!(kind = %kind, "initial list done");
+                }
+            }
+        }
+    }
+
+    fn upsert(&mut self, object: Object) {
+        let m = &mut self.model;
+        match object {
+            Object::Ingress(o) => {
+                self.status_dirty = true;
+                self.routes_dirty |= upsert(&mut m.ingresses, o.key.clone(), o).is_some();
+            }
+            Object::IngressClass(o) => {
+                self.status_dirty = true;
+                self.routes_dirty |= upsert(&mut m.classes, o.name.clone(), o).is_some();
+            }
+            Object::Service(o) => {
+                self.routes_dirty |= upsert(&mut m.services, o.key.clone(), o).is_some();
+            }
+            Object::Secret(o) => {
+                self.routes_dirty |= upsert(&mut m.secrets, o.key.clone(), o).is_some();
+            }
+            Object::EndpointSlice(o) => {
+                let new = o.clone();
+                if let Some(old) = upsert(&mut m.slices, o.key.clone(), o) {
+                    self.touch_slice(old.as_ref());
+                    self.touch_slice(Some(&new));
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, key: &ObjectKey) {
+        let m = &mut self.model;
+        match kind {
+            Kind::Ingress => {
+                self.status_dirty = true;
+                self.routes_dirty |= m.ingresses.remove(key).is_some();
+            }
+            Kind::IngressClass => {
+                self.status_dirty = true;
+                self.routes_dirty |= m.classes.remove(&key.name).is_some();
+            }
+            Kind::Service => self.routes_dirty |= m.services.remove(key).is_some(),
+            Kind::Secret => self.routes_dirty |= m.secrets.remove(key).is_some(),
+            Kind::EndpointSlice => {
+                let old = m.slices.remove(key);
+                self.touch_slice(old.as_ref());
+            }
+        }
+    }
+
+    /// Publishes what the applied changes made stale. Before every kind is listed, publishes
+    /// nothing: a half-listed cluster would drop routes and turn ready too early.
+    pub fn flush(&mut self) {
+        if !self.published {
+            if self.synced.len() < KINDS {
+                return;
+            }
+            self.published = true;
+            self.routes_dirty = true;
+            tracing::info!(
+                ingresses = self.model.ingresses.len(),
+                services = self.model.services.len(),
+                slices = self.model.slices.len(),
+                "every kind listed: publishing the first snapshot"
+            );
+        }
+        if self.routes_dirty {
+            let rejected = self.shared.publish_model(&self.model, true);
+            let fresh = super::report_rejections(&mut self.reported, &rejected);
+            if !fresh.is_empty() {
+                // The receiver only goes away at shutdown.
+                let _ = self.rejections.send(fresh);
+            }
+            self.status_dirty = true;
+        } else if !self.endpoints_dirty.is_empty() {
+            let services: Vec<ObjectKey> = self.endpoints_dirty.iter().cloned().collect();
+            self.shared.publish_endpoints(&self.model, &services);
+        }
+        self.routes_dirty = false;
+        self.endpoints_dirty.clear();
+        if self.status_dirty {
+            self.status_dirty = false;
+            let owned: Vec<ObjectKey> = owned_ingresses(&self.model, &self.shared.options)
+                .into_iter()
+                .map(|i| i.key.clone())
+                .collect();
+            self.owned.send_replace(Some(Arc::new(owned)));
+        }
+    }
+
+    /// Applies changes until `changes` closes or `shutdown` fires, publishing once per burst.
+    pub async fn run(
+        &mut self,
+        mut changes: mpsc::UnboundedReceiver<Change>,
+        mut shutdown: ShutdownWatch,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                change = changes.recv() => match change {
+                    Some(change) => self.apply(change),
+                    None => return,
+                },
+            }
+            let deadline = tokio::time::Instant::now() + DEBOUNCE;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    change = changes.recv() => match change {
+                        Some(change) => self.apply(change),
+                        None => break,
+                    },
+                }
+            }
+            self.flush();
+        }
+    }
+}
+
+/// The background service that watches the cluster.
+pub struct KubeSource {
+    pub options: KubeOptions,
+    pub shared: Arc<Shared>,
+}
+
+impl KubeSource {
+    /// Called by [`crate::server::build`] when `--manifests` is absent. Does nothing until the
+    /// server starts the service.
+    pub fn new(options: KubeOptions, shared: Arc<Shared>) -> Self {
+        Self { options, shared }
+    }
+
+    /// Builds the client, retrying with backoff until it works or shutdown fires.
+    async fn connect(&self, shutdown: &mut ShutdownWatch) -> Option<Client> {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match client(&self.options).await {
+                Ok(client) => return Some(client),
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in = ?delay, "no Kubernetes client; not ready");
+                    self.shared.metrics.source_error(SOURCE, "client");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Watches the cluster through `client` until shutdown: the five reflectors, the controller,
+    /// the Event recorder and, when there is an address to publish, the elected status writer.
+    pub async fn run_with_client(&self, client: Client, shutdown: ShutdownWatch) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut tasks = JoinSet::new();
+        let ns = self.options.watch_namespace.as_deref();
+        let shared = &self.shared;
+        let ingresses = spawn_reflector::<K8sIngress>(
+            &mut tasks,
+            scoped(&client, ns),
+            watcher::Config::default(),
+            &tx,
+            shared,
+        );
+        spawn_reflector::<K8sClass>(
+            &mut tasks,
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            &tx,
+            shared,
+        );
+        spawn_reflector::<K8sService>(
+            &mut tasks,
+            scoped(&client, ns),
+            watcher::Config::default(),
+            &tx,
+            shared,
+        );
+        spawn_reflector::<K8sSlice>(
+            &mut tasks,
+            scoped(&client, ns),
+            watcher::Config::default(),
+            &tx,
+            shared,
+        );
+        spawn_reflector::<Secret>(
+            &mut tasks,
+            scoped(&client, ns),
+            watcher::Config::default().fields(TLS_SECRET_SELECTOR),
+            &tx,
+            shared,
+        );
+        drop(tx);
+
+        let (owned_tx, owned_rx) = watch::channel(None);
+        let (rejections_tx, rejections_rx) = mpsc::unbounded_channel();
+        let identity = self.options.election.identity.clone();
+        tasks.spawn(
+            super::events::EventRecorder {
+                client: client.clone(),
+                ingresses: ingresses.clone(),
+                controller: shared.options.controller_name.clone(),
+                instance: identity,
+                shared: shared.clone(),
+            }
+            .run(rejections_rx),
+        );
+        let mut elector_task = None;
+        if self.options.publish_addresses.is_empty() {
+            tracing::info!("no --publish-address and no $NODE_IP: Ingress status is not written");
+        } else {
+            let (leader_tx, leader_rx) = watch::channel(false);
+            let elector = super::leader::LeaderElector::new(
+                Api::namespaced(client.clone(), &self.options.election.namespace),
+                self.options.election.clone(),
+                shared.clone(),
+            );
+            let mut synced = owned_rx.clone();
+            let stop = shutdown.clone();
+            elector_task = Some(tokio::spawn(async move {
+                // Campaign only with a complete view: a replica that cannot list the cluster
+                // must not hold the Lease and leave status unwritten.
+                if synced.wait_for(Option::is_some).await.is_ok() {
+                    elector.run(leader_tx, stop).await;
+                }
+            }));
+            tasks.spawn(
+                super::status::StatusWriter {
+                    client: client.clone(),
+                    ingresses,
+                    addresses: self.options.publish_addresses.clone(),
+                    shared: shared.clone(),
+                }
+                .run(owned_rx, leader_rx),
+            );
+        }
+
+        let mut controller = Controller::new(shared.clone(), owned_tx, rejections_tx);
+        controller.run(rx, shutdown).await;
+        // Shutdown: give the elector a moment to release the Lease, then stop everything.
+        if let Some(mut elector) = elector_task {
+            if tokio::time::timeout(Duration::from_secs(2), &mut elector)
+                .await
+                .is_err()
+            {
+                elector.abort();
+            }
+        }
+        tasks.shutdown().await;
+    }
+}
+
+#[async_trait]
+impl BackgroundService for KubeSource {
+    /// Signals ready once the first complete snapshot is published, so that the proxy listeners
+    /// (which depend on this service) never answer from an empty table.
+    async fn start_with_ready_notifier(
+        &self,
+        shutdown: ShutdownWatch,
+        ready: pingora_core::services::ServiceReadyNotifier,
+    ) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            while !shared.is_ready() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            ready.notify_ready();
+        });
+        self.start(shutdown).await;
+    }
+
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(client) = self.connect(&mut shutdown).await else {
+            return;
+        };
+        tracing::info!(
+            namespace = self.options.watch_namespace.as_deref().unwrap_or("<all>"),
+            "watching Kubernetes"
+        );
+        self.run_with_client(client, shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::model::{Endpoint, EndpointSlice, Ingress, IngressClass, SlicePort};
+
+    fn controller() -> (Controller, watch::Receiver<Option<Owned>>) {
+        let shared = Shared::new(Default::default(), Metrics::new().unwrap());
+        let (owned_tx, owned_rx) = watch::channel(None);
+        let (rej_tx, _rej_rx) = mpsc::unbounded_channel();
+        (Controller::new(shared, owned_tx, rej_tx), owned_rx)
+    }
+
+    fn slice(name: &str, svc: &str, ip: &str) -> Object {
+        Object::EndpointSlice(Arc::new(EndpointSlice {
+            key: ObjectKey::new("ns", name),
+            service_name: Some(svc.into()),
+            ports: vec![SlicePort {
+                name: String::new(),
+                port: Some(8080),
+            }],
+            endpoints: vec![Endpoint {
+                addresses: vec![ip.parse().unwrap()],
+                ready: None,
+                serving: None,
+                terminating: None,
+                pod: None,
+            }],
+        }))
+    }
+
+    fn ingress(name: &str) -> Object {
+        Object::Ingress(Arc::new(Ingress {
+            key: ObjectKey::new("ns", name),
+            created: 0,
+            class_name: Some("portico".into()),
+            class_annotation: None,
+            default_backend: None,
+            rules: vec![],
+            tls: vec![],
+            annotations: Default::default(),
+            problems: vec![],
+        }))
+    }
+
+    fn relist_all(c: &mut Controller) {
+        for kind in [
+            Kind::Ingress,
+            Kind::IngressClass,
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Secret,
+        ] {
+            c.apply(Change::Relisted(kind, vec![]));
+        }
+    }
+
+    /// kube builds its rustls connector from whatever crypto provider the build enables; with
+    /// Pingora's and kube's TLS in one binary that must still be exactly one (or a panic at the
+    /// first HTTPS cluster). The stand-in is plain HTTP, so check it here.
+    #[tokio::test]
+    async fn client_builds_for_an_https_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\nusers:\n- name: u\n  user: {token: t}\n",
+        )
+        .unwrap();
+        let options = crate::config::Flags {
+            kubeconfig: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap()
+        .kubernetes;
+        assert!(client(&options).await.is_ok());
+        let missing = KubeOptions {
+            kubeconfig: Some(dir.path().join("nope")),
+            ..options
+        };
+        assert!(matches!(
+            client(&missing).await,
+            Err(KubeError::Kubeconfig { .. })
+        ));
+    }
+
+    #[test]
+    fn publishes_nothing_until_every_kind_is_listed() {
+        let (mut c, _owned) = controller();
+        c.apply(Change::Relisted(Kind::Ingress, vec![ingress("a")]));
+        c.flush();
+        assert!(!c.shared.is_ready());
+        assert_eq!(c.shared.load().generation, 0);
+        for kind in [Kind::IngressClass, Kind::Service, Kind::EndpointSlice] {
+            c.apply(Change::Relisted(kind, vec![]));
+        }
+        c.flush();
+        assert!(!c.shared.is_ready(), "Secrets are not listed yet");
+        c.apply(Change::Relisted(Kind::Secret, vec![]));
+        c.flush();
+        assert!(c.shared.is_ready());
+        assert_eq!(c.shared.load().generation, 1);
+    }
+
+    #[test]
+    fn slice_changes_touch_only_their_services_and_equal_objects_nothing() {
+        let (mut c, _owned) = controller();
+        relist_all(&mut c);
+        c.flush();
+        c.apply(Change::Upsert(slice("s1", "web", "10.0.0.1")));
+        assert!(!c.routes_dirty);
+        assert_eq!(
+            c.endpoints_dirty.iter().collect::<Vec<_>>(),
+            vec![&ObjectKey::new("ns", "web")]
+        );
+        c.flush();
+        // The same object again (a resync, or a status-only update) changes nothing.
+        c.apply(Change::Upsert(slice("s1", "web", "10.0.0.1")));
+        c.apply(Change::Upsert(ingress("a")));
+        c.flush();
+        c.apply(Change::Upsert(ingress("a")));
+        assert!(!c.routes_dirty && c.endpoints_dirty.is_empty());
+        // A slice moving to another Service stales both.
+        c.apply(Change::Upsert(slice("s1", "api", "10.0.0.1")));
+        assert_eq!(c.endpoints_dirty.len(), 2);
+    }
+
+    #[test]
+    fn relist_replaces_a_kind_and_owned_set_follows_classes() {
+        let (mut c, owned) = controller();
+        relist_all(&mut c);
+        c.apply(Change::Upsert(ingress("a")));
+        c.apply(Change::Upsert(ingress("b")));
+        c.flush();
+        assert_eq!(owned.borrow().as_ref().map(|o| o.len()), Some(0));
+        c.apply(Change::Upsert(Object::IngressClass(Arc::new(
+            IngressClass {
+                name: "portico".into(),
+                controller: "portico.dev/ingress-controller".into(),
+                is_default: false,
+            },
+        ))));
+        c.flush();
+        assert_eq!(owned.borrow().as_ref().map(|o| o.len()), Some(2));
+        c.apply(Change::Relisted(Kind::Ingress, vec![ingress("b")]));
+        assert!(c.routes_dirty);
+        c.flush();
+        assert_eq!(
+            owned.borrow().as_ref().map(|o| o.as_ref().clone()),
+            Some(vec![ObjectKey::new("ns", "b")])
+        );
+    }
+}

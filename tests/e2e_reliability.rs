@@ -1,0 +1,400 @@
+//! Reliability end to end: failover to other endpoints, passive ejection, timeouts, limits, and
+//! hostile requests written on raw sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ingress, Pods, Portico, INGRESS_CLASS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn route_to(
+    pods: &Pods,
+    annotations: &str,
+    tweak: impl FnOnce(&mut portico::config::Flags),
+) -> Portico {
+    let rules = ingress(
+        "default",
+        "rel",
+        "2026-01-01T00:00:00Z",
+        &[("rel.example", "/", "Prefix", &pods.service, 80)],
+    )
+    .replace(
+        "  creationTimestamp:",
+        &format!("{annotations}  creationTimestamp:"),
+    );
+    Portico::start_with(
+        &[
+            ("class.yaml", INGRESS_CLASS),
+            ("rules.yaml", &rules),
+            ("svc.yaml", &pods.manifests("default", "", 80)),
+        ],
+        tweak,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_killed_mid_run_fails_no_idempotent_request() {
+    let mut pods = Pods::start("fo", 3).await;
+    let p = route_to(&pods, "", |_| {}).await;
+    let client = common::client();
+    let (mut ok, mut failed) = (0usize, Vec::new());
+    // Sequential load, with one pod killed a third of the way through.
+    for i in 0..300 {
+        if i == 100 {
+            pods.kill(1);
+        }
+        match client
+            .get(p.url("/"))
+            .header("host", "rel.example")
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => ok += 1,
+            Ok(r) => failed.push(r.status().to_string()),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    // Concurrent load with the pod still dead (its ejection expires and it is tried again):
+    // 8 workers, idempotent methods.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (c, url) = (client.clone(), p.url("/"));
+        tasks.push(tokio::spawn(async move {
+            let method = [
+                reqwest::Method::GET,
+                reqwest::Method::HEAD,
+                reqwest::Method::PUT,
+                reqwest::Method::DELETE,
+            ][w % 4]
+                .clone();
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            for _ in 0..50 {
+                match c
+                    .request(method.clone(), &url)
+                    .header("host", "rel.example")
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let mut concurrent_ok = 0;
+    for t in tasks {
+        let (o, f) = t.await.expect("join");
+        concurrent_ok += o;
+        failed.extend(f);
+    }
+    eprintln!(
+        "failover: sequential {ok}/300 ok, concurrent {concurrent_ok}/400 ok, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(ok + concurrent_ok, 700);
+    // The dead pods were ejected: the retries stopped once they were.
+    let m = p.metrics().await;
+    assert!(m.contains("portico_requests_total"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_idempotent_request_is_not_retried() {
+    let mut pods = Pods::start("post", 2).await;
+    let p = route_to(&pods, "", |_| {}).await;
+    pods.kill(0);
+    let client = common::client();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = client
+            .post(p.url("/"))
+            .header("host", "rel.example")
+            .body("x")
+            .send()
+            .await
+            .expect("post");
+        statuses.push(r.status().as_u16());
+    }
+    // The dead pod's POST is answered 502 (not replayed elsewhere) until it is ejected.
+    assert!(statuses.contains(&502), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_timeouts_and_body_limits() {
+    let pods = Pods::start("lim", 1).await;
+    let p = route_to(
+        &pods,
+        "  annotations: { portico.dev/proxy-read-timeout: \"300ms\", portico.dev/proxy-body-size: 10k }\n",
+        |f| f.max_header_size = Some("16k".into()),
+    )
+    .await;
+    let client = common::client();
+    let started = Instant::now();
+    let r = client
+        .get(p.url("/delay/2000"))
+        .header("host", "rel.example")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        client
+            .get(p.url("/delay/10"))
+            .header("host", "rel.example")
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+
+    // Declared too large: refused before anything is sent upstream.
+    let r = client
+        .post(p.url("/"))
+        .header("host", "rel.example")
+        .body(vec![0u8; 20_000])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 413);
+    // Streamed (chunked) too large: cut off when the limit is crossed.
+    let chunks = futures::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![0u8; 1024])));
+    let r = client
+        .post(p.url("/"))
+        .header("host", "rel.example")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    assert!(
+        r.is_err() || r.as_ref().is_ok_and(|r| r.status() == 413),
+        "{r:?}"
+    );
+    let r = client
+        .post(p.url("/"))
+        .header("host", "rel.example")
+        .body(vec![0u8; 9_000])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    // Headers over 16 KiB: 431.
+    let r = client
+        .get(p.url("/"))
+        .header("host", "rel.example")
+        .header("x-big", "a".repeat(20_000))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 431);
+}
+
+/// Sends raw bytes, optionally half-closes, and returns the status line of the answer ("" if the
+/// connection closed without one).
+async fn raw(p: &Portico, bytes: &[u8], half_close: bool) -> String {
+    let mut s = tokio::net::TcpStream::connect(p.http)
+        .await
+        .expect("connect");
+    s.write_all(bytes).await.expect("write");
+    if half_close {
+        s.shutdown().await.expect("shutdown");
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_clear_4xx() {
+    let pods = Pods::start("hostile", 1).await;
+    let p = route_to(&pods, "", |_| {}).await;
+    let h = "Host: rel.example\r\n";
+    let long_uri = format!("GET /{} HTTP/1.1\r\n{h}\r\n", "a".repeat(20_000));
+    let cases: Vec<(&str, String, bool, &str)> = vec![
+        (
+            "duplicate Content-Length",
+            format!("POST / HTTP/1.1\r\n{h}Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello"),
+            false,
+            "400",
+        ),
+        (
+            "differing Content-Length",
+            format!("POST / HTTP/1.1\r\n{h}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+            false,
+            "400",
+        ),
+        (
+            "invalid Host",
+            "GET / HTTP/1.1\r\nHost: rel example\r\n\r\n".to_string(),
+            false,
+            "400",
+        ),
+        (
+            "two Hosts",
+            format!("GET / HTTP/1.1\r\n{h}Host: other.example\r\n\r\n"),
+            false,
+            "400",
+        ),
+        (
+            "HTTP/1.1 without Host",
+            "GET / HTTP/1.1\r\n\r\n".to_string(),
+            false,
+            "400",
+        ),
+        ("oversized URI", long_uri, false, "414"),
+        (
+            "obs-fold header",
+            format!("GET / HTTP/1.1\r\n{h}X-Fold: a\r\n b\r\n\r\n"),
+            false,
+            "400",
+        ),
+        ("HTTP/0.9", "GET /\r\n".to_string(), false, "400"),
+        (
+            "truncated chunked body",
+            format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n10\r\nabc"),
+            true,
+            "400",
+        ),
+        (
+            "invalid chunk size",
+            format!(
+                "POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+            ),
+            false,
+            "400",
+        ),
+        (
+            "unknown Transfer-Encoding",
+            format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: gzip\r\n\r\n"),
+            false,
+            "400",
+        ),
+    ];
+    let mut table = Vec::new();
+    for (name, bytes, half_close, want) in &cases {
+        let line = raw(&p, bytes.as_bytes(), *half_close).await;
+        table.push(format!("{name:40} -> {line}"));
+        assert!(
+            line.starts_with(&format!("HTTP/1.1 {want}")),
+            "{name}: got {line:?}"
+        );
+    }
+    // Content-Length with Transfer-Encoding: Pingora follows RFC 9112 6.1 and 6.3 rather than
+    // refusing: the body is framed by Transfer-Encoding alone, Content-Length is removed before
+    // forwarding, and the connection is closed after the answer, so nothing can be smuggled
+    // behind the body.
+    let smuggle = format!(
+        "POST / HTTP/1.1\r\n{h}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n{h}\r\n"
+    );
+    let mut s = tokio::net::TcpStream::connect(p.http)
+        .await
+        .expect("connect");
+    s.write_all(smuggle.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    table.push(format!(
+        "{:40} -> {}",
+        "Content-Length with Transfer-Encoding",
+        out.lines().next().unwrap_or("")
+    ));
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let answers = out.lines().filter(|l| l.starts_with("HTTP/1.1 ")).count();
+    assert_eq!(answers, 1, "a second request was answered: {out}");
+    assert!(
+        !out.contains("content-length\":\"5"),
+        "Content-Length was forwarded: {out}"
+    );
+    eprintln!("{}", table.join("\n"));
+    // None of it disturbed the proxy.
+    assert_eq!(p.echo("rel.example", "/").await.service, "hostile");
+}
+
+/// A pod that serves traffic but fails its health check: 503 on /healthz, 200 "sick" otherwise.
+async fn sick_pod(ip: std::net::IpAddr, port: u16) -> tokio::task::JoinHandle<()> {
+    let l = tokio::net::TcpListener::bind((ip, port))
+        .await
+        .expect("bind sick pod");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let answer = if head.starts_with("GET /healthz") {
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_string()
+                    } else {
+                        "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nsick".to_string()
+                    };
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_take_a_failing_pod_out() {
+    let pods = Pods::start("checked", 1).await;
+    // A second "pod" of the same Service on the next address, same port, failing its check.
+    let std::net::IpAddr::V4(v4) = pods.ips[0] else {
+        panic!("v4")
+    };
+    let sick_ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4) + 1));
+    let sick = sick_pod(sick_ip, pods.port).await;
+    let svc = pods.manifests("default", "", 80).replace(
+        "endpoints:\n",
+        &format!("endpoints:\n  - addresses: [\"{sick_ip}\"]\n"),
+    );
+    let rules = ingress("default", "hc", "2026-01-01T00:00:00Z", &[("hc.example", "/", "Prefix", "checked", 80)])
+        .replace(
+            "  creationTimestamp:",
+            "  annotations: { portico.dev/health-check-path: /healthz, portico.dev/health-check-interval: 200ms }\n  creationTimestamp:",
+        );
+    let p = Portico::start(&[
+        ("class.yaml", INGRESS_CLASS),
+        ("rules.yaml", &rules),
+        ("svc.yaml", &svc),
+    ])
+    .await;
+    assert!(p.metrics().await.contains(
+        "portico_pool_endpoints{namespace=\"default\",port=\"80\",service=\"checked\"} 2"
+    ));
+    // Within a check interval or two, the sick pod is out of rotation.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..20 {
+        let (status, body) = p.get("hc.example", "/").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("\"checked\""),
+            "served by the sick pod: {body}"
+        );
+    }
+    sick.abort();
+}
