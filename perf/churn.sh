@@ -53,8 +53,9 @@ trap 'exit 130' INT TERM
 free_port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 40000))
-        if ! ss -Hltn "sport = :$p" | grep -q . && [[ " ${USED_PORTS:-} " != *" $p "* ]]; then
+        # Below the ephemeral range (32768+), so that no outgoing connection holds it.
+        p=$((10000 + RANDOM % 22000))
+        if ! ss -Htan "sport = :$p" | grep -q . && [[ " ${USED_PORTS:-} " != *" $p "* ]]; then
             USED_PORTS="${USED_PORTS:-} $p"
             echo "$p"
             return

@@ -74,8 +74,9 @@ trap 'exit 130' INT TERM
 free_port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 40000))
-        if ! ss -Hltn "sport = :$p" | grep -q . && [[ " ${USED_PORTS:-} " != *" $p "* ]]; then
+        # Below the ephemeral range (32768+), so that no outgoing connection holds it.
+        p=$((10000 + RANDOM % 22000))
+        if ! ss -Htan "sport = :$p" | grep -q . && [[ " ${USED_PORTS:-} " != *" $p "* ]]; then
             USED_PORTS="${USED_PORTS:-} $p"
             echo "$p"
             return
@@ -309,7 +310,7 @@ run_tool() {
         echo "${reqs:-0} ${rps:-0} $p50 $p99 ${bad:-0} ${errs:-0}"
         ;;
     oha)
-        out=$(timeout $((secs + 30)) oha --no-tui --output-format json -w -z "${secs}s" -c "$conns" "$url" 2>/dev/null) || true
+        out=$(timeout $((secs + 30)) oha --no-tui --output-format json --insecure -w -z "${secs}s" -c "$conns" "$url" 2>/dev/null) || true
         jq -r '[
             ([.statusCodeDistribution[]] | add // 0),
             .summary.requestsPerSec,
