@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header;
+use http::header::{self, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorType, Result};
+use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
@@ -261,16 +261,19 @@ impl ProxyHttp for Portico {
         }
         let plane = self.shared.load();
         let req = session.req_header();
-        let host = normalize_request_host(request_host(req));
-        let route = plane.routes.lookup(&host, req.uri.path()).cloned();
-        ctx.plane = Some(plane.clone());
-        let Some(route) = route else {
+        // Only what the later phases need is copied out of the route; it stays in the snapshot.
+        let found = plane
+            .routes
+            .lookup(&normalize_request_host(request_host(req)), req.uri.path())
+            .map(|r| (r.id, r.redirect_https, r.pool, r.limits.max_body));
+        ctx.plane = Some(plane);
+        let Some((id, redirect_https, pool, max_body)) = found else {
             return Self::respond(session, 404, "no route for this host and path\n").await;
         };
-        ctx.route = Some(route.id);
+        ctx.route = Some(id);
         if let Some(port) = self
             .https_redirect_port
-            .filter(|_| route.redirect_https && !ctx.tls)
+            .filter(|_| redirect_https && !ctx.tls)
         {
             let req = session.req_header();
             let host = normalize_request_host(request_host(req));
@@ -286,10 +289,15 @@ impl ProxyHttp for Portico {
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(true);
         }
-        if plane.pools.get(route.pool).is_none_or(|p| p.is_empty()) {
+        let usable = ctx
+            .plane
+            .as_ref()
+            .and_then(|p| p.pools.get(pool))
+            .is_some_and(|p| !p.is_empty());
+        if !usable {
             return Self::respond(session, 503, "no usable endpoint for this backend\n").await;
         }
-        ctx.max_body = route.limits.max_body.unwrap_or(self.limits.max_body_size);
+        ctx.max_body = max_body.unwrap_or(self.limits.max_body_size);
         let declared = session
             .req_header()
             .headers
@@ -411,46 +419,7 @@ impl ProxyHttp for Portico {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let client = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
-        let trusted = ctx
-            .client
-            .is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip)));
-        let downstream = session.req_header();
-        // Like ingress-nginx: without a trusted proxy in front, the client's own forwarding
-        // headers are replaced, never appended to.
-        let incoming = |name: &str| {
-            downstream
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let xff = match incoming("x-forwarded-for") {
-            Some(prev) if trusted => format!("{prev}, {client}"),
-            _ => client.clone(),
-        };
-        let proto = match incoming("x-forwarded-proto") {
-            Some(p) if trusted => p,
-            _ => (if ctx.tls { "https" } else { "http" }).to_string(),
-        };
-        let host = match incoming("x-forwarded-host") {
-            Some(h) if trusted => h,
-            _ => request_host(downstream).to_string(),
-        };
-        let port = match incoming("x-forwarded-port") {
-            Some(p) if trusted => p,
-            _ => session
-                .server_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.port().to_string())
-                .unwrap_or_default(),
-        };
-        upstream_request.insert_header("x-forwarded-for", xff)?;
-        upstream_request.insert_header("x-real-ip", client)?;
-        upstream_request.insert_header("x-forwarded-proto", proto)?;
-        upstream_request.insert_header("x-forwarded-host", host)?;
-        upstream_request.insert_header("x-forwarded-port", port)?;
-        Ok(())
+        set_forwarded_headers(session, upstream_request, ctx, &self.trusted_proxies)
     }
 
     fn fail_to_connect(
@@ -602,4 +571,92 @@ impl ProxyHttp for Portico {
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
         );
     }
+}
+
+/// `X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
+/// `X-Forwarded-Port` for the upstream request.
+///
+/// Like ingress-nginx: without a trusted proxy in front, the client's own forwarding headers are
+/// replaced, never appended to. Values are built as `HeaderValue`s directly: the host is the
+/// request's own header value (a reference-counted slice of the request buffer), the scheme a
+/// static, and only the client address and the port are formatted.
+fn set_forwarded_headers(
+    session: &Session,
+    upstream_request: &mut RequestHeader,
+    ctx: &RequestCtx,
+    trusted_proxies: &[Cidr],
+) -> Result<()> {
+    let downstream = session.req_header();
+    let trusted = ctx
+        .client
+        .is_some_and(|ip| trusted_proxies.iter().any(|c| c.contains(ip)));
+    let kept = |name: &str| {
+        if trusted {
+            downstream.headers.get(name).cloned()
+        } else {
+            None
+        }
+    };
+    let client = ctx
+        .client
+        .map(ip_value)
+        .unwrap_or(HeaderValue::from_static(""));
+    let xff = match kept("x-forwarded-for") {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&v).or_err(ErrorType::InvalidHTTPHeader, "x-forwarded-for")?
+        }
+        None => client.clone(),
+    };
+    let proto = kept("x-forwarded-proto").unwrap_or(HeaderValue::from_static(if ctx.tls {
+        "https"
+    } else {
+        "http"
+    }));
+    let host = match kept("x-forwarded-host") {
+        Some(h) => h,
+        None => host_value(downstream)?,
+    };
+    let port = match kept("x-forwarded-port") {
+        Some(p) => p,
+        None => session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| HeaderValue::from(a.port()))
+            .unwrap_or(HeaderValue::from_static("")),
+    };
+    upstream_request.insert_header("x-forwarded-for", xff)?;
+    upstream_request.insert_header("x-real-ip", client)?;
+    upstream_request.insert_header("x-forwarded-proto", proto)?;
+    upstream_request.insert_header("x-forwarded-host", host)?;
+    upstream_request.insert_header("x-forwarded-port", port)?;
+    Ok(())
+}
+
+/// The client address as a header value, formatted on the stack.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 45]; // the longest IPv6 text form
+    let mut w = &mut buf[..];
+    let len = match write!(w, "{ip}") {
+        Ok(()) => 45 - w.len(),
+        Err(_) => 0,
+    };
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The request's host as a header value: the `Host` header itself when there is no authority in
+/// the request line (shares its bytes), else the authority without user info.
+fn host_value(req: &RequestHeader) -> Result<HeaderValue> {
+    if req.uri.authority().is_none() {
+        return Ok(req
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("")));
+    }
+    HeaderValue::from_str(request_host(req)).or_err(ErrorType::InvalidHTTPHeader, "host")
 }
