@@ -8,7 +8,7 @@
 //! logged with the file, the object and the reason, and the last good version of what it held
 //! keeps serving.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +101,23 @@ impl ManifestDir {
             }
         }
         self.files = seen;
+        self.model(shared)
+    }
+
+    /// Re-reads only `changed` (files created, written, removed or renamed in) and returns the
+    /// model. Much cheaper than [`ManifestDir::scan`] for one edit in a large directory.
+    pub fn update(&mut self, dir: &Path, changed: &BTreeSet<PathBuf>, shared: &Shared) -> Model {
+        for path in changed {
+            if path.parent() != Some(dir) || !is_manifest(path) {
+                continue;
+            }
+            if path.is_file() {
+                let state = self.read_file(path, shared);
+                self.files.insert(path.clone(), state);
+            } else {
+                self.files.remove(path);
+            }
+        }
         self.model(shared)
     }
 
@@ -240,12 +257,11 @@ impl ManifestSource {
 
         let mut dir = ManifestDir::default();
         let mut reported = HashSet::new();
-        let mut publish = |dir: &mut ManifestDir| {
-            let model = dir.scan(&self.dir, &self.shared);
+        let mut publish = |model: Model| {
             let rejected = self.shared.publish_model(&model, true);
             super::report_rejections(&mut reported, &rejected);
         };
-        publish(&mut dir);
+        publish(dir.scan(&self.dir, &self.shared));
         ready();
         let _watcher = watcher.map_err(|source| ManifestError::Watch {
             path: self.dir.clone(),
@@ -254,24 +270,52 @@ impl ManifestSource {
         tracing::info!(dir = %self.dir.display(), "manifests loaded; watching for changes");
 
         loop {
+            // The paths that changed in this burst; `None` means rescan everything (an event
+            // without paths, a queue overflow, the directory itself).
+            let mut changed = Some(BTreeSet::new());
+            let mut note = |event: Option<notify::Result<notify::Event>>| -> bool {
+                match event {
+                    None => return false,
+                    Some(Err(e)) => {
+                        tracing::error!(dir = %self.dir.display(), error = %e, "file watch error");
+                        self.shared.metrics.source_error(SOURCE, "watch");
+                        changed = None;
+                    }
+                    // Our own reads show up as access events; only changes count.
+                    Some(Ok(e)) if matches!(e.kind, notify::EventKind::Access(_)) => {}
+                    Some(Ok(e)) => {
+                        let whole_dir =
+                            e.need_rescan() || e.paths.is_empty() || e.paths.contains(&self.dir);
+                        match (&mut changed, whole_dir) {
+                            (Some(set), false) => set.extend(e.paths),
+                            _ => changed = None,
+                        }
+                    }
+                }
+                true
+            };
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
                 event = rx.recv() => {
-                    match event {
-                        None => return Ok(()),
-                        Some(Err(e)) => {
-                            tracing::error!(dir = %self.dir.display(), error = %e, "file watch error");
-                            self.shared.metrics.source_error(SOURCE, "watch");
-                        }
-                        // Our own reads show up as access events; only changes count.
-                        Some(Ok(e)) if matches!(e.kind, notify::EventKind::Access(_)) => continue,
-                        Some(Ok(_)) => {}
+                    if !note(event) {
+                        return Ok(());
                     }
-                    // Coalesce the burst, then rescan once.
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while rx.try_recv().is_ok() {}
+                }
+            }
+            // Coalesce the burst, then apply it once.
+            tokio::time::sleep(DEBOUNCE).await;
+            while let Ok(event) = rx.try_recv() {
+                note(Some(event));
+            }
+            match changed {
+                Some(set) if set.is_empty() => {}
+                Some(set) => {
+                    self.shared.metrics.source_event(SOURCE, "update");
+                    publish(dir.update(&self.dir, &set, &self.shared));
+                }
+                None => {
                     self.shared.metrics.source_event(SOURCE, "rescan");
-                    publish(&mut dir);
+                    publish(dir.scan(&self.dir, &self.shared));
                 }
             }
         }
