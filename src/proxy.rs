@@ -188,6 +188,18 @@ impl RequestCtx {
     }
 }
 
+/// Displays the value, or nothing for `None`.
+struct OrEmpty<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrEmpty<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The host used for routing: the URI authority (absolute-form, HTTP/2 `:authority`) or else the
 /// `Host` header.
 fn request_host(req: &RequestHeader) -> &str {
@@ -549,14 +561,15 @@ impl ProxyHttp for Portico {
         if self.access_log == AccessLog::Off {
             return;
         }
-        let route = ctx
-            .plane
-            .as_ref()
-            .and_then(|p| ctx.route(p))
-            .map(|r| r.ingress.to_string())
-            .unwrap_or_default();
-        let upstream = ctx.upstream.map(|a| a.to_string()).unwrap_or_default();
-        let client = ctx.client.map(|a| a.to_string()).unwrap_or_default();
+        // Formatted straight into the log line: no strings allocated for the fields.
+        let route = OrEmpty(
+            ctx.plane
+                .as_ref()
+                .and_then(|p| ctx.route(p))
+                .map(|r| &r.ingress),
+        );
+        let upstream = OrEmpty(ctx.upstream);
+        let client = OrEmpty(ctx.client);
         tracing::info!(
             target: "portico::access",
             client = %client,

@@ -229,7 +229,7 @@ fn annotation<'a>(meta: &'a ObjectMeta, name: &str) -> Option<&'a str> {
 pub fn parse_size(value: &str) -> Result<u64, String> {
     let v = value.trim().to_ascii_lowercase();
     let (digits, unit) = match v.strip_suffix(['k', 'm', 'g']) {
-        Some(d) => (d, v.as_bytes()[v.len() - 1]),
+        Some(d) => (d, v.bytes().last().unwrap_or(b'b')),
         None => (v.as_str(), b'b'),
     };
     let n: u64 = digits

@@ -97,9 +97,15 @@ async fn a_pod_killed_mid_run_fails_no_idempotent_request() {
     );
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(ok + concurrent_ok, 700);
-    // The dead pods were ejected: the retries stopped once they were.
+    // Portico's own count agrees: every request was answered 2xx, none 5xx.
     let m = p.metrics().await;
-    assert!(m.contains("portico_requests_total"), "{m}");
+    let answered_2xx: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("portico_requests_total{") && l.contains("status_class=\"2xx\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(answered_2xx, 700.0, "{m}");
+    assert!(!m.contains("status_class=\"5xx\""), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
