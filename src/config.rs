@@ -136,6 +136,9 @@ pub struct Flags {
     /// Longest request target; answered with 414 [default: 8k].
     #[arg(long, global = true, value_name = "SIZE")]
     pub max_uri_length: Option<String>,
+    /// Longest time from the first byte of a request header to its end [default: 60s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub client_header_timeout: Option<String>,
     /// Longest pause between two reads of a request body [default: 60s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub client_body_timeout: Option<String>,
@@ -370,6 +373,7 @@ impl Flags {
             max_body_size: self.max_body_size.or(file.max_body_size),
             max_header_size: self.max_header_size.or(file.max_header_size),
             max_uri_length: self.max_uri_length.or(file.max_uri_length),
+            client_header_timeout: self.client_header_timeout.or(file.client_header_timeout),
             client_body_timeout: self.client_body_timeout.or(file.client_body_timeout),
             keepalive_timeout: self.keepalive_timeout.or(file.keepalive_timeout),
             shutdown_grace_period: self.shutdown_grace_period.or(file.shutdown_grace_period),
@@ -482,6 +486,11 @@ impl Flags {
                     )? as usize,
                 },
                 max_body_size: parse_size("--max-body-size", flags.max_body_size, 1 << 20)?,
+                client_header_timeout: parse_duration(
+                    "--client-header-timeout",
+                    flags.client_header_timeout,
+                    Duration::from_secs(60),
+                )?,
                 client_body_timeout: parse_duration(
                     "--client-body-timeout",
                     flags.client_body_timeout,

@@ -129,6 +129,20 @@ pub fn check(req: &RequestHeader, limits: &Limits) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Checks the raw header block of a request whose body Transfer-Encoding frames: a Content-Length
+/// field beside it is a request-smuggling attempt (RFC 9112 6.1), refused rather than repaired.
+pub fn check_framing(raw_header: &[u8]) -> Result<(), Refusal> {
+    let content_length = raw_header
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| line.split(|&b| b == b':').next())
+        .any(|name| name.trim_ascii().eq_ignore_ascii_case(b"content-length"));
+    if content_length {
+        return Err(refuse(400, "both Content-Length and Transfer-Encoding"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +153,20 @@ mod tests {
             r.append_header(k.to_string(), *v).unwrap();
         }
         r
+    }
+
+    #[test]
+    fn refuses_content_length_beside_transfer_encoding() {
+        let both = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(check_framing(both).map_err(|r| r.status), Err(400));
+        let odd_case = b"POST / HTTP/1.1\r\nHost: a\r\ncOnTeNt-LeNgTh : 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(check_framing(odd_case).map_err(|r| r.status), Err(400));
+        let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Content-Length: 5\r\n\r\n";
+        assert_eq!(check_framing(chunked), Ok(()));
+        // The request line is not a field, whatever its target says.
+        let target =
+            b"POST /content-length:5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(check_framing(target), Ok(()));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod config;
 pub mod dataplane;
 pub mod demo;
+pub mod downstream;
 pub mod echo;
 pub mod guard;
 pub mod health;

@@ -36,6 +36,7 @@ pub mod names {
     pub const POOL_ENDPOINTS: &str = "portico_pool_endpoints";
     pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
         "portico_tls_certificate_expiry_timestamp_seconds";
+    pub const CLIENT_HEADER_TIMEOUTS_TOTAL: &str = "portico_client_header_timeouts_total";
 }
 
 /// Methods with their own label value; anything else is counted as `OTHER`.
@@ -80,6 +81,8 @@ pub struct Metrics {
     pub inflight: IntGauge,
     pub upstream_new: IntCounter,
     pub upstream_reused: IntCounter,
+    /// Client connections closed because a request header did not arrive in time.
+    pub client_header_timeouts: IntCounter,
     pub generation: IntGauge,
     compile_duration: Gauge,
     last_success: Gauge,
@@ -204,6 +207,10 @@ impl Metrics {
             ),
             &["host"],
         )?;
+        let client_header_timeouts = IntCounter::new(
+            names::CLIENT_HEADER_TIMEOUTS_TOTAL,
+            "Client connections closed because a request header was not complete in time.",
+        )?;
         let upstream_new = upstream_conns.with_label_values(&["false"]);
         let upstream_reused = upstream_conns.with_label_values(&["true"]);
         for c in [
@@ -223,6 +230,7 @@ impl Metrics {
             Box::new(source_errors.clone()),
             Box::new(pool_endpoints.clone()),
             Box::new(tls_expiry.clone()),
+            Box::new(client_header_timeouts.clone()),
         ] {
             registry.register(c)?;
         }
@@ -237,6 +245,7 @@ impl Metrics {
             inflight,
             upstream_new,
             upstream_reused,
+            client_header_timeouts,
             generation,
             compile_duration,
             last_success,

@@ -16,6 +16,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
 use crate::dataplane::{DataPlane, Shared};
+use crate::downstream;
 use crate::guard::{self, Limits};
 use crate::metrics::RouteMetrics;
 use crate::routing::{normalize_request_host, Route};
@@ -48,6 +49,8 @@ pub struct RequestLimits {
     pub header: Limits,
     /// Largest request body in bytes (0: unlimited); an Ingress may override it.
     pub max_body_size: u64,
+    /// Longest time from the first byte of a request header to its end.
+    pub client_header_timeout: Duration,
     /// Longest pause between two reads of a request body.
     pub client_body_timeout: Duration,
     /// Idle time after which a client keep-alive connection is closed.
@@ -61,6 +64,7 @@ impl Default for RequestLimits {
         Self {
             header: Limits::default(),
             max_body_size: 1 << 20,
+            client_header_timeout: Duration::from_secs(60),
             client_body_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
             upstream_attempts: 2,
@@ -255,12 +259,30 @@ impl ProxyHttp for Portico {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(h1) = session.as_downstream().as_http1() {
+            downstream::header_received(h1.stream());
+        }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.client = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        if let Err(refusal) = guard::check(session.req_header(), &self.limits.header) {
+        let checked = guard::check(session.req_header(), &self.limits.header).and_then(|()| {
+            // Pingora drops Content-Length when Transfer-Encoding frames the body; the raw
+            // header still shows whether the client sent both.
+            match session.as_downstream().as_http1() {
+                Some(h1)
+                    if session
+                        .req_header()
+                        .headers
+                        .contains_key(header::TRANSFER_ENCODING) =>
+                {
+                    guard::check_framing(&h1.get_headers_raw_bytes())
+                }
+                _ => Ok(()),
+            }
+        });
+        if let Err(refusal) = checked {
             session.set_keepalive(None);
             tracing::debug!(client = ?ctx.client, status = refusal.status, reason = refusal.reason, "request refused");
             return Self::respond(session, refusal.status, refusal.reason).await;
@@ -547,6 +569,9 @@ impl ProxyHttp for Portico {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(h1) = session.as_downstream().as_http1() {
+            downstream::request_finished(h1.stream());
+        }
         self.shared.metrics.inflight.dec();
         let status = session
             .response_written()

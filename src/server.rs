@@ -15,6 +15,7 @@ use pingora_core::services::listening::Service;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::dataplane::Shared;
+use crate::downstream::Edge;
 use crate::metrics::Metrics;
 use crate::proxy::Portico;
 use crate::source::kube::KubeSource;
@@ -103,7 +104,13 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         request_metrics: config.request_metrics,
         https_redirect_port: config.https_redirect_port,
     };
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&conf, app, "portico proxy");
+    // Every client stream gets a deadline for its request headers before Pingora reads them.
+    let edge = Edge {
+        app: Arc::new(pingora_proxy::http_proxy(&conf, app)),
+        header_timeout: config.limits.client_header_timeout,
+        expired: shared.metrics.client_header_timeouts.clone(),
+    };
+    let mut proxy = Service::new("portico proxy".to_string(), edge);
     proxy.add_tcp(&config.http_listen.to_string());
     if let Some(addr) = config.https_listen {
         // rustls: TLS 1.2 and 1.3 only, AEAD suites with forward secrecy only (ring's defaults).

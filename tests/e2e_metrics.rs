@@ -2,18 +2,7 @@
 
 mod common;
 
-use common::{ingress, Pods, Portico, INGRESS_CLASS};
-
-/// The value of one sample line, by its exact name and label set.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
+use common::{ingress, metric_value as sample, Pods, Portico, INGRESS_CLASS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_by_exactly_n() {

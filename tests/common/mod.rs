@@ -377,3 +377,14 @@ spec:
     }
     out
 }
+
+/// The value of one sample line of a scrape, by its exact name and label set (0 if absent).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

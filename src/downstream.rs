@@ -1,0 +1,279 @@
+//! The client connection: a total deadline for each HTTP/1 request header.
+//!
+//! Pingora bounds each read of a request header (60 s), not the whole header, so a client that
+//! sends one byte every 59 s holds a connection and a task forever (slowloris). Pingora has no
+//! hook before the header is parsed, so the deadline lives in the transport: [`Edge`] wraps every
+//! accepted HTTP/1 stream in a [`HeaderDeadline`] before Pingora's HTTP code sees it.
+//!
+//! The deadline starts at the first byte of a request and covers the rest of its header, like
+//! nginx's `client_header_timeout`; the wait for that first byte is the keep-alive timeout's. The
+//! proxy marks the end of the header when its first filter runs ([`header_received`]) and the
+//! start of the next wait when the request is logged ([`request_finished`]).
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora_core::server::ShutdownWatch;
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Waiting for the first byte of a request (the keep-alive timeout applies).
+const IDLE: u8 = 0;
+/// Reading a request header: the deadline runs.
+const HEADER: u8 = 1;
+/// The header was parsed; the body and the response follow (their own timeouts apply).
+const BODY: u8 = 2;
+
+/// A client stream whose request headers must arrive within `timeout` of their first byte.
+pub struct HeaderDeadline {
+    inner: Stream,
+    timeout: Duration,
+    /// `IDLE`, `HEADER` or `BODY`; the proxy moves it across phases through a shared reference.
+    phase: AtomicU8,
+    /// When the current header must be complete (meaningful in `HEADER`).
+    deadline: Instant,
+    /// Armed only when a header read has to wait, so that a header arriving in one read (nearly
+    /// all of them) costs no timer.
+    timer: Option<Pin<Box<Sleep>>>,
+    expired: IntCounter,
+}
+
+impl HeaderDeadline {
+    pub fn new(inner: Stream, timeout: Duration, expired: IntCounter) -> Self {
+        Self {
+            inner,
+            timeout,
+            phase: AtomicU8::new(IDLE),
+            deadline: Instant::now(),
+            timer: None,
+            expired,
+        }
+    }
+
+    fn poll_read_header(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if Instant::now() >= self.deadline {
+            return self.expire();
+        }
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if read.is_ready() {
+            return read;
+        }
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => self.expire(),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn expire(&self) -> Poll<io::Result<()>> {
+        self.expired.inc();
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("request header not complete within {:?}", self.timeout),
+        )))
+    }
+}
+
+/// Marks the end of the current request header on `stream`, if it carries a deadline.
+pub fn header_received(stream: &Stream) {
+    set_phase(stream, BODY);
+}
+
+/// Marks the end of the current request on `stream`: the next byte starts a new header.
+pub fn request_finished(stream: &Stream) {
+    set_phase(stream, IDLE);
+}
+
+fn set_phase(stream: &Stream, phase: u8) {
+    if let Some(d) = (**stream).as_any().downcast_ref::<HeaderDeadline>() {
+        d.phase.store(phase, Ordering::Release);
+    }
+}
+
+impl AsyncRead for HeaderDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let phase = this.phase.load(Ordering::Acquire);
+        if phase == HEADER {
+            return this.poll_read_header(cx, buf);
+        }
+        let filled = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if phase == IDLE && buf.filled().len() > filled {
+            // The first bytes of a request: its header must be complete by the deadline.
+            this.deadline = Instant::now() + this.timeout;
+            let _ = this
+                .phase
+                .compare_exchange(IDLE, HEADER, Ordering::AcqRel, Ordering::Acquire);
+        }
+        read
+    }
+}
+
+impl AsyncWrite for HeaderDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeaderDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeaderDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderDeadline {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeaderDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeaderDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+impl fmt::Debug for HeaderDeadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderDeadline")
+            .field("inner", &self.inner)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A Pingora application that gives every HTTP/1 client stream a [`HeaderDeadline`] and hands it
+/// to `app` (the HTTP proxy). HTTP/2 streams go through unchanged: their framing has its own
+/// limits, and one connection carries many requests.
+pub struct Edge<A> {
+    pub app: Arc<A>,
+    pub header_timeout: Duration,
+    pub expired: IntCounter,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let stream = match stream.selected_alpn_proto() {
+            Some(ALPN::H2) => stream,
+            _ => Box::new(HeaderDeadline::new(
+                stream,
+                self.header_timeout,
+                self.expired.clone(),
+            )),
+        };
+        self.app.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await
+    }
+}
