@@ -240,6 +240,10 @@ impl Portico {
 impl ProxyHttp for Portico {
     type CTX = RequestCtx;
 
+    /// No downstream modules: Pingora's default adds a disabled compression module, whose
+    /// per-request context and filter calls cost instructions on every request for nothing.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         self.shared.metrics.inflight.inc();
         RequestCtx {
