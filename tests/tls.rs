@@ -1099,3 +1099,70 @@ async fn https_and_grpcs_backends_with_a_self_signed_certificate() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_header_over_tls_is_cut_but_an_h2_connection_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let a = cert(&["a.test"]);
+        let s = echo("svc").await;
+        let p = Proxy::start_with(
+            &[
+                ("class.yaml", CLASS.into()),
+                ("svc.yaml", service("svc", s)),
+                ("secret.yaml", secret("a", &a.pem, &a.key)),
+                (
+                    "a.yaml",
+                    ingress("a", &[], &["a.test"], "svc", &[(&["a.test"], "a")]),
+                ),
+            ],
+            |f| f.client_header_timeout = Some("1s".into()),
+        )
+        .await;
+
+        // HTTP/1.1 over TLS: a header byte every 200 ms is closed after about 1 s.
+        let mut t = tls(p.https(), Some("a.test"), &[b"http/1.1"], Versions::All).await;
+        let started = Instant::now();
+        t.stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+            .await
+            .expect("write");
+        let mut closed_after = None;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let wrote = t.stream.write_all(b"X").await.is_ok() && t.stream.flush().await.is_ok();
+            let mut buf = [0u8; 64];
+            let eof = matches!(
+                tokio::time::timeout(Duration::from_millis(1), t.stream.read(&mut buf)).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            );
+            if !wrote || eof {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+        }
+        let closed_after = closed_after.expect("a trickled header held the TLS connection 4 s");
+        assert!(
+            closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(3),
+            "closed after {closed_after:?}"
+        );
+
+        // HTTP/2: one connection, idle longer than the header timeout between two requests.
+        let h2 = tls(p.https(), Some("a.test"), &[b"h2"], Versions::All).await;
+        assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(h2.stream))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        for _ in 0..2 {
+            let req = Request::get("https://a.test/")
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let resp = sender.send_request(req).await.expect("h2 request");
+            assert_eq!(resp.status(), 200);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    })
+    .await;
+}
