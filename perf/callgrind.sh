@@ -15,104 +15,37 @@ set -euo pipefail
 
 N1=${N1:-1000}
 N2=${N2:-4000}
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-log() { printf '%s\n' "$*" >&2; }
+# shellcheck source=perf/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-need_apt=()
-for pair in nginx:nginx-light valgrind:valgrind curl:curl ss:iproute2; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
-done
-if ((${#need_apt[@]})); then
-    log "installing ${need_apt[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-command -v oha >/dev/null 2>&1 || { log "installing oha (once)"; cargo install oha --locked --quiet; }
-if [[ -z "${PORTICO:-}" ]]; then
-    log "building Portico (release)"
-    (cd "$REPO" && cargo build --release --quiet --bin portico)
-    PORTICO=${CARGO_TARGET_DIR:-$REPO/target}/release/portico
-fi
+need_tools nginx:nginx-light valgrind:valgrind curl:curl ss:iproute2
+need_oha
+need_portico
+setup_work callgrind
 
-WORK=$(mktemp -d /tmp/portico-callgrind.XXXXXX)
-chmod 755 "$WORK"
-cp "$PORTICO" "$WORK/portico"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-    sleep 0.5
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    [[ -n "${KEEP:-}" ]] && log "work directory kept: $WORK" || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() {
-    local p
-    while :; do
-        p=$((10000 + RANDOM % 22000))
-        if ! ss -Htan "sport = :$p" | grep -q . && [[ " ${USED:-} " != *" $p "* ]]; then
-            USED="${USED:-} $p"
-            echo "$p"
-            return
-        fi
-    done
-}
 BE=$(free_port)
 PO=$(free_port)
 PA=$(free_port)
 
-mkdir -p "$WORK/backend" "$WORK/manifests"
-cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    server {
-        listen 127.0.0.1:$BE;
-        location = /small { return 200 "hello, portico\n"; }
-    }
+backend_conf "$WORK/backend" <<EOF
+keepalive_requests 10000000;
+server {
+    listen 127.0.0.1:$BE;
+    location = /small { return 200 "hello, portico\n"; }
 }
 EOF
-"$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+start_nginx "$WORK/backend"
 
-cat >"$WORK/manifests/bench.yaml" <<EOF
-apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata: { name: portico }
-spec: { controller: portico.dev/ingress-controller }
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: { name: bench, namespace: default }
-spec:
-  ingressClassName: portico
-  rules:
-    - http:
-        paths:
-          - { path: /, pathType: Prefix, backend: { service: { name: backend, port: { number: 80 } } } }
----
-apiVersion: v1
-kind: Service
-metadata: { name: backend, namespace: default }
-spec:
-  ports: [{ name: http, port: 80, targetPort: $BE }]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: backend-1
-  namespace: default
-  labels: { kubernetes.io/service-name: backend }
-addressType: IPv4
-ports: [{ name: http, port: $BE, protocol: TCP }]
-endpoints:
-  - addresses: ["127.0.0.1"]
-    conditions: { ready: true }
-EOF
+mkdir -p "$WORK/manifests"
+{
+    yaml_ingress_class
+    echo ---
+    yaml_ingress bench default "" backend
+    echo ---
+    yaml_service backend default "$BE"
+    echo ---
+    yaml_endpoint_slice backend default "$BE" 127.0.0.1
+} >"$WORK/manifests/bench.yaml"
 
 # One run: start Portico under callgrind, wait for a 200, send N requests, stop it, print the
 # total instruction count.

@@ -15,127 +15,46 @@ set -euo pipefail
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 WORKERS=${WORKERS:-$(nproc)}
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-log() { printf '%s\n' "$*" >&2; }
+# shellcheck source=perf/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-need_apt=()
-for pair in nginx:nginx-light wrk:wrk curl:curl ss:iproute2; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || [[ ${pair%%:*} == nginx && -x /usr/sbin/nginx ]] ||
-        need_apt+=("${pair#*:}")
-done
-if ((${#need_apt[@]})); then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-if [[ -z "${PORTICO:-}" ]]; then
-    (cd "$REPO" && cargo build --release --quiet --bin portico)
-    PORTICO=${CARGO_TARGET_DIR:-$REPO/target}/release/portico
-fi
-
-WORK=$(mktemp -d /tmp/portico-churn.XXXXXX)
-cp "$PORTICO" "$WORK/portico"
-PIDS=()
-cleanup() {
-    # SIGINT: a fast shutdown for both Portico and nginx (SIGTERM would drain Portico for 10 s).
-    for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-    for _ in $(seq 1 20); do
-        alive=0
-        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    [[ -n "${KEEP:-}" ]] && log "work directory kept: $WORK" || rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    local p
-    while :; do
-        # Below the ephemeral range (32768+), so that no outgoing connection holds it.
-        p=$((10000 + RANDOM % 22000))
-        if ! ss -Htan "sport = :$p" | grep -q . && [[ " ${USED_PORTS:-} " != *" $p "* ]]; then
-            USED_PORTS="${USED_PORTS:-} $p"
-            echo "$p"
-            return
-        fi
-    done
-}
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    log "nothing listens on $1:$2"
-    return 1
-}
+need_tools nginx:nginx-light wrk:wrk curl:curl ss:iproute2
+need_portico
+setup_work churn
 
 BE=$(free_port)
 PO=$(free_port)
 PA=$(free_port)
-mkdir -p "$WORK/backend" "$WORK/manifests"
-cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    server {
-        listen 127.0.0.1:$BE;
-        listen 127.0.0.2:$BE;
-        listen 127.0.0.3:$BE;
-        location / { return 200 "ok \$server_addr\n"; }
-    }
+backend_conf "$WORK/backend" <<EOF
+keepalive_requests 10000000;
+server {
+    listen 127.0.0.1:$BE;
+    listen 127.0.0.2:$BE;
+    listen 127.0.0.3:$BE;
+    location / { return 200 "ok \$server_addr\n"; }
 }
 EOF
-"$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+start_nginx "$WORK/backend"
 wait_port 127.0.0.1 "$BE"
 
 M=$WORK/manifests
-cat >"$M/stable.yaml" <<EOF
-apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata: { name: portico }
-spec: { controller: portico.dev/ingress-controller }
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: { name: stable, namespace: default }
-spec:
-  ingressClassName: portico
-  rules:
-    - host: stable.local
-      http:
-        paths:
-          - { path: /, pathType: Prefix, backend: { service: { name: stable, port: { number: 80 } } } }
----
-apiVersion: v1
-kind: Service
-metadata: { name: stable, namespace: default }
-spec:
-  ports: [{ port: 80, targetPort: $BE }]
-EOF
-# put FILE CONTENT: write aside, rename in.
-put() { printf '%s' "$2" >"$M/.$1.tmp" && mv "$M/.$1.tmp" "$M/$1"; }
-slice() { # the EndpointSlice of `stable` with the given loopback addresses
-    local eps=""
-    for a in "$@"; do eps+="  - { addresses: [\"$a\"], conditions: { ready: true } }"$'\n'; done
-    printf 'apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: stable-1\n  namespace: default\n  labels: { kubernetes.io/service-name: stable }\naddressType: IPv4\nports: [{ port: %s }]\nendpoints:\n%s' "$BE" "$eps"
-}
-put slice.yaml "$(slice 127.0.0.1 127.0.0.2)"
+mkdir -p "$M"
+{
+    yaml_ingress_class
+    echo ---
+    yaml_ingress stable default stable.local stable
+    echo ---
+    yaml_service stable default "$BE"
+} >"$M/stable.yaml"
+# slice ADDRESS...: rewrites the EndpointSlice of `stable` with these loopback addresses.
+slice() { yaml_endpoint_slice stable default "$BE" "$@" | put "$M/slice.yaml"; }
+slice 127.0.0.1 127.0.0.2
 
 "$WORK/portico" --manifests "$M" --http-listen "127.0.0.1:$PO" --admin-listen "127.0.0.1:$PA" \
     --threads "$WORKERS" --access-log off >"$WORK/portico.log" 2>&1 &
 PIDS+=($!)
 wait_port 127.0.0.1 "$PO"
-for _ in $(seq 1 100); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' -H 'Host: stable.local' "http://127.0.0.1:$PO/") == 200 ]] && break
-    sleep 0.05
-done
+wait_200 "http://127.0.0.1:$PO/" -H 'Host: stable.local'
 generation() { curl -s "http://127.0.0.1:$PA/metrics" | awk '/^portico_config_generation /{print $2}'; }
 gen0=$(generation)
 
@@ -155,22 +74,12 @@ while ((i < DURATION * 10)) && kill -0 "$WRK" 2>/dev/null; do
     wait_ms=$((start + i * 100 - $(now_ms)))
     ((wait_ms > 0)) && sleep "$(printf '0.%03d' "$wait_ms")"
     # shellcheck disable=SC2086 # the set is a list of words
-    put slice.yaml "$(slice ${sets[i % 3]})"
+    slice ${sets[i % 3]}
     slice_changes=$((slice_changes + 1))
     if ((i % 10 == 5)); then
         n=$((i / 10))
         if ((n % 2 == 0)); then
-            put churn.yaml "apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: { name: churn-$n, namespace: default }
-spec:
-  ingressClassName: portico
-  rules:
-    - host: churn-$n.local
-      http:
-        paths:
-          - { path: /, pathType: Prefix, backend: { service: { name: stable, port: { number: 80 } } } }
-"
+            yaml_ingress "churn-$n" default "churn-$n.local" stable | put "$M/churn.yaml"
         else
             rm -f "$M/churn.yaml"
         fi

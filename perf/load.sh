@@ -24,74 +24,14 @@ CASES=${CASES:-"c1 c16 c256 body16k https"}
 TOOLS=${TOOLS:-"wrk oha"}
 WARMUP=${WARMUP:-1}
 HZ=$(getconf CLK_TCK)
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-
-log() { printf '%s\n' "$*" >&2; }
+# shellcheck source=perf/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # --- tools -------------------------------------------------------------------------------------
-need_apt=()
-for pair in nginx:nginx-light wrk:wrk jq:jq curl:curl openssl:openssl ss:iproute2; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
-done
-if ((${#need_apt[@]})); then
-    log "installing ${need_apt[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-# nginx-light's binary lives in /usr/sbin, which is not on every PATH.
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-if [[ " $TOOLS " == *" oha "* ]] && ! command -v oha >/dev/null 2>&1; then
-    log "installing oha (cargo install, a few minutes, once)"
-    cargo install oha --locked --quiet
-fi
-
-if [[ -z "${PORTICO:-}" ]]; then
-    log "building Portico (release)"
-    (cd "$REPO" && cargo build --release --quiet --bin portico)
-    TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-    PORTICO=$TARGET/release/portico
-fi
-
-WORK=$(mktemp -d /tmp/portico-load.XXXXXX)
-chmod 755 "$WORK" # the backend's workers (user nobody) read www/ below it
-# Copy the binary: a shared target directory may be rebuilt by someone else during the run.
-cp "$PORTICO" "$WORK/portico"
-PIDS=()
-cleanup() {
-    # SIGINT: a fast shutdown for both Portico and nginx (SIGTERM would drain Portico for 10 s).
-    for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-    for _ in $(seq 1 20); do
-        alive=0
-        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    [[ -n "${KEEP:-}" ]] && log "work directory kept: $WORK" || rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    local p
-    while :; do
-        # Below the ephemeral range (32768+), so that no outgoing connection holds it.
-        p=$((10000 + RANDOM % 22000))
-        if ! ss -Htan "sport = :$p" | grep -q . && [[ " ${USED_PORTS:-} " != *" $p "* ]]; then
-            USED_PORTS="${USED_PORTS:-} $p"
-            echo "$p"
-            return
-        fi
-    done
-}
-
-wait_port() { # host port
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    log "nothing listens on $1:$2"
-    return 1
-}
+need_tools nginx:nginx-light wrk:wrk jq:jq curl:curl openssl:openssl ss:iproute2
+if [[ " $TOOLS " == *" oha "* ]]; then need_oha; fi
+need_portico
+setup_work load
 
 BE=$(free_port)
 NG=$(free_port)
@@ -101,28 +41,20 @@ POS=$(free_port)
 PA=$(free_port)
 
 # --- the backend -------------------------------------------------------------------------------
-mkdir -p "$WORK/www" "$WORK/backend" "$WORK/nginx" "$WORK/manifests"
+mkdir -p "$WORK/www" "$WORK/nginx" "$WORK/manifests"
 head -c 16384 /dev/zero | tr '\0' 'x' >"$WORK/www/16k"
-cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    default_type text/plain;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$BE backlog=4096;
-        root $WORK/www;
-        location = /small { return 200 "hello, portico\n"; }
-        location = /16k { }
-    }
+backend_conf "$WORK/backend" <<EOF
+default_type text/plain;
+keepalive_requests 10000000;
+keepalive_timeout 300s;
+server {
+    listen 127.0.0.1:$BE backlog=4096;
+    root $WORK/www;
+    location = /small { return 200 "hello, portico\n"; }
+    location = /16k { }
 }
 EOF
-"$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+start_nginx "$WORK/backend"
 wait_port 127.0.0.1 "$BE"
 
 # --- TLS material (for the https case) -----------------------------------------------------------
@@ -171,18 +103,15 @@ http {
     }
 }
 EOF
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
+start_nginx "$WORK/nginx"
+NGINX_PID=${PIDS[-1]}
 wait_port 127.0.0.1 "$NG"
 
 # --- Portico -----------------------------------------------------------------------------------
 b64() { base64 -w0 "$1"; }
-cat >"$WORK/manifests/bench.yaml" <<EOF
-apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata: { name: portico }
-spec: { controller: portico.dev/ingress-controller }
+{
+    yaml_ingress_class
+    cat <<EOF
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -215,34 +144,18 @@ data:
   tls.crt: $(b64 "$WORK/tls.crt")
   tls.key: $(b64 "$WORK/tls.key")
 ---
-apiVersion: v1
-kind: Service
-metadata: { name: backend, namespace: default }
-spec:
-  ports: [{ name: http, port: 80, targetPort: $BE }]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: backend-1
-  namespace: default
-  labels: { kubernetes.io/service-name: backend }
-addressType: IPv4
-ports: [{ name: http, port: $BE, protocol: TCP }]
-endpoints:
-  - addresses: ["127.0.0.1"]
-    conditions: { ready: true }
 EOF
+    yaml_service backend default "$BE"
+    echo ---
+    yaml_endpoint_slice backend default "$BE" 127.0.0.1
+} >"$WORK/manifests/bench.yaml"
 "$WORK/portico" --manifests "$WORK/manifests" --http-listen "127.0.0.1:$PO" \
     --https-listen "127.0.0.1:$POS" --admin-listen "127.0.0.1:$PA" \
     --threads "$WORKERS" --access-log off >"$WORK/portico.log" 2>&1 &
 PORTICO_PID=$!
 PIDS+=("$PORTICO_PID")
 wait_port 127.0.0.1 "$PO"
-for _ in $(seq 1 100); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PO/small") == 200 ]] && break
-    sleep 0.05
-done
+wait_200 "http://127.0.0.1:$PO/small"
 for url in "http://127.0.0.1:$PO/small" "http://127.0.0.1:$NG/small" "http://127.0.0.1:$PO/16k"; do
     code=$(curl -s -o /dev/null -w '%{http_code}' "$url")
     [[ $code == 200 ]] || { log "$url answered $code"; exit 1; }
@@ -259,18 +172,6 @@ if [[ " $CASES " == *" https "* ]]; then
 fi
 
 # --- measuring ---------------------------------------------------------------------------------
-proc_pids() { # main pid -> the pid and its children (nginx workers)
-    echo "$1"
-    pgrep -P "$1" || true
-}
-cpu_ticks() { # sum of utime+stime over the processes (each includes all its threads)
-    local t=0 p f
-    for p in $(proc_pids "$1"); do
-        read -r -a f <"/proc/$p/stat" || continue
-        t=$((t + f[13] + f[14]))
-    done
-    echo "$t"
-}
 rss_kib() {
     local t=0 p v
     for p in $(proc_pids "$1"); do
@@ -323,7 +224,6 @@ run_tool() {
     esac
 }
 
-declare -A SUM
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
 REUSE_NEW=0

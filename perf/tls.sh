@@ -2,7 +2,7 @@
 # TLS termination: Portico against Debian's nginx, same certificate, same upstream, same run.
 #
 #   perf/tls.sh                      # builds target/release/portico if needed
-#   PORTICO_BIN=path/to/portico perf/tls.sh
+#   PORTICO_BIN=path/to/portico perf/tls.sh     # (or PORTICO=...)
 #   SECONDS_PER_RUN=10 CONNECTIONS=50 perf/tls.sh
 #
 # Two measures (and plain HTTP as a reference), each A/B/A/B (Portico, nginx, Portico, nginx), loopback only:
@@ -15,74 +15,41 @@
 # The result is reported as Portico/nginx ratios, of requests/s and of requests per CPU-second of
 # the proxy process (its own CPU time, read from /proc, which other load disturbs much less).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=perf/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 CONNECTIONS=${CONNECTIONS:-50}
 
-need=""
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need="$need nginx-light"
-command -v wrk >/dev/null 2>&1 || need="$need wrk"
-command -v openssl >/dev/null 2>&1 || need="$need openssl"
-command -v curl >/dev/null 2>&1 || need="$need curl"
-command -v taskset >/dev/null 2>&1 || need="$need util-linux"
-if [ -n "$need" ]; then
-  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  echo "installing:$need" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $need >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+need_tools nginx:nginx-light wrk:wrk openssl:openssl curl:curl taskset:util-linux ss:iproute2
+PORTICO=${PORTICO_BIN:-${PORTICO:-}}
+need_portico
+setup_work perf-tls
 
-if [ -z "${PORTICO_BIN:-}" ]; then
-  sh .ci/setup
-  cargo build --release --quiet
-  PORTICO_BIN=${CARGO_TARGET_DIR:-target}/release/portico
-fi
-
-work=$(mktemp -d /tmp/portico-perf-tls.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 UP=$(free_port); NG=$(free_port); NGP=$(free_port); PH=$(free_port); PS=$(free_port); PA=$(free_port)
 
 # The one certificate both proxies serve.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
   -subj /CN=perf.test -addext subjectAltName=DNS:perf.test \
-  -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+  -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
 
 # The upstream: nginx answering 200 on keep-alive connections.
-mkdir -p "$work/up" "$work/ng"
-cat >"$work/up/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/up/nginx.pid;
-error_log $work/up/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UP;
-    location / { return 200 "ok\n"; }
-  }
+backend_conf "$WORK/up" <<EOF
+keepalive_requests 1000000;
+server {
+  listen 127.0.0.1:$UP;
+  location / { return 200 "ok\n"; }
 }
 EOF
-taskset -c 1 "$NGINX" -p "$work/up" -c "$work/up/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+start_nginx "$WORK/up" taskset -c 1
+wait_port 127.0.0.1 "$UP"
 
 # nginx terminating TLS, proxying with upstream keep-alive.
-cat >"$work/ng/nginx.conf" <<EOF
+mkdir -p "$WORK/ng"
+cat >"$WORK/ng/nginx.conf" <<EOF
 worker_processes 1;
-pid $work/ng/nginx.pid;
-error_log $work/ng/error.log;
+pid $WORK/ng/nginx.pid;
+error_log $WORK/ng/error.log;
 events { worker_connections 4096; }
 http {
   access_log off;
@@ -91,8 +58,8 @@ http {
   server {
     listen 127.0.0.1:$NG ssl;
     listen 127.0.0.1:$NGP;
-    ssl_certificate $work/tls.crt;
-    ssl_certificate_key $work/tls.key;
+    ssl_certificate $WORK/tls.crt;
+    ssl_certificate_key $WORK/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     location / {
       proxy_pass http://up;
@@ -105,18 +72,16 @@ http {
   }
 }
 EOF
-taskset -c 0 "$NGINX" -p "$work/ng" -c "$work/ng/nginx.conf" -g 'daemon off;' &
-NGINX_PID=$!
-pids+=($NGINX_PID)
+start_nginx "$WORK/ng" taskset -c 0
+NGINX_PID=${PIDS[-1]}
+wait_port 127.0.0.1 "$NG"
 
 # Portico: the same certificate as its default, and as the Secret of an Ingress host.
-mkdir -p "$work/manifests"
+mkdir -p "$WORK/manifests"
 indent() { sed 's/^/    /' "$1"; }
-cat >"$work/manifests/perf.yaml" <<EOF
-apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata: { name: portico }
-spec: { controller: portico.dev/ingress-controller }
+{
+  yaml_ingress_class
+  cat <<EOF
 ---
 apiVersion: v1
 kind: Secret
@@ -124,21 +89,9 @@ metadata: { name: perf-tls, namespace: default }
 type: kubernetes.io/tls
 stringData:
   tls.crt: |
-$(indent "$work/tls.crt")
+$(indent "$WORK/tls.crt")
   tls.key: |
-$(indent "$work/tls.key")
----
-apiVersion: v1
-kind: Service
-metadata: { name: up, namespace: default }
-spec: { ports: [{ name: web, port: 80, targetPort: $UP }] }
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: up-1, namespace: default, labels: { kubernetes.io/service-name: up } }
-addressType: IPv4
-ports: [{ name: web, port: $UP }]
-endpoints: [{ addresses: ["127.0.0.1"] }]
+$(indent "$WORK/tls.key")
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -147,38 +100,28 @@ spec:
   ingressClassName: portico
   tls: [{ hosts: [perf.test], secretName: perf-tls }]
   defaultBackend: { service: { name: up, port: { number: 80 } } }
+---
 EOF
-taskset -c 0 "$PORTICO_BIN" --manifests "$work/manifests" --threads 1 --access-log off \
+  yaml_service up default "$UP"
+  echo ---
+  yaml_endpoint_slice up default "$UP" 127.0.0.1
+} >"$WORK/manifests/perf.yaml"
+taskset -c 0 "$WORK/portico" --manifests "$WORK/manifests" --threads 1 --access-log off \
   --http-listen "127.0.0.1:$PH" --https-listen "127.0.0.1:$PS" --admin-listen "127.0.0.1:$PA" \
-  --default-tls-cert "$work/tls.crt" --default-tls-key "$work/tls.key" \
-  >"$work/portico.log" 2>&1 &
+  --default-tls-cert "$WORK/tls.crt" --default-tls-key "$WORK/tls.key" \
+  >"$WORK/portico.log" 2>&1 &
 PORTICO_PID=$!
-pids+=($PORTICO_PID)
+PIDS+=("$PORTICO_PID")
 
-for _ in $(seq 100); do
-  if curl -sf "http://127.0.0.1:$PA/readyz" >/dev/null \
-    && curl -skf "https://127.0.0.1:$PS/" >/dev/null \
-    && curl -skf "https://127.0.0.1:$NG/" >/dev/null; then
-    break
-  fi
-  sleep 0.1
-done
-curl -skf "https://127.0.0.1:$PS/" >/dev/null || { cat "$work/portico.log"; echo "Portico is not serving" >&2; exit 1; }
-curl -skf "https://127.0.0.1:$NG/" >/dev/null || { cat "$work/ng/error.log"; echo "nginx is not serving" >&2; exit 1; }
+wait_200 "http://127.0.0.1:$PA/readyz" || true
+wait_200 "https://127.0.0.1:$PS/" -k || true
+curl -skf "https://127.0.0.1:$PS/" >/dev/null || { cat "$WORK/portico.log"; echo "Portico is not serving" >&2; exit 1; }
+curl -skf "https://127.0.0.1:$NG/" >/dev/null || { cat "$WORK/ng/error.log"; echo "nginx is not serving" >&2; exit 1; }
 
 # Both must present the same certificate.
 fp() { openssl s_client -connect "127.0.0.1:$1" -servername perf.test </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256; }
 [ "$(fp "$PS")" = "$(fp "$NG")" ] || { echo "the proxies serve different certificates" >&2; exit 1; }
 
-# CPU time (clock ticks) of a process and its children: nginx's master and worker; Portico's
-# threads are in its own counters.
-ticks() {
-  local total=0 pid
-  for pid in "$1" $(pgrep -P "$1" || true); do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-  done
-  echo "$total"
-}
 HZ=$(getconf CLK_TCK)
 
 # One wrk run against port $1 of process $2; prints "requests/s requests-per-CPU-second".
@@ -187,17 +130,17 @@ run() { # port pid mode
   local extra=() scheme=https before after
   [ "$3" = close ] && extra=(-H 'Connection: close')
   [ "$3" = plain ] && scheme=http
-  before=$(ticks "$2")
+  before=$(cpu_ticks "$2")
   taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" "${extra[@]}" \
-    "$scheme://127.0.0.1:$1/" >"$work/wrk.out" 2>&1
-  after=$(ticks "$2")
-  if grep -q "Non-2xx\|Socket errors: connect [1-9]" "$work/wrk.out"; then
-    grep "Non-2xx\|Socket errors" "$work/wrk.out" >&2
+    "$scheme://127.0.0.1:$1/" >"$WORK/wrk.out" 2>&1
+  after=$(cpu_ticks "$2")
+  if grep -q "Non-2xx\|Socket errors: connect [1-9]" "$WORK/wrk.out"; then
+    grep "Non-2xx\|Socket errors" "$WORK/wrk.out" >&2
   fi
   awk -v cpu="$(( after - before ))" -v hz="$HZ" '
     / requests in / { n = $1 }
     /Requests\/sec/ { rps = $2 }
-    END { printf "%s %.0f\n", rps, (cpu > 0 ? n / (cpu / hz) : 0) }' "$work/wrk.out"
+    END { printf "%s %.0f\n", rps, (cpu > 0 ? n / (cpu / hz) : 0) }' "$WORK/wrk.out"
 }
 
 echo "TLS perf: $(nproc) CPUs, wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s, one proxy worker on CPU 0; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
