@@ -2,30 +2,43 @@
 # Instructions per proxied request, counted by callgrind: deterministic, so a change to the
 # request path shows up as a number that does not depend on how busy the machine is.
 #
-#   perf/callgrind.sh                 # 1 worker, keep-alive GETs of a 15-byte body
+#   perf/callgrind.sh                 # nginx, bare Pingora and Portico; keep-alive GETs
 #   N1=500 N2=2500 perf/callgrind.sh  # request counts of the two runs
-#   PORTICO=/path/to/portico perf/callgrind.sh
+#   PROXIES="portico" perf/callgrind.sh
+#   PORTICO=/path/to/portico BARE=/path/to/bare_pingora perf/callgrind.sh
 #
-# Portico (release build, `--threads 1 --access-log off`) runs under `valgrind --tool=callgrind`
-# in front of an nginx backend on loopback, twice: once for N1 and once for N2 keep-alive
-# requests from one connection (oha -c 1). Start-up, the first snapshot and shutdown cost the same
-# in both runs, so (instructions of run 2 - run 1) / (N2 - N1) is the cost of one request. With
-# KEEP=1 the callgrind files stay in the work directory for `callgrind_annotate`.
+# Each proxy runs under `valgrind --tool=callgrind` with one worker, in front of the same nginx
+# backend on loopback (a 15-byte body), twice: once for N1 and once for N2 keep-alive requests
+# from one connection (oha -c 1). Start-up and shutdown cost the same in both runs, so
+# (instructions of run 2 - run 1) / (N2 - N1) is the cost of one request. The proxies:
+# - nginx: Debian's nginx as a reverse proxy (one process, upstream keep-alive, the same
+#   X-Forwarded-* headers Portico sets);
+# - bare: perf/bare_pingora.rs, Pingora's proxy with nothing of Portico's (the floor under it);
+# - portico: the release build, `--threads 1 --access-log off`.
+# With KEEP=1 the callgrind files stay in the work directory for `callgrind_annotate`.
 set -euo pipefail
 
 N1=${N1:-1000}
 N2=${N2:-4000}
+PROXIES=${PROXIES:-"nginx bare portico"}
 # shellcheck source=perf/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-need_tools nginx:nginx-light valgrind:valgrind curl:curl ss:iproute2
+need_tools nginx:nginx-light valgrind:valgrind curl:curl ss:iproute2 jq:jq
 need_oha
 need_portico
+if [[ -z "${BARE:-}" && " $PROXIES " == *" bare "* ]]; then
+    log "building perf/bare_pingora.rs (release)"
+    (cd "$PERF_REPO" && cargo build --release --quiet --example bare_pingora)
+    BARE=${CARGO_TARGET_DIR:-$PERF_REPO/target}/release/examples/bare_pingora
+fi
 setup_work callgrind
 
 BE=$(free_port)
 PO=$(free_port)
 PA=$(free_port)
+NG=$(free_port)
+BP=$(free_port)
 
 backend_conf "$WORK/backend" <<EOF
 keepalive_requests 10000000;
@@ -47,31 +60,94 @@ mkdir -p "$WORK/manifests"
     yaml_endpoint_slice backend default "$BE" 127.0.0.1
 } >"$WORK/manifests/bench.yaml"
 
-# One run: start Portico under callgrind, wait for a 200, send N requests, stop it, print the
-# total instruction count.
+# nginx as the proxy: one process (no master), so that callgrind sees every request.
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+master_process off;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log error;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    upstream backend { server 127.0.0.1:$BE; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NG;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Real-IP \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header X-Forwarded-Port \$server_port;
+        }
+    }
+}
+EOF
+
+# Starts one proxy under callgrind writing to $1; sets PORT to where it listens.
+start_proxy() {
+    local proxy=$1 out=$2 log=$3
+    local cg=(valgrind --tool=callgrind --callgrind-out-file="$out")
+    case $proxy in
+    nginx)
+        PORT=$NG
+        "${cg[@]}" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' >"$log" 2>&1 &
+        ;;
+    bare)
+        PORT=$BP
+        "${cg[@]}" "$BARE" "127.0.0.1:$BP" "127.0.0.1:$BE" 1 >"$log" 2>&1 &
+        ;;
+    portico)
+        PORT=$PO
+        "${cg[@]}" "$WORK/portico" --manifests "$WORK/manifests" --http-listen "127.0.0.1:$PO" \
+            --https-listen off --admin-listen "127.0.0.1:$PA" --threads 1 --access-log off \
+            >"$log" 2>&1 &
+        ;;
+    esac
+    PID=$!
+    PIDS+=("$PID")
+}
+
+# One run: start a proxy under callgrind, wait for a 200, send N requests (all must answer 200),
+# stop it and print its total instruction count.
 run() {
-    local n=$1 out="$WORK/callgrind.$1.out"
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$WORK/portico" \
-        --manifests "$WORK/manifests" --http-listen "127.0.0.1:$PO" --https-listen off \
-        --admin-listen "127.0.0.1:$PA" --threads 1 --access-log off \
-        >"$WORK/portico.$n.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
+    local proxy=$1 n=$2 out="$WORK/callgrind.$1.$2.out"
+    start_proxy "$proxy" "$out" "$WORK/$proxy.$n.log"
     for _ in $(seq 1 600); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PO/small") == 200 ]] && break
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/small") == 200 ]] && break
         sleep 0.1
     done
-    oha -n "$n" -c 1 --no-tui --output-format json "http://127.0.0.1:$PO/small" >"$WORK/oha.$n.json"
-    grep -q '"2xx"\|"200"' "$WORK/oha.$n.json" || { log "oha saw no 200s"; exit 1; }
-    kill -INT "$pid"
-    wait "$pid" || true
+    oha -n "$n" -c 1 --no-tui --output-format json "http://127.0.0.1:$PORT/small" >"$WORK/oha.$proxy.$n.json"
+    local ok
+    ok=$(jq -r '.statusCodeDistribution["200"] // 0' "$WORK/oha.$proxy.$n.json")
+    [[ $ok == "$n" ]] || { log "$proxy: $ok of $n requests answered 200"; exit 1; }
+    # nginx stops gracefully on SIGQUIT, Pingora at once on SIGINT; callgrind writes either way.
+    if [[ $proxy == nginx ]]; then kill -QUIT "$PID"; else kill -INT "$PID"; fi
+    wait "$PID" || true
     awk '/^(summary|totals):/ { print $2; exit }' "$out"
 }
 
-log "callgrind: $N1 requests"
-I1=$(run "$N1")
-log "callgrind: $N2 requests"
-I2=$(run "$N2")
-per=$(((I2 - I1) / (N2 - N1)))
-echo "instructions: $I1 for $N1 requests (+1 for readiness), $I2 for $N2"
-echo "instructions per keep-alive request: $per"
+declare -A PER
+for proxy in $PROXIES; do
+    log "callgrind: $proxy, $N1 then $N2 requests"
+    i1=$(run "$proxy" "$N1")
+    i2=$(run "$proxy" "$N2")
+    PER[$proxy]=$(((i2 - i1) / (N2 - N1)))
+done
+
+echo "Instructions per keep-alive request (callgrind, one worker, runs of $N1 and $N2 differenced):"
+echo
+echo "| proxy | instructions / request | × nginx |"
+echo "|---|---|---|"
+for proxy in $PROXIES; do
+    ratio=-
+    if [[ -n "${PER[nginx]:-}" ]]; then
+        ratio=$(awk -v a="${PER[$proxy]}" -v b="${PER[nginx]}" 'BEGIN { printf "%.2f", a / b }')
+    fi
+    echo "| $proxy | ${PER[$proxy]} | $ratio |"
+done
