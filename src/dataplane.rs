@@ -12,8 +12,10 @@ use arc_swap::ArcSwap;
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::model::Model;
-use crate::routing::compile::{build_pool, SliceIndex, TlsBinding};
-use crate::routing::{compile, CompileOptions, PoolSpec, Rejected, RouteTable};
+use crate::routing::compile::{
+    build_pool, compile_reusing, service_slices, PoolSlices, PreviousPools, SliceIndex, TlsBinding,
+};
+use crate::routing::{CompileOptions, FastMap, PoolSpec, Rejected, RouteTable};
 use crate::tls::{CertStore, TlsOptions};
 use crate::upstream::{EndpointHealth, Pool};
 use std::net::SocketAddr;
@@ -26,6 +28,8 @@ pub struct DataPlane {
     pub routes: Arc<RouteTable>,
     pub pools: Vec<Arc<Pool>>,
     pub pool_specs: Arc<Vec<PoolSpec>>,
+    /// The EndpointSlices each pool was built from, so that the next compile can reuse it.
+    pub pool_slices: Arc<Vec<PoolSlices>>,
     pub tls: Arc<Vec<TlsBinding>>,
     /// The certificates the HTTPS listener serves, by SNI name.
     pub certs: Arc<CertStore>,
@@ -93,9 +97,18 @@ impl Shared {
     /// the previous snapshot served for its hosts. Sources call this from one task at a time.
     pub fn publish_model(&self, model: &Model, complete: bool) -> Vec<Rejected> {
         let started = Instant::now();
-        let mut compiled = compile(model, &self.options);
         let previous = self.load();
-        carry_health(&previous.pools, &mut compiled.pools);
+        let mut compiled = compile_reusing(
+            model,
+            &self.options,
+            PreviousPools {
+                specs: &previous.pool_specs,
+                pools: &previous.pools,
+                slices: &previous.pool_slices,
+            },
+        );
+        carry_health(&previous, &mut compiled.pools);
+        self.metrics.set_pools(&previous.pools, &compiled.pools);
         let (certs, rejected_secrets) = CertStore::build(
             &compiled.tls,
             &model.secrets,
@@ -108,12 +121,12 @@ impl Shared {
         self.metrics.set_tls_expiry(&certs.expiries());
         let route_metrics = self.route_metrics(compiled.table.routes());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        self.metrics.set_pools(&compiled.pools);
         let plane = DataPlane {
             generation,
             routes: Arc::new(compiled.table),
             pools: compiled.pools,
             pool_specs: Arc::new(compiled.pool_specs),
+            pool_slices: Arc::new(compiled.pool_slices),
             tls: Arc::new(compiled.tls),
             certs: Arc::new(certs),
             route_metrics: Arc::new(route_metrics),
@@ -158,6 +171,7 @@ impl Shared {
             }
         }
         let mut pools = current.pools.clone();
+        let mut pool_slices = current.pool_slices.as_ref().clone();
         let mut rebuilt = Vec::new();
         for (i, spec) in current.pool_specs.iter().enumerate() {
             let id = (spec.service.namespace.as_str(), spec.service.name.as_str());
@@ -165,8 +179,11 @@ impl Shared {
                 if let Some(slot) = pools.get_mut(i) {
                     let mut pool = build_pool(spec, &slices);
                     // The same spec's previous pool knows these endpoints' health.
-                    pool.adopt_health(&known_health(current.pools.get(i..=i).unwrap_or_default()));
+                    pool.adopt_health(&known_health(current.pools.get(i)));
                     *slot = Arc::new(pool);
+                    if let Some(built_from) = pool_slices.get_mut(i) {
+                        *built_from = service_slices(&slices, &spec.service);
+                    }
                     rebuilt.push(i);
                 }
             }
@@ -185,6 +202,7 @@ impl Shared {
             routes: current.routes.clone(),
             pools,
             pool_specs: current.pool_specs.clone(),
+            pool_slices: Arc::new(pool_slices),
             tls: current.tls.clone(),
             certs: current.certs.clone(),
             route_metrics: current.route_metrics.clone(),
@@ -242,24 +260,38 @@ impl Shared {
     }
 }
 
-fn known_health(pools: &[Arc<Pool>]) -> crate::routing::FastMap<SocketAddr, Arc<EndpointHealth>> {
+fn known_health<'p>(
+    pools: impl IntoIterator<Item = &'p Arc<Pool>>,
+) -> FastMap<SocketAddr, Arc<EndpointHealth>> {
     pools
-        .iter()
+        .into_iter()
         .flat_map(|p| p.endpoints())
         .map(|u| (u.addr, u.health.clone()))
         .collect()
 }
 
-/// Gives freshly compiled pools the health records of the endpoints the current snapshot has.
-fn carry_health(current: &[Arc<Pool>], fresh: &mut [Arc<Pool>]) {
-    let known = known_health(current);
-    if known.is_empty() {
+/// Gives the pools the compile built afresh the health records of the same endpoints in the
+/// current snapshot's pools of the same Service, so that an ejection survives a recompile.
+///
+/// Pools the compile reused already hold their records. Only the same Service's pools are
+/// searched: an endpoint's record then costs what the changed pools hold, not all endpoints.
+fn carry_health(current: &DataPlane, compiled: &mut [Arc<Pool>]) {
+    // Reused pools are shared with the current snapshot; only fresh ones are unique here.
+    let mut fresh: Vec<&mut Pool> = compiled.iter_mut().filter_map(Arc::get_mut).collect();
+    if fresh.is_empty() || current.pools.is_empty() {
         return;
     }
+    let mut by_service: FastMap<&crate::model::ObjectKey, Vec<&Arc<Pool>>> = FastMap::default();
+    for pool in current.pools.iter() {
+        by_service.entry(&pool.service).or_default().push(pool);
+    }
     for pool in fresh.iter_mut() {
-        // Fresh pools are not shared yet.
-        if let Some(p) = Arc::get_mut(pool) {
-            p.adopt_health(&known);
+        let known: &[&Arc<Pool>] = by_service
+            .get(&pool.service)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if !known.is_empty() {
+            pool.adopt_health(&known_health(known.iter().copied()));
         }
     }
 }
@@ -269,4 +301,102 @@ fn now_unix() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Object, ObjectKey};
+    use crate::translate::{parse_documents, Document};
+
+    fn objects(yaml: &str) -> Vec<Object> {
+        parse_documents(yaml)
+            .into_iter()
+            .filter_map(|d| match d {
+                Document::Object(o) => Some(o),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An Ingress for `host` to Service `name`, the Service, and its slice with endpoint `ip`.
+    fn backend(name: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\n\
+             metadata: {{ name: {name}, namespace: default }}\n\
+             spec:\n  ingressClassName: portico\n  rules:\n  - host: {name}.example.com\n    http:\n      paths:\n      \
+             - {{ path: /, pathType: Prefix, backend: {{ service: {{ name: {name}, port: {{ number: 80 }} }} }} }}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{ name: {name}, namespace: default }}\n\
+             spec: {{ ports: [{{ port: 80 }}] }}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  \
+             namespace: default\n  labels: {{ kubernetes.io/service-name: {name} }}\naddressType: IPv4\n\
+             ports: [{{ port: 8080 }}]\nendpoints:\n- addresses: [\"{ip}\"]\n"
+        )
+    }
+
+    fn model(yaml: &str) -> Model {
+        let mut m = Model::default();
+        let class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\n\
+                     metadata: { name: portico }\nspec: { controller: portico.dev/ingress-controller }\n";
+        for o in objects(class).into_iter().chain(objects(yaml)) {
+            m.insert(o);
+        }
+        m
+    }
+
+    fn pool_of<'p>(plane: &'p DataPlane, service: &str) -> &'p Arc<Pool> {
+        let key = ObjectKey::new("default", service);
+        plane.pools.iter().find(|p| p.service == key).unwrap()
+    }
+
+    #[test]
+    fn a_recompile_shares_unchanged_pools_and_keeps_the_health_of_rebuilt_ones() {
+        let shared = Shared::new(CompileOptions::default(), Metrics::new().unwrap());
+        let mut m = model(&(backend("a", "10.0.0.1") + "---\n" + &backend("b", "10.0.0.2")));
+        assert!(shared.publish_model(&m, true).is_empty());
+        let first = shared.load();
+        let b_health = pool_of(&first, "b").endpoints()[0].health.clone();
+        b_health.eject_until(u64::MAX);
+
+        // b's slice is a new object with the same endpoint plus one; a is untouched.
+        let mut slice = m.slices[&ObjectKey::new("default", "b-1")].as_ref().clone();
+        let extra = crate::model::Endpoint {
+            addresses: vec!["10.0.0.3".parse().unwrap()],
+            ..slice.endpoints[0].clone()
+        };
+        slice.endpoints.push(extra);
+        m.insert(Object::EndpointSlice(Arc::new(slice)));
+        for o in objects(&backend("c", "10.0.0.4")) {
+            m.insert(o);
+        }
+        assert!(shared.publish_model(&m, true).is_empty());
+        let second = shared.load();
+
+        assert!(Arc::ptr_eq(pool_of(&first, "a"), pool_of(&second, "a")));
+        let b = pool_of(&second, "b");
+        assert!(!Arc::ptr_eq(pool_of(&first, "b"), b));
+        assert_eq!(b.endpoints().len(), 2);
+        let same = b
+            .endpoints()
+            .iter()
+            .find(|u| u.addr == pool_of(&first, "b").endpoints()[0].addr);
+        assert!(
+            same.is_some_and(|u| Arc::ptr_eq(&u.health, &b_health)),
+            "the ejection was lost"
+        );
+        let text = String::from_utf8(shared.metrics.render()).unwrap();
+        assert!(
+            text.contains(
+                "portico_pool_endpoints{namespace=\"default\",port=\"80\",service=\"b\"} 2"
+            ),
+            "{text}"
+        );
+
+        // Removing c's Ingress removes its pool's gauge; a and b keep theirs.
+        m.remove(crate::model::Kind::Ingress, &ObjectKey::new("default", "c"));
+        shared.publish_model(&m, true);
+        let text = String::from_utf8(shared.metrics.render()).unwrap();
+        assert!(!text.contains("service=\"c\""), "{text}");
+        assert!(text.contains("service=\"a\"} 1"), "{text}");
+    }
 }

@@ -68,12 +68,27 @@ pub struct Compiled {
     pub table: RouteTable,
     pub pools: Vec<Arc<Pool>>,
     pub pool_specs: Vec<PoolSpec>,
+    /// What each pool was built from (parallel to `pools`).
+    pub pool_slices: Vec<PoolSlices>,
     pub tls: Vec<TlsBinding>,
     pub rejected: Vec<Rejected>,
 }
 
+/// The EndpointSlices one pool was built from: its Service's slices, in key order.
+pub type PoolSlices = Vec<Arc<EndpointSlice>>;
+
+/// The pools of the snapshot being replaced. [`compile_reusing`] shares one of them instead of
+/// building it again when its Service port resolves the same way and its Service's EndpointSlices
+/// are the very same objects, so that a change costs what it touches, not what the cluster holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PreviousPools<'p> {
+    pub specs: &'p [PoolSpec],
+    pub pools: &'p [Arc<Pool>],
+    pub slices: &'p [PoolSlices],
+}
+
 /// EndpointSlices grouped by `(namespace, service name)`.
-pub type SliceIndex<'a> = FastMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+pub type SliceIndex<'a> = FastMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>>>;
 
 /// Groups the model's EndpointSlices by the Service they belong to.
 pub fn index_slices(model: &Model) -> SliceIndex<'_> {
@@ -122,9 +137,27 @@ pub fn owned_ingresses<'m>(model: &'m Model, opts: &CompileOptions) -> Vec<&'m I
 
 /// Compiles the model. Pure: same model and options, same output.
 pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
+    compile_reusing(model, opts, PreviousPools::default())
+}
+
+/// Compiles the model, sharing the pools of `previous` that would be built the same. Pure: the
+/// output equals [`compile`]'s, except that unchanged pools are the previous `Arc`s (and so keep
+/// their round-robin position and endpoint health records).
+pub fn compile_reusing(
+    model: &Model,
+    opts: &CompileOptions,
+    previous: PreviousPools<'_>,
+) -> Compiled {
     let mut c = Compiler {
         model,
         slices: index_slices(model),
+        previous,
+        previous_ids: previous
+            .specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| ((&spec.service, &spec.port), i))
+            .collect(),
         out: Compiled::default(),
         pool_ids: FastMap::default(),
         claims: FastMap::default(),
@@ -266,9 +299,12 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
     out
 }
 
-struct Compiler<'m> {
+struct Compiler<'m, 'p> {
     model: &'m Model,
     slices: SliceIndex<'m>,
+    previous: PreviousPools<'p>,
+    /// The index of each previous pool by its Service and port.
+    previous_ids: FastMap<(&'p ObjectKey, &'p PortRef), usize>,
     out: Compiled,
     pool_ids: FastMap<(ObjectKey, PortRef), (usize, Arc<ObjectKey>)>,
     /// Who holds each (host, path): the index of the Ingress in age order.
@@ -278,7 +314,7 @@ struct Compiler<'m> {
     any_host: HostRules,
 }
 
-impl<'m> Compiler<'m> {
+impl<'m> Compiler<'m, '_> {
     fn reject(&mut self, kind: Kind, key: &ObjectKey, reason: &'static str, message: String) {
         self.out.rejected.push(Rejected {
             kind,
@@ -440,10 +476,11 @@ impl<'m> Compiler<'m> {
                         }
                     }
                 };
-                let pool = build_pool(&spec, &self.slices);
+                let (pool, slices) = self.pool_for(&spec);
                 let id = self.out.pools.len();
-                self.out.pools.push(Arc::new(pool));
+                self.out.pools.push(pool);
                 self.out.pool_specs.push(spec);
+                self.out.pool_slices.push(slices);
                 let key = Arc::new(lookup.0.clone());
                 self.pool_ids.insert(lookup, (id, key.clone()));
                 (id, key)
@@ -466,6 +503,37 @@ impl<'m> Compiler<'m> {
         });
         Some(id)
     }
+}
+
+impl Compiler<'_, '_> {
+    /// The pool of `spec`: the previous snapshot's when it would be built the same, else a new one.
+    fn pool_for(&self, spec: &PoolSpec) -> (Arc<Pool>, PoolSlices) {
+        let slices = service_slices(&self.slices, &spec.service);
+        let reusable = self
+            .previous_ids
+            .get(&(&spec.service, &spec.port))
+            .and_then(|&i| {
+                let same = self.previous.specs.get(i)?.port_name == spec.port_name
+                    && same_objects(self.previous.slices.get(i)?, &slices);
+                same.then(|| self.previous.pools.get(i).cloned()).flatten()
+            });
+        let pool = reusable.unwrap_or_else(|| Arc::new(build_pool(spec, &self.slices)));
+        (pool, slices)
+    }
+}
+
+/// The EndpointSlices of `service`, shared with the model.
+pub fn service_slices(slices: &SliceIndex<'_>, service: &ObjectKey) -> PoolSlices {
+    let key = (service.namespace.as_str(), service.name.as_str());
+    slices
+        .get(&key)
+        .map(|v| v.iter().map(|s| Arc::clone(s)).collect())
+        .unwrap_or_default()
+}
+
+/// Whether both lists hold the very same objects (not merely equal ones), in the same order.
+fn same_objects(a: &[Arc<EndpointSlice>], b: &[Arc<EndpointSlice>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
 /// Builds one pool from the Service's EndpointSlices.
