@@ -37,9 +37,10 @@ pub struct DataPlane {
     pub route_metrics: Arc<Vec<Arc<RouteMetrics>>>,
 }
 
+/// Route metric handles by (Ingress, Service), with the generation that last used each.
 type MetricHandles = crate::routing::FastMap<
     (Arc<crate::model::ObjectKey>, Arc<crate::model::ObjectKey>),
-    Arc<RouteMetrics>,
+    (Arc<RouteMetrics>, u64),
 >;
 
 /// Shared state between the control plane (sources, compile) and the data plane (proxy, admin).
@@ -119,8 +120,8 @@ impl Shared {
         drop(previous);
         compiled.rejected.extend(rejected_secrets);
         self.metrics.set_tls_expiry(&certs.expiries());
-        let route_metrics = self.route_metrics(compiled.table.routes());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let route_metrics = self.route_metrics(compiled.table.routes(), generation);
         let plane = DataPlane {
             generation,
             routes: Arc::new(compiled.table),
@@ -213,26 +214,27 @@ impl Shared {
     /// The metric handles of each route. Routes with the same labels (namespace, Ingress,
     /// Service) share one set, and a set lives on across snapshots for as long as a route uses it,
     /// so a recompile neither rebuilds nor re-resolves them.
-    fn route_metrics(&self, routes: &[crate::routing::Route]) -> Vec<Arc<RouteMetrics>> {
+    fn route_metrics(
+        &self,
+        routes: &[crate::routing::Route],
+        generation: u64,
+    ) -> Vec<Arc<RouteMetrics>> {
         let mut cache = match self.metric_handles.lock() {
             Ok(c) => c,
             // A panic while holding it cannot leave the map inconsistent; keep using it.
             Err(poisoned) => poisoned.into_inner(),
         };
-        let mut used = crate::routing::FastMap::default();
         let handles = routes
             .iter()
             .map(|r| {
-                let key = (r.ingress.clone(), r.service.clone());
-                let handle = cache
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(self.metrics.route(r)));
-                used.insert(key, handle.clone());
-                handle
+                let (handle, used) = cache
+                    .entry((r.ingress.clone(), r.service.clone()))
+                    .or_insert_with(|| (Arc::new(self.metrics.route(r)), generation));
+                *used = generation;
+                handle.clone()
             })
             .collect();
-        *cache = used;
+        cache.retain(|_, (_, used)| *used == generation);
         handles
     }
 

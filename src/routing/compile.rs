@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::host::{parse_host, HostMatch};
 use super::path::PathMatch;
 use super::{FastMap, FastSet, HostRules, Route, RouteTable};
-use crate::model::{BackendRef, EndpointSlice, Ingress, Kind, Model, ObjectKey, PortRef};
+use crate::model::{BackendRef, EndpointSlice, HttpPath, Ingress, Kind, Model, ObjectKey, PortRef};
 use crate::upstream::{Pool, Upstream};
 
 /// What the compile step needs to know about this controller.
@@ -131,7 +131,8 @@ pub fn owned_ingresses<'m>(model: &'m Model, opts: &CompileOptions) -> Vec<&'m I
             (None, None) => default_class,
         })
         .collect();
-    ours.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
+    // The map iterates by key, so a stable sort by age alone orders by (age, key).
+    ours.sort_by_key(|ing| ing.created);
     ours
 }
 
@@ -161,9 +162,8 @@ pub fn compile_reusing(
         out: Compiled::default(),
         pool_ids: FastMap::default(),
         claims: FastMap::default(),
-        precise: FastMap::default(),
-        wildcard: FastMap::default(),
-        any_host: HostRules::default(),
+        host_ids: FastMap::default(),
+        hosts: Vec::new(),
     };
 
     let ours = owned_ingresses(model, opts);
@@ -217,85 +217,28 @@ pub fn compile_reusing(
             };
             let redirect = ing.annotations.ssl_redirect != Some(false)
                 && host.as_ref().is_some_and(|h| tls_hosts.contains(h));
+            let host = c.host_id(host);
             for (j, p) in rule.paths.iter().enumerate() {
-                let matcher = match PathMatch::parse(&p.path, p.path_type) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        c.reject(
-                            Kind::Ingress,
-                            &ing.key,
-                            "InvalidPath",
-                            format!("rules[{i}].http.paths[{j}]: {e}"),
-                        );
-                        continue;
-                    }
-                };
-                let claim = (host.clone(), matcher.clone());
-                if let Some(&owner) = c.claims.get(&claim) {
-                    let (reason, message) = if owner == position {
-                        (
-                            "Duplicate",
-                            "repeats an earlier path of the same Ingress".to_string(),
-                        )
-                    } else {
-                        let older = ours
-                            .get(owner)
-                            .map(|o| o.key.to_string())
-                            .unwrap_or_default();
-                        ("Conflict", format!("lost to older Ingress {older}"))
-                    };
-                    let host_s = host.as_ref().map(|h| h.to_string()).unwrap_or("*".into());
-                    c.reject(
-                        Kind::Ingress,
-                        &ing.key,
-                        reason,
-                        format!(
-                            "rules[{i}].http.paths[{j}] ({host_s} {:?} {}): {message}",
-                            p.path_type,
-                            matcher.path()
-                        ),
-                    );
-                    continue;
-                }
-                let Some(route) = c.route_for(ing, &ing_key, &p.backend, redirect) else {
-                    continue;
-                };
-                c.claims.insert(claim, position);
-                let rules = match &host {
-                    Some(HostMatch::Precise(h)) => c.precise.entry(h.clone()).or_default(),
-                    Some(HostMatch::Wildcard(s)) => c.wildcard.entry(s.clone()).or_default(),
-                    None => &mut c.any_host,
-                };
-                rules.push(matcher, route);
+                c.path(&ours, position, &ing_key, (i, j, p), host, redirect);
             }
         }
     }
 
     c.out.tls = tls_owner.into_values().collect();
 
-    let Compiler {
-        mut out,
-        precise,
-        wildcard,
-        mut any_host,
-        ..
-    } = c;
-    out.table.precise = precise
-        .into_iter()
-        .map(|(h, mut r)| {
-            r.sort();
-            (h, r)
-        })
-        .collect();
-    out.table.wildcard = wildcard
-        .into_iter()
-        .map(|(h, mut r)| {
-            r.sort();
-            (h, r)
-        })
-        .collect();
-    any_host.sort();
-    out.table.any_host = any_host;
+    let Compiler { mut out, hosts, .. } = c;
+    for (host, mut rules) in hosts {
+        rules.sort();
+        match host {
+            Some(HostMatch::Precise(h)) => {
+                out.table.precise.insert(h, rules);
+            }
+            Some(HostMatch::Wildcard(s)) => {
+                out.table.wildcard.insert(s, rules);
+            }
+            None => out.table.any_host = rules,
+        }
+    }
     out
 }
 
@@ -306,15 +249,93 @@ struct Compiler<'m, 'p> {
     /// The index of each previous pool by its Service and port.
     previous_ids: FastMap<(&'p ObjectKey, &'p PortRef), usize>,
     out: Compiled,
-    pool_ids: FastMap<(ObjectKey, PortRef), (usize, Arc<ObjectKey>)>,
-    /// Who holds each (host, path): the index of the Ingress in age order.
-    claims: FastMap<(Option<HostMatch>, PathMatch), usize>,
-    precise: FastMap<String, HostRules>,
-    wildcard: FastMap<String, HostRules>,
-    any_host: HostRules,
+    /// The pool of each (namespace, Service name, port), with the Service's shared key.
+    pool_ids: FastMap<(&'m str, &'m str, &'m PortRef), (usize, Arc<ObjectKey>)>,
+    /// Who holds each (host, path): the index of the Ingress in age order. Hosts are by index in
+    /// `hosts`.
+    claims: FastMap<(usize, PathMatch), usize>,
+    /// The index of each host (`None`: the host-less rules) in `hosts`.
+    host_ids: FastMap<Option<HostMatch>, usize>,
+    hosts: Vec<(Option<HostMatch>, HostRules)>,
 }
 
 impl<'m> Compiler<'m, '_> {
+    /// The index of `host` in `hosts`, added if new.
+    fn host_id(&mut self, host: Option<HostMatch>) -> usize {
+        if let Some(&id) = self.host_ids.get(&host) {
+            return id;
+        }
+        let id = self.hosts.len();
+        self.host_ids.insert(host.clone(), id);
+        self.hosts.push((host, HostRules::default()));
+        id
+    }
+
+    /// Compiles path `j` of rule `i` of the Ingress at `position` in `ours` into the rules of
+    /// `host`, unless an older Ingress (or an earlier path of the same one) holds it.
+    fn path(
+        &mut self,
+        ours: &[&'m Ingress],
+        position: usize,
+        ing_key: &Arc<ObjectKey>,
+        (i, j, p): (usize, usize, &'m HttpPath),
+        host: usize,
+        redirect: bool,
+    ) {
+        let Some(ing) = ours.get(position).copied() else {
+            return;
+        };
+        let matcher = match PathMatch::parse(&p.path, p.path_type) {
+            Ok(m) => m,
+            Err(e) => {
+                self.reject(
+                    Kind::Ingress,
+                    &ing.key,
+                    "InvalidPath",
+                    format!("rules[{i}].http.paths[{j}]: {e}"),
+                );
+                return;
+            }
+        };
+        let claim = (host, matcher);
+        if let Some(&owner) = self.claims.get(&claim) {
+            let (reason, message) = if owner == position {
+                (
+                    "Duplicate",
+                    "repeats an earlier path of the same Ingress".to_string(),
+                )
+            } else {
+                let older = ours
+                    .get(owner)
+                    .map(|o| o.key.to_string())
+                    .unwrap_or_default();
+                ("Conflict", format!("lost to older Ingress {older}"))
+            };
+            let host_s = match self.hosts.get(host) {
+                Some((Some(h), _)) => h.to_string(),
+                _ => "*".into(),
+            };
+            self.reject(
+                Kind::Ingress,
+                &ing.key,
+                reason,
+                format!(
+                    "rules[{i}].http.paths[{j}] ({host_s} {:?} {}): {message}",
+                    p.path_type,
+                    claim.1.path()
+                ),
+            );
+            return;
+        }
+        let Some(route) = self.route_for(ing, ing_key, &p.backend, redirect) else {
+            return;
+        };
+        if let Some((_, rules)) = self.hosts.get_mut(host) {
+            rules.push(claim.1.clone(), route);
+        }
+        self.claims.insert(claim, position);
+    }
+
     fn reject(&mut self, kind: Kind, key: &ObjectKey, reason: &'static str, message: String) {
         self.out.rejected.push(Rejected {
             kind,
@@ -392,9 +413,9 @@ impl<'m> Compiler<'m, '_> {
     /// Creates a route to `backend`, or rejects the backend and returns `None`.
     fn route_for(
         &mut self,
-        ing: &Ingress,
+        ing: &'m Ingress,
         ing_key: &Arc<ObjectKey>,
-        backend: &BackendRef,
+        backend: &'m BackendRef,
         redirect: bool,
     ) -> Option<usize> {
         let (name, port) = match backend {
@@ -409,10 +430,7 @@ impl<'m> Compiler<'m, '_> {
             }
             BackendRef::Service { name, port } => (name, port),
         };
-        let lookup = (
-            ObjectKey::new(ing.key.namespace.clone(), name.clone()),
-            port.clone(),
-        );
+        let lookup = (ing.key.namespace.as_str(), name.as_str(), port);
         let known = self
             .pool_ids
             .get(&lookup)
@@ -428,7 +446,7 @@ impl<'m> Compiler<'m, '_> {
                 (id, key)
             }
             None => {
-                let service = &lookup.0;
+                let service = &ObjectKey::new(ing.key.namespace.clone(), name.clone());
                 let spec = match self.model.services.get(service) {
                     None => {
                         self.reject(
@@ -481,7 +499,7 @@ impl<'m> Compiler<'m, '_> {
                 self.out.pools.push(pool);
                 self.out.pool_specs.push(spec);
                 self.out.pool_slices.push(slices);
-                let key = Arc::new(lookup.0.clone());
+                let key = Arc::new(service.clone());
                 self.pool_ids.insert(lookup, (id, key.clone()));
                 (id, key)
             }
