@@ -11,11 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::model::Model;
+use crate::model::{Model, ObjectKey};
 use crate::routing::compile::{
-    build_pool, compile_reusing, service_slices, PoolSlices, PreviousPools, SliceIndex, TlsBinding,
+    build_pool, compile_reusing, service_slices, PoolSlices, Previous, SliceIndex, TlsBinding,
 };
-use crate::routing::{CompileOptions, FastMap, PoolSpec, Rejected, RouteTable};
+use crate::routing::{CompileOptions, FastMap, PoolSpec, Rejected, Route, RouteTable};
 use crate::tls::{CertStore, TlsOptions};
 use crate::upstream::{EndpointHealth, Pool};
 use std::net::SocketAddr;
@@ -37,11 +37,16 @@ pub struct DataPlane {
     pub route_metrics: Arc<Vec<Arc<RouteMetrics>>>,
 }
 
-/// Route metric handles by (Ingress, Service), with the generation that last used each.
-type MetricHandles = crate::routing::FastMap<
-    (Arc<crate::model::ObjectKey>, Arc<crate::model::ObjectKey>),
-    (Arc<RouteMetrics>, u64),
->;
+/// Route metric handles by Ingress, then by Service.
+type MetricHandles = FastMap<Arc<ObjectKey>, Vec<RouteHandles>>;
+
+/// The metric handles of the routes from one Ingress to one Service.
+struct RouteHandles {
+    service: Arc<ObjectKey>,
+    metrics: Arc<RouteMetrics>,
+    /// The generation of the last snapshot that used them.
+    used: u64,
+}
 
 /// Shared state between the control plane (sources, compile) and the data plane (proxy, admin).
 pub struct Shared {
@@ -102,10 +107,12 @@ impl Shared {
         let mut compiled = compile_reusing(
             model,
             &self.options,
-            PreviousPools {
+            Previous {
                 specs: &previous.pool_specs,
                 pools: &previous.pools,
                 slices: &previous.pool_slices,
+                routes: previous.routes.routes().len(),
+                hosts: previous.routes.host_count(),
             },
         );
         carry_health(&previous, &mut compiled.pools);
@@ -150,7 +157,7 @@ impl Shared {
     ///
     /// The cost follows the change, not the cluster: only the affected namespaces' slices are
     /// read and only the rebuilt pools' gauges are set.
-    pub fn publish_endpoints(&self, model: &Model, services: &[crate::model::ObjectKey]) {
+    pub fn publish_endpoints(&self, model: &Model, services: &[ObjectKey]) {
         let current = self.load();
         let wanted: HashSet<(&str, &str)> = services
             .iter()
@@ -161,7 +168,7 @@ impl Shared {
         for ns in namespaces {
             let in_ns = model
                 .slices
-                .range(crate::model::ObjectKey::new(ns, "")..)
+                .range(ObjectKey::new(ns, "")..)
                 .take_while(|(k, _)| k.namespace == ns);
             for (_, slice) in in_ns {
                 if let Some(svc) = slice.service_name.as_deref() {
@@ -214,28 +221,48 @@ impl Shared {
     /// The metric handles of each route. Routes with the same labels (namespace, Ingress,
     /// Service) share one set, and a set lives on across snapshots for as long as a route uses it,
     /// so a recompile neither rebuilds nor re-resolves them.
-    fn route_metrics(
-        &self,
-        routes: &[crate::routing::Route],
-        generation: u64,
-    ) -> Vec<Arc<RouteMetrics>> {
+    fn route_metrics(&self, routes: &[Route], generation: u64) -> Vec<Arc<RouteMetrics>> {
         let mut cache = match self.metric_handles.lock() {
             Ok(c) => c,
             // A panic while holding it cannot leave the map inconsistent; keep using it.
             Err(poisoned) => poisoned.into_inner(),
         };
-        let handles = routes
-            .iter()
-            .map(|r| {
-                let (handle, used) = cache
-                    .entry((r.ingress.clone(), r.service.clone()))
-                    .or_insert_with(|| (Arc::new(self.metrics.route(r)), generation));
-                *used = generation;
-                handle.clone()
-            })
-            .collect();
-        cache.retain(|_, (_, used)| *used == generation);
+        let mut handles = Vec::with_capacity(routes.len());
+        // An Ingress's routes are consecutive: one map lookup per Ingress, not per route.
+        for same_ingress in routes.chunk_by(|a, b| Arc::ptr_eq(&a.ingress, &b.ingress)) {
+            let Some(ingress) = same_ingress.first().map(|r| r.ingress.clone()) else {
+                continue;
+            };
+            let sets = cache.entry(ingress).or_default();
+            for r in same_ingress {
+                handles.push(self.route_handles(sets, r, generation));
+            }
+        }
+        cache.retain(|_, sets| {
+            sets.retain(|s| s.used == generation);
+            !sets.is_empty()
+        });
         handles
+    }
+
+    /// The handles of `route` among its Ingress's `sets`, made if new, marked used by `generation`.
+    fn route_handles(
+        &self,
+        sets: &mut Vec<RouteHandles>,
+        route: &Route,
+        generation: u64,
+    ) -> Arc<RouteMetrics> {
+        if let Some(set) = sets.iter_mut().find(|s| s.service == route.service) {
+            set.used = generation;
+            return set.metrics.clone();
+        }
+        let metrics = Arc::new(self.metrics.route(route));
+        sets.push(RouteHandles {
+            service: route.service.clone(),
+            metrics: metrics.clone(),
+            used: generation,
+        });
+        metrics
     }
 
     /// True once the first complete snapshot is published, until shutdown starts.
@@ -283,7 +310,7 @@ fn carry_health(current: &DataPlane, compiled: &mut [Arc<Pool>]) {
     if fresh.is_empty() || current.pools.is_empty() {
         return;
     }
-    let mut by_service: FastMap<&crate::model::ObjectKey, Vec<&Arc<Pool>>> = FastMap::default();
+    let mut by_service: FastMap<&ObjectKey, Vec<&Arc<Pool>>> = FastMap::default();
     for pool in current.pools.iter() {
         by_service.entry(&pool.service).or_default().push(pool);
     }

@@ -77,14 +77,19 @@ pub struct Compiled {
 /// The EndpointSlices one pool was built from: its Service's slices, in key order.
 pub type PoolSlices = Vec<Arc<EndpointSlice>>;
 
-/// The pools of the snapshot being replaced. [`compile_reusing`] shares one of them instead of
-/// building it again when its Service port resolves the same way and its Service's EndpointSlices
-/// are the very same objects, so that a change costs what it touches, not what the cluster holds.
+/// What [`compile_reusing`] takes from the snapshot being replaced.
+///
+/// It shares a previous pool instead of building it again when its Service port resolves the same
+/// way and its Service's EndpointSlices are the very same objects; and it sizes its tables from
+/// the previous ones, so that they are allocated once instead of grown.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PreviousPools<'p> {
+pub struct Previous<'p> {
     pub specs: &'p [PoolSpec],
     pub pools: &'p [Arc<Pool>],
     pub slices: &'p [PoolSlices],
+    /// The number of routes and of hosts of the previous table.
+    pub routes: usize,
+    pub hosts: usize,
 }
 
 /// EndpointSlices grouped by `(namespace, service name)`.
@@ -92,7 +97,8 @@ pub type SliceIndex<'a> = FastMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>
 
 /// Groups the model's EndpointSlices by the Service they belong to.
 pub fn index_slices(model: &Model) -> SliceIndex<'_> {
-    let mut index: SliceIndex<'_> = FastMap::default();
+    let mut index: SliceIndex<'_> =
+        FastMap::with_capacity_and_hasher(model.slices.len(), Default::default());
     for slice in model.slices.values() {
         if let Some(svc) = slice.service_name.as_deref() {
             index
@@ -138,17 +144,13 @@ pub fn owned_ingresses<'m>(model: &'m Model, opts: &CompileOptions) -> Vec<&'m I
 
 /// Compiles the model. Pure: same model and options, same output.
 pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
-    compile_reusing(model, opts, PreviousPools::default())
+    compile_reusing(model, opts, Previous::default())
 }
 
 /// Compiles the model, sharing the pools of `previous` that would be built the same. Pure: the
 /// output equals [`compile`]'s, except that unchanged pools are the previous `Arc`s (and so keep
 /// their round-robin position and endpoint health records).
-pub fn compile_reusing(
-    model: &Model,
-    opts: &CompileOptions,
-    previous: PreviousPools<'_>,
-) -> Compiled {
+pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<'_>) -> Compiled {
     let mut c = Compiler {
         model,
         slices: index_slices(model),
@@ -160,11 +162,15 @@ pub fn compile_reusing(
             .map(|(i, spec)| ((&spec.service, &spec.port), i))
             .collect(),
         out: Compiled::default(),
-        pool_ids: FastMap::default(),
-        claims: FastMap::default(),
-        host_ids: FastMap::default(),
-        hosts: Vec::new(),
+        pool_ids: FastMap::with_capacity_and_hasher(previous.pools.len(), Default::default()),
+        claims: FastMap::with_capacity_and_hasher(previous.routes, Default::default()),
+        host_ids: FastMap::with_capacity_and_hasher(previous.hosts, Default::default()),
+        hosts: Vec::with_capacity(previous.hosts),
     };
+    c.out.table.routes.reserve(previous.routes);
+    c.out.pools.reserve(previous.pools.len());
+    c.out.pool_specs.reserve(previous.pools.len());
+    c.out.pool_slices.reserve(previous.pools.len());
 
     let ours = owned_ingresses(model, opts);
     let mut default_owner: Option<&ObjectKey> = None;
@@ -227,6 +233,7 @@ pub fn compile_reusing(
     c.out.tls = tls_owner.into_values().collect();
 
     let Compiler { mut out, hosts, .. } = c;
+    out.table.precise.reserve(hosts.len());
     for (host, mut rules) in hosts {
         rules.sort();
         match host {
@@ -245,7 +252,7 @@ pub fn compile_reusing(
 struct Compiler<'m, 'p> {
     model: &'m Model,
     slices: SliceIndex<'m>,
-    previous: PreviousPools<'p>,
+    previous: Previous<'p>,
     /// The index of each previous pool by its Service and port.
     previous_ids: FastMap<(&'p ObjectKey, &'p PortRef), usize>,
     out: Compiled,
