@@ -163,7 +163,6 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
             .collect(),
         out: Compiled::default(),
         pool_ids: FastMap::with_capacity_and_hasher(previous.pools.len(), Default::default()),
-        claims: FastMap::with_capacity_and_hasher(previous.routes, Default::default()),
         host_ids: FastMap::with_capacity_and_hasher(previous.hosts, Default::default()),
         hosts: Vec::with_capacity(previous.hosts),
     };
@@ -234,7 +233,10 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
 
     let Compiler { mut out, hosts, .. } = c;
     out.table.precise.reserve(hosts.len());
-    for (host, mut rules) in hosts {
+    for HostBuild {
+        host, mut rules, ..
+    } in hosts
+    {
         rules.sort();
         match host {
             Some(HostMatch::Precise(h)) => {
@@ -258,12 +260,56 @@ struct Compiler<'m, 'p> {
     out: Compiled,
     /// The pool of each (namespace, Service name, port), with the Service's shared key.
     pool_ids: FastMap<(&'m str, &'m str, &'m PortRef), (usize, Arc<ObjectKey>)>,
-    /// Who holds each (host, path): the index of the Ingress in age order. Hosts are by index in
-    /// `hosts`.
-    claims: FastMap<(usize, PathMatch), usize>,
     /// The index of each host (`None`: the host-less rules) in `hosts`.
     host_ids: FastMap<Option<HostMatch>, usize>,
-    hosts: Vec<(Option<HostMatch>, HostRules)>,
+    hosts: Vec<HostBuild>,
+}
+
+/// Above this many rules, a host's paths are found by hash instead of by a scan of its rules.
+const SCAN_LIMIT: usize = 16;
+
+/// The rules of one host while compiling, with who holds each path.
+struct HostBuild {
+    host: Option<HostMatch>,
+    rules: HostRules,
+    /// The Ingress (its index in age order) that holds each rule, in the order of `rules`.
+    owners: Vec<usize>,
+    /// The owner of each path, once the host has more than [`SCAN_LIMIT`] rules; most hosts have
+    /// a few, which a scan finds faster than a hash and without a copy of every path.
+    index: Option<FastMap<PathMatch, usize>>,
+}
+
+impl HostBuild {
+    fn new(host: Option<HostMatch>) -> Self {
+        Self {
+            host,
+            rules: HostRules::default(),
+            owners: Vec::new(),
+            index: None,
+        }
+    }
+
+    /// The Ingress that holds `path` on this host, if any.
+    fn owner(&self, path: &PathMatch) -> Option<usize> {
+        if let Some(index) = &self.index {
+            return index.get(path).copied();
+        }
+        let at = self.rules.rules.iter().position(|(m, _)| m == path)?;
+        self.owners.get(at).copied()
+    }
+
+    /// Gives `path` to the Ingress `owner`, routed to `route`.
+    fn claim(&mut self, path: PathMatch, route: usize, owner: usize) {
+        if let Some(index) = &mut self.index {
+            index.insert(path.clone(), owner);
+        }
+        self.rules.push(path, route);
+        self.owners.push(owner);
+        if self.index.is_none() && self.owners.len() > SCAN_LIMIT {
+            let held = self.rules.rules.iter().map(|(m, _)| m.clone());
+            self.index = Some(held.zip(self.owners.iter().copied()).collect());
+        }
+    }
 }
 
 impl<'m> Compiler<'m, '_> {
@@ -274,7 +320,7 @@ impl<'m> Compiler<'m, '_> {
         }
         let id = self.hosts.len();
         self.host_ids.insert(host.clone(), id);
-        self.hosts.push((host, HostRules::default()));
+        self.hosts.push(HostBuild::new(host));
         id
     }
 
@@ -304,8 +350,8 @@ impl<'m> Compiler<'m, '_> {
                 return;
             }
         };
-        let claim = (host, matcher);
-        if let Some(&owner) = self.claims.get(&claim) {
+        let holder = self.hosts.get(host).and_then(|h| h.owner(&matcher));
+        if let Some(owner) = holder {
             let (reason, message) = if owner == position {
                 (
                     "Duplicate",
@@ -318,9 +364,9 @@ impl<'m> Compiler<'m, '_> {
                     .unwrap_or_default();
                 ("Conflict", format!("lost to older Ingress {older}"))
             };
-            let host_s = match self.hosts.get(host) {
-                Some((Some(h), _)) => h.to_string(),
-                _ => "*".into(),
+            let host_s = match self.hosts.get(host).and_then(|h| h.host.as_ref()) {
+                Some(h) => h.to_string(),
+                None => "*".into(),
             };
             self.reject(
                 Kind::Ingress,
@@ -329,7 +375,7 @@ impl<'m> Compiler<'m, '_> {
                 format!(
                     "rules[{i}].http.paths[{j}] ({host_s} {:?} {}): {message}",
                     p.path_type,
-                    claim.1.path()
+                    matcher.path()
                 ),
             );
             return;
@@ -337,10 +383,9 @@ impl<'m> Compiler<'m, '_> {
         let Some(route) = self.route_for(ing, ing_key, &p.backend, redirect) else {
             return;
         };
-        if let Some((_, rules)) = self.hosts.get_mut(host) {
-            rules.push(claim.1.clone(), route);
+        if let Some(h) = self.hosts.get_mut(host) {
+            h.claim(matcher, route, position);
         }
-        self.claims.insert(claim, position);
     }
 
     fn reject(&mut self, kind: Kind, key: &ObjectKey, reason: &'static str, message: String) {
