@@ -74,8 +74,9 @@ pub struct Compiled {
     pub rejected: Vec<Rejected>,
 }
 
-/// The EndpointSlices one pool was built from: its Service's slices, in key order.
-pub type PoolSlices = Vec<Arc<EndpointSlice>>;
+/// The EndpointSlices one pool was built from: its Service's slices, in key order. Shared, so
+/// that copying a snapshot's list of them costs a reference count per pool.
+pub type PoolSlices = Arc<[Arc<EndpointSlice>]>;
 
 /// What [`compile_reusing`] takes from the snapshot being replaced.
 ///
@@ -598,7 +599,7 @@ pub fn service_slices(slices: &SliceIndex<'_>, service: &ObjectKey) -> PoolSlice
     slices
         .get(&key)
         .map(|v| v.iter().map(|s| Arc::clone(s)).collect())
-        .unwrap_or_default()
+        .unwrap_or_else(|| Arc::from([]))
 }
 
 /// Whether both lists hold the very same objects (not merely equal ones), in the same order.

@@ -1,8 +1,9 @@
 //! The files source (`--manifests DIR`): Kubernetes YAML/JSON on disk, watched live.
 //!
 //! Every `*.yaml`, `*.yml` and `*.json` file in the directory (not in subdirectories, not hidden)
-//! is read as multi-document YAML. A change of any file (created, written, deleted, renamed in)
-//! rescans the directory after a short debounce and publishes a new snapshot.
+//! is read as multi-document YAML. After a short debounce, a change (a file created, written,
+//! deleted or renamed in) re-reads the files it names, or the whole directory when the watcher
+//! cannot say which; the model is updated object by object and a new snapshot is published.
 //!
 //! Nothing is lost to a bad edit: a file that does not parse, or an object that is invalid, is
 //! logged with the file, the object and the reason, and the last good version of what it held
