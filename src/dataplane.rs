@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::model::{Model, ObjectKey};
 use crate::routing::compile::{
-    build_pool, compile_reusing, service_slices, PoolSlices, Previous, SliceIndex, TlsBinding,
+    build_pool, compile_reusing, PoolSlices, Previous, SliceIndex, TlsBinding,
 };
 use crate::routing::{CompileOptions, FastMap, PoolSpec, Rejected, Route, RouteTable};
 use crate::tls::{CertStore, TlsOptions};
@@ -28,7 +28,10 @@ pub struct DataPlane {
     pub routes: Arc<RouteTable>,
     pub pools: Vec<Arc<Pool>>,
     pub pool_specs: Arc<Vec<PoolSpec>>,
-    /// The EndpointSlices each pool was built from, so that the next compile can reuse it.
+    /// The EndpointSlices each pool was built from by the last compile, so that the next one can
+    /// reuse it. An endpoint-only publish leaves them as they were: the pools it rebuilt then no
+    /// longer match them, and the next compile builds those again (copying this list would touch
+    /// every pool's slices on every endpoint change).
     pub pool_slices: Arc<Vec<PoolSlices>>,
     pub tls: Arc<Vec<TlsBinding>>,
     /// The certificates the HTTPS listener serves, by SNI name.
@@ -179,7 +182,6 @@ impl Shared {
             }
         }
         let mut pools = current.pools.clone();
-        let mut pool_slices = current.pool_slices.as_ref().clone();
         let mut rebuilt = Vec::new();
         for (i, spec) in current.pool_specs.iter().enumerate() {
             let id = (spec.service.namespace.as_str(), spec.service.name.as_str());
@@ -189,9 +191,6 @@ impl Shared {
                     // The same spec's previous pool knows these endpoints' health.
                     pool.adopt_health(&known_health(current.pools.get(i)));
                     *slot = Arc::new(pool);
-                    if let Some(built_from) = pool_slices.get_mut(i) {
-                        *built_from = service_slices(&slices, &spec.service);
-                    }
                     rebuilt.push(i);
                 }
             }
@@ -210,7 +209,7 @@ impl Shared {
             routes: current.routes.clone(),
             pools,
             pool_specs: current.pool_specs.clone(),
-            pool_slices: Arc::new(pool_slices),
+            pool_slices: current.pool_slices.clone(),
             tls: current.tls.clone(),
             certs: current.certs.clone(),
             route_metrics: current.route_metrics.clone(),
@@ -421,11 +420,32 @@ mod tests {
             "{text}"
         );
 
+        // An endpoint-only publish of a, then a recompile: a's pool keeps the new endpoint and
+        // its first endpoint's health record.
+        let a_health = pool_of(&first, "a").endpoints()[0].health.clone();
+        let mut slice = m.slices[&ObjectKey::new("default", "a-1")].as_ref().clone();
+        let extra = crate::model::Endpoint {
+            addresses: vec!["10.0.0.5".parse().unwrap()],
+            ..slice.endpoints[0].clone()
+        };
+        slice.endpoints.push(extra);
+        m.insert(Object::EndpointSlice(Arc::new(slice)));
+        shared.publish_endpoints(&m, &[ObjectKey::new("default", "a")]);
+        assert_eq!(pool_of(&shared.load(), "a").endpoints().len(), 2);
+        shared.publish_model(&m, true);
+        let third = shared.load();
+        let a = pool_of(&third, "a");
+        assert_eq!(a.endpoints().len(), 2);
+        assert!(a
+            .endpoints()
+            .iter()
+            .any(|u| Arc::ptr_eq(&u.health, &a_health)));
+
         // Removing c's Ingress removes its pool's gauge; a and b keep theirs.
         m.remove(crate::model::Kind::Ingress, &ObjectKey::new("default", "c"));
         shared.publish_model(&m, true);
         let text = String::from_utf8(shared.metrics.render()).unwrap();
         assert!(!text.contains("service=\"c\""), "{text}");
-        assert!(text.contains("service=\"a\"} 1"), "{text}");
+        assert!(text.contains("service=\"a\"} 2"), "{text}");
     }
 }

@@ -594,7 +594,7 @@ impl Compiler<'_, '_> {
 }
 
 /// The EndpointSlices of `service`, shared with the model.
-pub fn service_slices(slices: &SliceIndex<'_>, service: &ObjectKey) -> PoolSlices {
+fn service_slices(slices: &SliceIndex<'_>, service: &ObjectKey) -> PoolSlices {
     let key = (service.namespace.as_str(), service.name.as_str());
     slices
         .get(&key)
