@@ -11,9 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::model::Model;
-use crate::routing::compile::{build_pool, SliceIndex, TlsBinding};
-use crate::routing::{compile, CompileOptions, PoolSpec, Rejected, RouteTable};
+use crate::model::{Model, ObjectKey};
+use crate::routing::compile::{
+    build_pool, compile_reusing, PoolSlices, Previous, SliceIndex, TlsBinding,
+};
+use crate::routing::{CompileOptions, FastMap, PoolSpec, Rejected, Route, RouteTable};
 use crate::tls::{CertStore, TlsOptions};
 use crate::upstream::{EndpointHealth, Pool};
 use std::net::SocketAddr;
@@ -26,6 +28,11 @@ pub struct DataPlane {
     pub routes: Arc<RouteTable>,
     pub pools: Vec<Arc<Pool>>,
     pub pool_specs: Arc<Vec<PoolSpec>>,
+    /// The EndpointSlices each pool was built from by the last compile, so that the next one can
+    /// reuse it. An endpoint-only publish leaves them as they were: the pools it rebuilt then no
+    /// longer match them, and the next compile builds those again (copying this list would touch
+    /// every pool's slices on every endpoint change).
+    pub pool_slices: Arc<Vec<PoolSlices>>,
     pub tls: Arc<Vec<TlsBinding>>,
     /// The certificates the HTTPS listener serves, by SNI name.
     pub certs: Arc<CertStore>,
@@ -33,10 +40,16 @@ pub struct DataPlane {
     pub route_metrics: Arc<Vec<Arc<RouteMetrics>>>,
 }
 
-type MetricHandles = crate::routing::FastMap<
-    (Arc<crate::model::ObjectKey>, Arc<crate::model::ObjectKey>),
-    Arc<RouteMetrics>,
->;
+/// Route metric handles by Ingress, then by Service.
+type MetricHandles = FastMap<Arc<ObjectKey>, Vec<RouteHandles>>;
+
+/// The metric handles of the routes from one Ingress to one Service.
+struct RouteHandles {
+    service: Arc<ObjectKey>,
+    metrics: Arc<RouteMetrics>,
+    /// The generation of the last snapshot that used them.
+    used: u64,
+}
 
 /// Shared state between the control plane (sources, compile) and the data plane (proxy, admin).
 pub struct Shared {
@@ -93,9 +106,20 @@ impl Shared {
     /// the previous snapshot served for its hosts. Sources call this from one task at a time.
     pub fn publish_model(&self, model: &Model, complete: bool) -> Vec<Rejected> {
         let started = Instant::now();
-        let mut compiled = compile(model, &self.options);
         let previous = self.load();
-        carry_health(&previous.pools, &mut compiled.pools);
+        let mut compiled = compile_reusing(
+            model,
+            &self.options,
+            Previous {
+                specs: &previous.pool_specs,
+                pools: &previous.pools,
+                slices: &previous.pool_slices,
+                routes: previous.routes.routes().len(),
+                hosts: previous.routes.host_count(),
+            },
+        );
+        carry_health(&previous, &mut compiled.pools);
+        self.metrics.set_pools(&previous.pools, &compiled.pools);
         let (certs, rejected_secrets) = CertStore::build(
             &compiled.tls,
             &model.secrets,
@@ -106,14 +130,14 @@ impl Shared {
         drop(previous);
         compiled.rejected.extend(rejected_secrets);
         self.metrics.set_tls_expiry(&certs.expiries());
-        let route_metrics = self.route_metrics(compiled.table.routes());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        self.metrics.set_pools(&compiled.pools);
+        let route_metrics = self.route_metrics(compiled.table.routes(), generation);
         let plane = DataPlane {
             generation,
             routes: Arc::new(compiled.table),
             pools: compiled.pools,
             pool_specs: Arc::new(compiled.pool_specs),
+            pool_slices: Arc::new(compiled.pool_slices),
             tls: Arc::new(compiled.tls),
             certs: Arc::new(certs),
             route_metrics: Arc::new(route_metrics),
@@ -136,7 +160,7 @@ impl Shared {
     ///
     /// The cost follows the change, not the cluster: only the affected namespaces' slices are
     /// read and only the rebuilt pools' gauges are set.
-    pub fn publish_endpoints(&self, model: &Model, services: &[crate::model::ObjectKey]) {
+    pub fn publish_endpoints(&self, model: &Model, services: &[ObjectKey]) {
         let current = self.load();
         let wanted: HashSet<(&str, &str)> = services
             .iter()
@@ -147,7 +171,7 @@ impl Shared {
         for ns in namespaces {
             let in_ns = model
                 .slices
-                .range(crate::model::ObjectKey::new(ns, "")..)
+                .range(ObjectKey::new(ns, "")..)
                 .take_while(|(k, _)| k.namespace == ns);
             for (_, slice) in in_ns {
                 if let Some(svc) = slice.service_name.as_deref() {
@@ -165,7 +189,7 @@ impl Shared {
                 if let Some(slot) = pools.get_mut(i) {
                     let mut pool = build_pool(spec, &slices);
                     // The same spec's previous pool knows these endpoints' health.
-                    pool.adopt_health(&known_health(current.pools.get(i..=i).unwrap_or_default()));
+                    pool.adopt_health(&known_health(current.pools.get(i)));
                     *slot = Arc::new(pool);
                     rebuilt.push(i);
                 }
@@ -185,6 +209,7 @@ impl Shared {
             routes: current.routes.clone(),
             pools,
             pool_specs: current.pool_specs.clone(),
+            pool_slices: current.pool_slices.clone(),
             tls: current.tls.clone(),
             certs: current.certs.clone(),
             route_metrics: current.route_metrics.clone(),
@@ -195,27 +220,48 @@ impl Shared {
     /// The metric handles of each route. Routes with the same labels (namespace, Ingress,
     /// Service) share one set, and a set lives on across snapshots for as long as a route uses it,
     /// so a recompile neither rebuilds nor re-resolves them.
-    fn route_metrics(&self, routes: &[crate::routing::Route]) -> Vec<Arc<RouteMetrics>> {
+    fn route_metrics(&self, routes: &[Route], generation: u64) -> Vec<Arc<RouteMetrics>> {
         let mut cache = match self.metric_handles.lock() {
             Ok(c) => c,
             // A panic while holding it cannot leave the map inconsistent; keep using it.
             Err(poisoned) => poisoned.into_inner(),
         };
-        let mut used = crate::routing::FastMap::default();
-        let handles = routes
-            .iter()
-            .map(|r| {
-                let key = (r.ingress.clone(), r.service.clone());
-                let handle = cache
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(self.metrics.route(r)));
-                used.insert(key, handle.clone());
-                handle
-            })
-            .collect();
-        *cache = used;
+        let mut handles = Vec::with_capacity(routes.len());
+        // An Ingress's routes are consecutive: one map lookup per Ingress, not per route.
+        for same_ingress in routes.chunk_by(|a, b| Arc::ptr_eq(&a.ingress, &b.ingress)) {
+            let Some(ingress) = same_ingress.first().map(|r| r.ingress.clone()) else {
+                continue;
+            };
+            let sets = cache.entry(ingress).or_default();
+            for r in same_ingress {
+                handles.push(self.route_handles(sets, r, generation));
+            }
+        }
+        cache.retain(|_, sets| {
+            sets.retain(|s| s.used == generation);
+            !sets.is_empty()
+        });
         handles
+    }
+
+    /// The handles of `route` among its Ingress's `sets`, made if new, marked used by `generation`.
+    fn route_handles(
+        &self,
+        sets: &mut Vec<RouteHandles>,
+        route: &Route,
+        generation: u64,
+    ) -> Arc<RouteMetrics> {
+        if let Some(set) = sets.iter_mut().find(|s| s.service == route.service) {
+            set.used = generation;
+            return set.metrics.clone();
+        }
+        let metrics = Arc::new(self.metrics.route(route));
+        sets.push(RouteHandles {
+            service: route.service.clone(),
+            metrics: metrics.clone(),
+            used: generation,
+        });
+        metrics
     }
 
     /// True once the first complete snapshot is published, until shutdown starts.
@@ -242,24 +288,38 @@ impl Shared {
     }
 }
 
-fn known_health(pools: &[Arc<Pool>]) -> crate::routing::FastMap<SocketAddr, Arc<EndpointHealth>> {
+fn known_health<'p>(
+    pools: impl IntoIterator<Item = &'p Arc<Pool>>,
+) -> FastMap<SocketAddr, Arc<EndpointHealth>> {
     pools
-        .iter()
+        .into_iter()
         .flat_map(|p| p.endpoints())
         .map(|u| (u.addr, u.health.clone()))
         .collect()
 }
 
-/// Gives freshly compiled pools the health records of the endpoints the current snapshot has.
-fn carry_health(current: &[Arc<Pool>], fresh: &mut [Arc<Pool>]) {
-    let known = known_health(current);
-    if known.is_empty() {
+/// Gives the pools the compile built afresh the health records of the same endpoints in the
+/// current snapshot's pools of the same Service, so that an ejection survives a recompile.
+///
+/// Pools the compile reused already hold their records. Only the same Service's pools are
+/// searched: an endpoint's record then costs what the changed pools hold, not all endpoints.
+fn carry_health(current: &DataPlane, compiled: &mut [Arc<Pool>]) {
+    // Reused pools are shared with the current snapshot; only fresh ones are unique here.
+    let mut fresh: Vec<&mut Pool> = compiled.iter_mut().filter_map(Arc::get_mut).collect();
+    if fresh.is_empty() || current.pools.is_empty() {
         return;
     }
+    let mut by_service: FastMap<&ObjectKey, Vec<&Arc<Pool>>> = FastMap::default();
+    for pool in current.pools.iter() {
+        by_service.entry(&pool.service).or_default().push(pool);
+    }
     for pool in fresh.iter_mut() {
-        // Fresh pools are not shared yet.
-        if let Some(p) = Arc::get_mut(pool) {
-            p.adopt_health(&known);
+        let known: &[&Arc<Pool>] = by_service
+            .get(&pool.service)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if !known.is_empty() {
+            pool.adopt_health(&known_health(known.iter().copied()));
         }
     }
 }
@@ -269,4 +329,123 @@ fn now_unix() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Object, ObjectKey};
+    use crate::translate::{parse_documents, Document};
+
+    fn objects(yaml: &str) -> Vec<Object> {
+        parse_documents(yaml)
+            .into_iter()
+            .filter_map(|d| match d {
+                Document::Object(o) => Some(o),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An Ingress for `host` to Service `name`, the Service, and its slice with endpoint `ip`.
+    fn backend(name: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\n\
+             metadata: {{ name: {name}, namespace: default }}\n\
+             spec:\n  ingressClassName: portico\n  rules:\n  - host: {name}.example.com\n    http:\n      paths:\n      \
+             - {{ path: /, pathType: Prefix, backend: {{ service: {{ name: {name}, port: {{ number: 80 }} }} }} }}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{ name: {name}, namespace: default }}\n\
+             spec: {{ ports: [{{ port: 80 }}] }}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  \
+             namespace: default\n  labels: {{ kubernetes.io/service-name: {name} }}\naddressType: IPv4\n\
+             ports: [{{ port: 8080 }}]\nendpoints:\n- addresses: [\"{ip}\"]\n"
+        )
+    }
+
+    fn model(yaml: &str) -> Model {
+        let mut m = Model::default();
+        let class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\n\
+                     metadata: { name: portico }\nspec: { controller: portico.dev/ingress-controller }\n";
+        for o in objects(class).into_iter().chain(objects(yaml)) {
+            m.insert(o);
+        }
+        m
+    }
+
+    fn pool_of<'p>(plane: &'p DataPlane, service: &str) -> &'p Arc<Pool> {
+        let key = ObjectKey::new("default", service);
+        plane.pools.iter().find(|p| p.service == key).unwrap()
+    }
+
+    #[test]
+    fn a_recompile_shares_unchanged_pools_and_keeps_the_health_of_rebuilt_ones() {
+        let shared = Shared::new(CompileOptions::default(), Metrics::new().unwrap());
+        let mut m = model(&(backend("a", "10.0.0.1") + "---\n" + &backend("b", "10.0.0.2")));
+        assert!(shared.publish_model(&m, true).is_empty());
+        let first = shared.load();
+        let b_health = pool_of(&first, "b").endpoints()[0].health.clone();
+        b_health.eject_until(u64::MAX);
+
+        // b's slice is a new object with the same endpoint plus one; a is untouched.
+        let mut slice = m.slices[&ObjectKey::new("default", "b-1")].as_ref().clone();
+        let extra = crate::model::Endpoint {
+            addresses: vec!["10.0.0.3".parse().unwrap()],
+            ..slice.endpoints[0].clone()
+        };
+        slice.endpoints.push(extra);
+        m.insert(Object::EndpointSlice(Arc::new(slice)));
+        for o in objects(&backend("c", "10.0.0.4")) {
+            m.insert(o);
+        }
+        assert!(shared.publish_model(&m, true).is_empty());
+        let second = shared.load();
+
+        assert!(Arc::ptr_eq(pool_of(&first, "a"), pool_of(&second, "a")));
+        let b = pool_of(&second, "b");
+        assert!(!Arc::ptr_eq(pool_of(&first, "b"), b));
+        assert_eq!(b.endpoints().len(), 2);
+        let same = b
+            .endpoints()
+            .iter()
+            .find(|u| u.addr == pool_of(&first, "b").endpoints()[0].addr);
+        assert!(
+            same.is_some_and(|u| Arc::ptr_eq(&u.health, &b_health)),
+            "the ejection was lost"
+        );
+        let text = String::from_utf8(shared.metrics.render()).unwrap();
+        assert!(
+            text.contains(
+                "portico_pool_endpoints{namespace=\"default\",port=\"80\",service=\"b\"} 2"
+            ),
+            "{text}"
+        );
+
+        // An endpoint-only publish of a, then a recompile: a's pool keeps the new endpoint and
+        // its first endpoint's health record.
+        let a_health = pool_of(&first, "a").endpoints()[0].health.clone();
+        let mut slice = m.slices[&ObjectKey::new("default", "a-1")].as_ref().clone();
+        let extra = crate::model::Endpoint {
+            addresses: vec!["10.0.0.5".parse().unwrap()],
+            ..slice.endpoints[0].clone()
+        };
+        slice.endpoints.push(extra);
+        m.insert(Object::EndpointSlice(Arc::new(slice)));
+        shared.publish_endpoints(&m, &[ObjectKey::new("default", "a")]);
+        assert_eq!(pool_of(&shared.load(), "a").endpoints().len(), 2);
+        shared.publish_model(&m, true);
+        let third = shared.load();
+        let a = pool_of(&third, "a");
+        assert_eq!(a.endpoints().len(), 2);
+        assert!(a
+            .endpoints()
+            .iter()
+            .any(|u| Arc::ptr_eq(&u.health, &a_health)));
+
+        // Removing c's Ingress removes its pool's gauge; a and b keep theirs.
+        m.remove(crate::model::Kind::Ingress, &ObjectKey::new("default", "c"));
+        shared.publish_model(&m, true);
+        let text = String::from_utf8(shared.metrics.render()).unwrap();
+        assert!(!text.contains("service=\"c\""), "{text}");
+        assert!(text.contains("service=\"a\"} 2"), "{text}");
+    }
 }

@@ -11,7 +11,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::routing::{Rejected, Route};
+use crate::routing::{FastSet, Rejected, Route};
 use crate::upstream::Pool;
 
 /// Metric names, in one place.
@@ -303,42 +303,50 @@ impl Metrics {
         }
     }
 
-    /// Sets the usable-endpoint gauge of every pool.
+    /// Brings the usable-endpoint gauges from the `previous` snapshot's pools to `current`'s.
     ///
-    /// Gauges of pools that stay are kept (not re-created: a `reset` and fresh children cost
-    /// more than the whole compile at 10,000 backends); gauges of pools that left are removed.
-    pub fn set_pools(&self, pools: &[Arc<Pool>]) {
+    /// Only what changed is touched, so the cost follows the change: a pool shared with the
+    /// previous snapshot (the same `Arc`) keeps its gauge and value; a new pool sets its gauge
+    /// (kept across snapshots, not re-created: a `reset` and fresh children cost more than the
+    /// whole compile at 10,000 backends); the gauge of a (Service, port) no pool serves any more
+    /// is removed.
+    pub fn set_pools(&self, previous: &[Arc<Pool>], current: &[Arc<Pool>]) {
+        let identities = |pools: &[Arc<Pool>]| -> FastSet<*const Pool> {
+            pools.iter().map(Arc::as_ptr).collect()
+        };
+        let (before, after) = (identities(previous), identities(current));
         let mut known = match self.pool_gauges.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let mut now = crate::routing::FastMap::default();
-        for p in pools {
-            let key = (p.service.clone(), p.port.clone());
-            let gauge = match known.remove(&key) {
-                Some(g) => g,
-                None => {
+        let mut served = FastSet::default();
+        for p in current.iter().filter(|p| !before.contains(&Arc::as_ptr(p))) {
+            known
+                .entry((p.service.clone(), p.port.clone()))
+                .or_insert_with(|| {
                     let port = p.port.to_string();
                     self.pool_endpoints.with_label_values(&[
                         &p.service.namespace,
                         &p.service.name,
                         &port,
                     ])
-                }
-            };
-            gauge.set(p.endpoints().len() as i64);
-            now.insert(key, gauge);
+                })
+                .set(p.endpoints().len() as i64);
+            served.insert((&p.service, &p.port));
         }
-        for ((service, port), _) in known.drain() {
-            let port = port.to_string();
+        for p in previous.iter().filter(|p| !after.contains(&Arc::as_ptr(p))) {
+            if served.contains(&(&p.service, &p.port)) {
+                continue;
+            }
+            known.remove(&(p.service.clone(), p.port.clone()));
             // Absent only if already removed; nothing to do then.
+            let port = p.port.to_string();
             let _ = self.pool_endpoints.remove_label_values(&[
-                &service.namespace,
-                &service.name,
+                &p.service.namespace,
+                &p.service.name,
                 &port,
             ]);
         }
-        *known = now;
     }
 
     /// Sets the usable-endpoint gauge of one pool, after an endpoint-only change.

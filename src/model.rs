@@ -105,6 +105,21 @@ impl Object {
     }
 }
 
+impl Object {
+    /// Whether this is the object `kind` `key`; [`Object::key`] without building the key.
+    pub fn is(&self, kind: Kind, key: &ObjectKey) -> bool {
+        match self {
+            Object::Ingress(o) => kind == Kind::Ingress && o.key == *key,
+            Object::IngressClass(o) => {
+                kind == Kind::IngressClass && key.namespace.is_empty() && o.name == key.name
+            }
+            Object::Service(o) => kind == Kind::Service && o.key == *key,
+            Object::EndpointSlice(o) => kind == Kind::EndpointSlice && o.key == *key,
+            Object::Secret(o) => kind == Kind::Secret && o.key == *key,
+        }
+    }
+}
+
 impl Model {
     /// Inserts or replaces one object.
     pub fn insert(&mut self, object: Object) {

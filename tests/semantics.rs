@@ -168,6 +168,51 @@ fn translation_keeps_what_it_can() {
     );
 }
 
+/// A host with many paths (more than the compile step scans before it indexes them) keeps the
+/// same conflict rules: the older Ingress holds a repeated path, a repeat within one Ingress is a
+/// duplicate, and new paths of the younger Ingress still serve.
+#[test]
+fn many_paths_on_one_host() {
+    let ingress = |name: &str, age: u32, paths: &[String]| {
+        let paths: String = paths
+            .iter()
+            .map(|p| {
+                format!(
+                    "        - {{ path: {p}, pathType: Prefix, backend: {{ service: {{ name: {name}, port: {{ number: 80 }} }} }} }}\n"
+                )
+            })
+            .collect();
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{ name: {name}, namespace: ns, creationTimestamp: \"2026-01-01T00:00:{age:02}Z\" }}\n\
+             spec:\n  ingressClassName: portico\n  rules:\n    - host: many.com\n      http:\n        paths:\n{paths}"
+        )
+    };
+    let mut old: Vec<String> = (0..40).map(|i| format!("/p{i}")).collect();
+    old.push("/p30".into());
+    let young = vec!["/p35".to_string(), "/young".to_string()];
+    let yaml = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: { name: portico }\nspec: { controller: portico.dev/ingress-controller }\n",
+    ) + &ingress("young", 2, &young)
+        + &ingress("old", 1, &old);
+    let c = compile(&model_from(&yaml), &CompileOptions::default());
+    assert_eq!(route(&c, "many.com", "/p0").as_deref(), Some("old"));
+    assert_eq!(route(&c, "many.com", "/p35/x").as_deref(), Some("old"));
+    assert_eq!(route(&c, "many.com", "/young").as_deref(), Some("young"));
+    let reasons: Vec<(String, &str)> = c
+        .rejected
+        .iter()
+        .filter(|r| r.reason != "ServiceNotFound")
+        .map(|r| (r.key.to_string(), r.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("ns/old".to_string(), "Duplicate"),
+            ("ns/young".to_string(), "Conflict")
+        ]
+    );
+}
+
 // --- Property test: lookup agrees with a slow, literal reading of the semantics. ---
 
 #[derive(Clone, Debug)]

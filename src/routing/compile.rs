@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::host::{parse_host, HostMatch};
 use super::path::PathMatch;
 use super::{FastMap, FastSet, HostRules, Route, RouteTable};
-use crate::model::{BackendRef, EndpointSlice, Ingress, Kind, Model, ObjectKey, PortRef};
+use crate::model::{BackendRef, EndpointSlice, HttpPath, Ingress, Kind, Model, ObjectKey, PortRef};
 use crate::upstream::{Pool, Upstream};
 
 /// What the compile step needs to know about this controller.
@@ -68,16 +68,38 @@ pub struct Compiled {
     pub table: RouteTable,
     pub pools: Vec<Arc<Pool>>,
     pub pool_specs: Vec<PoolSpec>,
+    /// What each pool was built from (parallel to `pools`).
+    pub pool_slices: Vec<PoolSlices>,
     pub tls: Vec<TlsBinding>,
     pub rejected: Vec<Rejected>,
 }
 
+/// The EndpointSlices one pool was built from: its Service's slices, in key order. Shared, so
+/// that copying a snapshot's list of them costs a reference count per pool.
+pub type PoolSlices = Arc<[Arc<EndpointSlice>]>;
+
+/// What [`compile_reusing`] takes from the snapshot being replaced.
+///
+/// It shares a previous pool instead of building it again when its Service port resolves the same
+/// way and its Service's EndpointSlices are the very same objects; and it sizes its tables from
+/// the previous ones, so that they are allocated once instead of grown.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Previous<'p> {
+    pub specs: &'p [PoolSpec],
+    pub pools: &'p [Arc<Pool>],
+    pub slices: &'p [PoolSlices],
+    /// The number of routes and of hosts of the previous table.
+    pub routes: usize,
+    pub hosts: usize,
+}
+
 /// EndpointSlices grouped by `(namespace, service name)`.
-pub type SliceIndex<'a> = FastMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+pub type SliceIndex<'a> = FastMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>>>;
 
 /// Groups the model's EndpointSlices by the Service they belong to.
 pub fn index_slices(model: &Model) -> SliceIndex<'_> {
-    let mut index: SliceIndex<'_> = FastMap::default();
+    let mut index: SliceIndex<'_> =
+        FastMap::with_capacity_and_hasher(model.slices.len(), Default::default());
     for slice in model.slices.values() {
         if let Some(svc) = slice.service_name.as_deref() {
             index
@@ -116,22 +138,39 @@ pub fn owned_ingresses<'m>(model: &'m Model, opts: &CompileOptions) -> Vec<&'m I
             (None, None) => default_class,
         })
         .collect();
-    ours.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
+    // The map iterates by key, so a stable sort by age alone orders by (age, key).
+    ours.sort_by_key(|ing| ing.created);
     ours
 }
 
 /// Compiles the model. Pure: same model and options, same output.
 pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
+    compile_reusing(model, opts, Previous::default())
+}
+
+/// Compiles the model, sharing the pools of `previous` that would be built the same. Pure: the
+/// output equals [`compile`]'s, except that unchanged pools are the previous `Arc`s (and so keep
+/// their round-robin position and endpoint health records).
+pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<'_>) -> Compiled {
     let mut c = Compiler {
         model,
         slices: index_slices(model),
+        previous,
+        previous_ids: previous
+            .specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| ((&spec.service, &spec.port), i))
+            .collect(),
         out: Compiled::default(),
-        pool_ids: FastMap::default(),
-        claims: FastMap::default(),
-        precise: FastMap::default(),
-        wildcard: FastMap::default(),
-        any_host: HostRules::default(),
+        pool_ids: FastMap::with_capacity_and_hasher(previous.pools.len(), Default::default()),
+        host_ids: FastMap::with_capacity_and_hasher(previous.hosts, Default::default()),
+        hosts: Vec::with_capacity(previous.hosts),
     };
+    c.out.table.routes.reserve(previous.routes);
+    c.out.pools.reserve(previous.pools.len());
+    c.out.pool_specs.reserve(previous.pools.len());
+    c.out.pool_slices.reserve(previous.pools.len());
 
     let ours = owned_ingresses(model, opts);
     let mut default_owner: Option<&ObjectKey> = None;
@@ -184,101 +223,172 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
             };
             let redirect = ing.annotations.ssl_redirect != Some(false)
                 && host.as_ref().is_some_and(|h| tls_hosts.contains(h));
+            let host = c.host_id(host);
             for (j, p) in rule.paths.iter().enumerate() {
-                let matcher = match PathMatch::parse(&p.path, p.path_type) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        c.reject(
-                            Kind::Ingress,
-                            &ing.key,
-                            "InvalidPath",
-                            format!("rules[{i}].http.paths[{j}]: {e}"),
-                        );
-                        continue;
-                    }
-                };
-                let claim = (host.clone(), matcher.clone());
-                if let Some(&owner) = c.claims.get(&claim) {
-                    let (reason, message) = if owner == position {
-                        (
-                            "Duplicate",
-                            "repeats an earlier path of the same Ingress".to_string(),
-                        )
-                    } else {
-                        let older = ours
-                            .get(owner)
-                            .map(|o| o.key.to_string())
-                            .unwrap_or_default();
-                        ("Conflict", format!("lost to older Ingress {older}"))
-                    };
-                    let host_s = host.as_ref().map(|h| h.to_string()).unwrap_or("*".into());
-                    c.reject(
-                        Kind::Ingress,
-                        &ing.key,
-                        reason,
-                        format!(
-                            "rules[{i}].http.paths[{j}] ({host_s} {:?} {}): {message}",
-                            p.path_type,
-                            matcher.path()
-                        ),
-                    );
-                    continue;
-                }
-                let Some(route) = c.route_for(ing, &ing_key, &p.backend, redirect) else {
-                    continue;
-                };
-                c.claims.insert(claim, position);
-                let rules = match &host {
-                    Some(HostMatch::Precise(h)) => c.precise.entry(h.clone()).or_default(),
-                    Some(HostMatch::Wildcard(s)) => c.wildcard.entry(s.clone()).or_default(),
-                    None => &mut c.any_host,
-                };
-                rules.push(matcher, route);
+                c.path(&ours, position, &ing_key, (i, j, p), host, redirect);
             }
         }
     }
 
     c.out.tls = tls_owner.into_values().collect();
 
-    let Compiler {
-        mut out,
-        precise,
-        wildcard,
-        mut any_host,
-        ..
-    } = c;
-    out.table.precise = precise
-        .into_iter()
-        .map(|(h, mut r)| {
-            r.sort();
-            (h, r)
-        })
-        .collect();
-    out.table.wildcard = wildcard
-        .into_iter()
-        .map(|(h, mut r)| {
-            r.sort();
-            (h, r)
-        })
-        .collect();
-    any_host.sort();
-    out.table.any_host = any_host;
+    let Compiler { mut out, hosts, .. } = c;
+    out.table.precise.reserve(hosts.len());
+    for HostBuild {
+        host, mut rules, ..
+    } in hosts
+    {
+        rules.sort();
+        match host {
+            Some(HostMatch::Precise(h)) => {
+                out.table.precise.insert(h, rules);
+            }
+            Some(HostMatch::Wildcard(s)) => {
+                out.table.wildcard.insert(s, rules);
+            }
+            None => out.table.any_host = rules,
+        }
+    }
     out
 }
 
-struct Compiler<'m> {
+struct Compiler<'m, 'p> {
     model: &'m Model,
     slices: SliceIndex<'m>,
+    previous: Previous<'p>,
+    /// The index of each previous pool by its Service and port.
+    previous_ids: FastMap<(&'p ObjectKey, &'p PortRef), usize>,
     out: Compiled,
-    pool_ids: FastMap<(ObjectKey, PortRef), (usize, Arc<ObjectKey>)>,
-    /// Who holds each (host, path): the index of the Ingress in age order.
-    claims: FastMap<(Option<HostMatch>, PathMatch), usize>,
-    precise: FastMap<String, HostRules>,
-    wildcard: FastMap<String, HostRules>,
-    any_host: HostRules,
+    /// The pool of each (namespace, Service name, port), with the Service's shared key.
+    pool_ids: FastMap<(&'m str, &'m str, &'m PortRef), (usize, Arc<ObjectKey>)>,
+    /// The index of each host (`None`: the host-less rules) in `hosts`.
+    host_ids: FastMap<Option<HostMatch>, usize>,
+    hosts: Vec<HostBuild>,
 }
 
-impl<'m> Compiler<'m> {
+/// Above this many rules, a host's paths are found by hash instead of by a scan of its rules.
+const SCAN_LIMIT: usize = 16;
+
+/// The rules of one host while compiling, with who holds each path.
+struct HostBuild {
+    host: Option<HostMatch>,
+    rules: HostRules,
+    /// The Ingress (its index in age order) that holds each rule, in the order of `rules`.
+    owners: Vec<usize>,
+    /// The owner of each path, once the host has more than [`SCAN_LIMIT`] rules; most hosts have
+    /// a few, which a scan finds faster than a hash and without a copy of every path.
+    index: Option<FastMap<PathMatch, usize>>,
+}
+
+impl HostBuild {
+    fn new(host: Option<HostMatch>) -> Self {
+        Self {
+            host,
+            rules: HostRules::default(),
+            owners: Vec::new(),
+            index: None,
+        }
+    }
+
+    /// The Ingress that holds `path` on this host, if any.
+    fn owner(&self, path: &PathMatch) -> Option<usize> {
+        if let Some(index) = &self.index {
+            return index.get(path).copied();
+        }
+        let at = self.rules.rules.iter().position(|(m, _)| m == path)?;
+        self.owners.get(at).copied()
+    }
+
+    /// Gives `path` to the Ingress `owner`, routed to `route`.
+    fn claim(&mut self, path: PathMatch, route: usize, owner: usize) {
+        if let Some(index) = &mut self.index {
+            index.insert(path.clone(), owner);
+        }
+        self.rules.push(path, route);
+        self.owners.push(owner);
+        if self.index.is_none() && self.owners.len() > SCAN_LIMIT {
+            let held = self.rules.rules.iter().map(|(m, _)| m.clone());
+            self.index = Some(held.zip(self.owners.iter().copied()).collect());
+        }
+    }
+}
+
+impl<'m> Compiler<'m, '_> {
+    /// The index of `host` in `hosts`, added if new.
+    fn host_id(&mut self, host: Option<HostMatch>) -> usize {
+        if let Some(&id) = self.host_ids.get(&host) {
+            return id;
+        }
+        let id = self.hosts.len();
+        self.host_ids.insert(host.clone(), id);
+        self.hosts.push(HostBuild::new(host));
+        id
+    }
+
+    /// Compiles path `j` of rule `i` of the Ingress at `position` in `ours` into the rules of
+    /// `host`, unless an older Ingress (or an earlier path of the same one) holds it.
+    fn path(
+        &mut self,
+        ours: &[&'m Ingress],
+        position: usize,
+        ing_key: &Arc<ObjectKey>,
+        (i, j, p): (usize, usize, &'m HttpPath),
+        host: usize,
+        redirect: bool,
+    ) {
+        let Some(ing) = ours.get(position).copied() else {
+            return;
+        };
+        let matcher = match PathMatch::parse(&p.path, p.path_type) {
+            Ok(m) => m,
+            Err(e) => {
+                self.reject(
+                    Kind::Ingress,
+                    &ing.key,
+                    "InvalidPath",
+                    format!("rules[{i}].http.paths[{j}]: {e}"),
+                );
+                return;
+            }
+        };
+        let holder = self.hosts.get(host).and_then(|h| h.owner(&matcher));
+        if let Some(owner) = holder {
+            let (reason, message) = if owner == position {
+                (
+                    "Duplicate",
+                    "repeats an earlier path of the same Ingress".to_string(),
+                )
+            } else {
+                let older = ours
+                    .get(owner)
+                    .map(|o| o.key.to_string())
+                    .unwrap_or_default();
+                ("Conflict", format!("lost to older Ingress {older}"))
+            };
+            let host_s = match self.hosts.get(host).and_then(|h| h.host.as_ref()) {
+                Some(h) => h.to_string(),
+                None => "*".into(),
+            };
+            self.reject(
+                Kind::Ingress,
+                &ing.key,
+                reason,
+                format!(
+                    "rules[{i}].http.paths[{j}] ({host_s} {:?} {}): {message}",
+                    p.path_type,
+                    matcher.path()
+                ),
+            );
+            return;
+        }
+        let Some(route) = self.route_for(ing, ing_key, &p.backend, redirect) else {
+            return;
+        };
+        if let Some(h) = self.hosts.get_mut(host) {
+            h.claim(matcher, route, position);
+        }
+    }
+
     fn reject(&mut self, kind: Kind, key: &ObjectKey, reason: &'static str, message: String) {
         self.out.rejected.push(Rejected {
             kind,
@@ -356,9 +466,9 @@ impl<'m> Compiler<'m> {
     /// Creates a route to `backend`, or rejects the backend and returns `None`.
     fn route_for(
         &mut self,
-        ing: &Ingress,
+        ing: &'m Ingress,
         ing_key: &Arc<ObjectKey>,
-        backend: &BackendRef,
+        backend: &'m BackendRef,
         redirect: bool,
     ) -> Option<usize> {
         let (name, port) = match backend {
@@ -373,10 +483,7 @@ impl<'m> Compiler<'m> {
             }
             BackendRef::Service { name, port } => (name, port),
         };
-        let lookup = (
-            ObjectKey::new(ing.key.namespace.clone(), name.clone()),
-            port.clone(),
-        );
+        let lookup = (ing.key.namespace.as_str(), name.as_str(), port);
         let known = self
             .pool_ids
             .get(&lookup)
@@ -392,7 +499,7 @@ impl<'m> Compiler<'m> {
                 (id, key)
             }
             None => {
-                let service = &lookup.0;
+                let service = &ObjectKey::new(ing.key.namespace.clone(), name.clone());
                 let spec = match self.model.services.get(service) {
                     None => {
                         self.reject(
@@ -440,11 +547,12 @@ impl<'m> Compiler<'m> {
                         }
                     }
                 };
-                let pool = build_pool(&spec, &self.slices);
+                let (pool, slices) = self.pool_for(&spec);
                 let id = self.out.pools.len();
-                self.out.pools.push(Arc::new(pool));
+                self.out.pools.push(pool);
                 self.out.pool_specs.push(spec);
-                let key = Arc::new(lookup.0.clone());
+                self.out.pool_slices.push(slices);
+                let key = Arc::new(service.clone());
                 self.pool_ids.insert(lookup, (id, key.clone()));
                 (id, key)
             }
@@ -466,6 +574,37 @@ impl<'m> Compiler<'m> {
         });
         Some(id)
     }
+}
+
+impl Compiler<'_, '_> {
+    /// The pool of `spec`: the previous snapshot's when it would be built the same, else a new one.
+    fn pool_for(&self, spec: &PoolSpec) -> (Arc<Pool>, PoolSlices) {
+        let slices = service_slices(&self.slices, &spec.service);
+        let reusable = self
+            .previous_ids
+            .get(&(&spec.service, &spec.port))
+            .and_then(|&i| {
+                let same = self.previous.specs.get(i)?.port_name == spec.port_name
+                    && same_objects(self.previous.slices.get(i)?, &slices);
+                same.then(|| self.previous.pools.get(i).cloned()).flatten()
+            });
+        let pool = reusable.unwrap_or_else(|| Arc::new(build_pool(spec, &self.slices)));
+        (pool, slices)
+    }
+}
+
+/// The EndpointSlices of `service`, shared with the model.
+fn service_slices(slices: &SliceIndex<'_>, service: &ObjectKey) -> PoolSlices {
+    let key = (service.namespace.as_str(), service.name.as_str());
+    slices
+        .get(&key)
+        .map(|v| v.iter().map(|s| Arc::clone(s)).collect())
+        .unwrap_or_else(|| Arc::from([]))
+}
+
+/// Whether both lists hold the very same objects (not merely equal ones), in the same order.
+fn same_objects(a: &[Arc<EndpointSlice>], b: &[Arc<EndpointSlice>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
 /// Builds one pool from the Service's EndpointSlices.

@@ -58,7 +58,7 @@ pub fn parse_host(host: &str) -> Result<HostMatch, String> {
     Ok(if wildcard {
         HostMatch::Wildcard(name.to_string())
     } else {
-        HostMatch::Precise(name.to_string())
+        HostMatch::Precise(lower)
     })
 }
 

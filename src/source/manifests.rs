@@ -1,8 +1,9 @@
 //! The files source (`--manifests DIR`): Kubernetes YAML/JSON on disk, watched live.
 //!
 //! Every `*.yaml`, `*.yml` and `*.json` file in the directory (not in subdirectories, not hidden)
-//! is read as multi-document YAML. A change of any file (created, written, deleted, renamed in)
-//! rescans the directory after a short debounce and publishes a new snapshot.
+//! is read as multi-document YAML. After a short debounce, a change (a file created, written,
+//! deleted or renamed in) re-reads the files it names, or the whole directory when the watcher
+//! cannot say which; the model is updated object by object and a new snapshot is published.
 //!
 //! Nothing is lost to a bad edit: a file that does not parse, or an object that is invalid, is
 //! logged with the file, the object and the reason, and the last good version of what it held
@@ -21,7 +22,8 @@ use pingora_core::services::ServiceReadyNotifier;
 use tokio::sync::mpsc;
 
 use crate::dataplane::Shared;
-use crate::model::{Model, Object};
+use crate::model::{Kind, Model, Object, ObjectKey};
+use crate::routing::FastMap;
 use crate::translate::{parse_documents, Document};
 
 /// How long to wait for more file events before rescanning; editors and `kubectl`-style atomic
@@ -60,10 +62,20 @@ fn content_hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// The objects read from one directory, file by file, with the last good version of each file.
+/// Which object: its kind and key.
+type ObjectId = (Kind, ObjectKey);
+
+/// The objects read from one directory, file by file, with the last good version of each file,
+/// and the model they make.
+///
+/// The model is kept and changed object by object as files change, so that one edit in a large
+/// directory costs what the edited files hold, not what the directory holds.
 #[derive(Default)]
 pub struct ManifestDir {
     files: BTreeMap<PathBuf, FileState>,
+    /// The files that hold each object, in path order; the first one's version is in `model`.
+    holders: FastMap<ObjectId, Vec<PathBuf>>,
+    model: Model,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -78,47 +90,110 @@ fn is_manifest(path: &Path) -> bool {
 impl ManifestDir {
     /// Rescans `dir` and returns the model of every object it now holds. Errors are logged and
     /// counted; they never fail the scan.
-    pub fn scan(&mut self, dir: &Path, shared: &Shared) -> Model {
-        let mut seen = BTreeMap::new();
-        match std::fs::read_dir(dir) {
-            Ok(entries) => {
-                let mut paths: Vec<PathBuf> = entries
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| is_manifest(p) && p.is_file())
-                    .collect();
-                paths.sort();
-                for path in paths {
-                    let state = self.read_file(&path, shared);
-                    seen.insert(path, state);
-                }
-            }
+    pub fn scan(&mut self, dir: &Path, shared: &Shared) -> &Model {
+        let paths: BTreeSet<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| is_manifest(p) && p.is_file())
+                .collect(),
             Err(e) => {
                 // The directory itself is gone or unreadable: keep serving what we had.
                 tracing::error!(dir = %dir.display(), error = %e, "cannot read manifest directory; keeping the last good objects");
                 shared.metrics.source_error(SOURCE, "read_dir");
-                return self.model(shared);
+                return &self.model;
             }
+        };
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !paths.contains(*p))
+            .cloned()
+            .collect();
+        for path in gone {
+            self.replace_file(&path, None);
         }
-        self.files = seen;
-        self.model(shared)
+        for path in paths {
+            let state = self.read_file(&path, shared);
+            self.replace_file(&path, Some(state));
+        }
+        &self.model
     }
 
     /// Re-reads only `changed` (files created, written, removed or renamed in) and returns the
     /// model. Much cheaper than [`ManifestDir::scan`] for one edit in a large directory.
-    pub fn update(&mut self, dir: &Path, changed: &BTreeSet<PathBuf>, shared: &Shared) -> Model {
+    pub fn update(&mut self, dir: &Path, changed: &BTreeSet<PathBuf>, shared: &Shared) -> &Model {
         for path in changed {
             if path.parent() != Some(dir) || !is_manifest(path) {
                 continue;
             }
-            if path.is_file() {
-                let state = self.read_file(path, shared);
-                self.files.insert(path.clone(), state);
-            } else {
-                self.files.remove(path);
-            }
+            let state = path.is_file().then(|| self.read_file(path, shared));
+            self.replace_file(path, state);
         }
-        self.model(shared)
+        &self.model
+    }
+
+    /// Replaces what `path` holds (`None`: the file is gone) and brings the model up to date for
+    /// exactly the objects the file held before or holds now.
+    fn replace_file(&mut self, path: &Path, state: Option<FileState>) {
+        let old = match state {
+            Some(state) => self.files.insert(path.to_path_buf(), state),
+            None => self.files.remove(path),
+        };
+        let mut touched: Vec<ObjectId> = Vec::new();
+        for o in old.iter().flat_map(|f| &f.objects) {
+            let id = (o.kind(), o.key());
+            if let Some(paths) = self.holders.get_mut(&id) {
+                paths.retain(|p| p != path);
+            }
+            touched.push(id);
+        }
+        for o in self.files.get(path).iter().flat_map(|f| &f.objects) {
+            let id = (o.kind(), o.key());
+            let paths = self.holders.entry(id.clone()).or_default();
+            match paths.binary_search_by(|p| p.as_path().cmp(path)) {
+                Ok(_) => tracing::warn!(
+                    file = %path.display(),
+                    kind = %id.0,
+                    object = %id.1,
+                    "duplicate object in one file; the first one wins"
+                ),
+                Err(at) => paths.insert(at, path.to_path_buf()),
+            }
+            touched.push(id);
+        }
+        touched.sort();
+        touched.dedup();
+        for id in touched {
+            self.settle(id);
+        }
+    }
+
+    /// Puts the version of `id` from the first file that holds it into the model, or removes it
+    /// when no file does.
+    fn settle(&mut self, id: ObjectId) {
+        let paths = self.holders.get(&id).map(Vec::as_slice).unwrap_or_default();
+        let Some(first) = paths.first() else {
+            self.holders.remove(&id);
+            self.model.remove(id.0, &id.1);
+            return;
+        };
+        if let Some(other) = paths.get(1) {
+            tracing::warn!(
+                file = %other.display(),
+                kind = %id.0,
+                object = %id.1,
+                first = %first.display(),
+                "duplicate object; the one in the first file wins"
+            );
+        }
+        let object = self
+            .files
+            .get(first)
+            .and_then(|f| f.objects.iter().find(|o| o.is(id.0, &id.1)));
+        if let Some(o) = object {
+            self.model.insert(o.clone());
+        }
     }
 
     fn read_file(&self, path: &Path, shared: &Shared) -> FileState {
@@ -197,30 +272,6 @@ impl ManifestDir {
         }
         FileState { content, objects }
     }
-
-    fn model(&self, _shared: &Shared) -> Model {
-        let mut model = Model::default();
-        let mut origin: BTreeMap<(crate::model::Kind, crate::model::ObjectKey), &Path> =
-            BTreeMap::new();
-        for (path, state) in &self.files {
-            for o in &state.objects {
-                let id = (o.kind(), o.key());
-                if let Some(first) = origin.get(&id) {
-                    tracing::warn!(
-                        file = %path.display(),
-                        kind = %id.0,
-                        object = %id.1,
-                        first = %first.display(),
-                        "duplicate object; the one in the first file wins"
-                    );
-                    continue;
-                }
-                origin.insert(id, path);
-                model.insert(o.clone());
-            }
-        }
-        model
-    }
 }
 
 /// The background service that loads and watches the directory.
@@ -257,8 +308,8 @@ impl ManifestSource {
 
         let mut dir = ManifestDir::default();
         let mut reported = HashSet::new();
-        let mut publish = |model: Model| {
-            let rejected = self.shared.publish_model(&model, true);
+        let mut publish = |model: &Model| {
+            let rejected = self.shared.publish_model(model, true);
             super::report_rejections(&mut reported, &rejected);
         };
         publish(dir.scan(&self.dir, &self.shared));
@@ -341,5 +392,55 @@ impl BackgroundService for ManifestSource {
             tracing::error!(error = %e, "manifest source stopped; the last snapshot keeps serving");
             self.shared.metrics.source_error(SOURCE, "watch");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn service(name: &str, port: u16) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{ name: {name}, namespace: default }}\n\
+             spec: {{ ports: [{{ port: {port} }}] }}\n---\n"
+        )
+    }
+
+    fn port_of(model: &Model, name: &str) -> Option<u16> {
+        let svc = model.services.get(&ObjectKey::new("default", name))?;
+        svc.ports.first().map(|p| p.port)
+    }
+
+    #[test]
+    fn edits_change_only_their_objects_and_the_first_file_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::new(Default::default(), Metrics::new().unwrap());
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(&a, service("web", 80) + &service("api", 81)).unwrap();
+        std::fs::write(&b, service("web", 90)).unwrap();
+        let mut manifests = ManifestDir::default();
+        let model = manifests.scan(dir.path(), &shared);
+        assert_eq!(port_of(model, "web"), Some(80), "a.yaml sorts first");
+        assert_eq!(port_of(model, "api"), Some(81));
+
+        // Removing the winner's copy lets the next file's copy serve.
+        std::fs::write(&a, service("api", 82)).unwrap();
+        let model = manifests.update(dir.path(), &BTreeSet::from([a.clone()]), &shared);
+        assert_eq!(port_of(model, "web"), Some(90));
+        assert_eq!(port_of(model, "api"), Some(82));
+
+        std::fs::remove_file(&b).unwrap();
+        let model = manifests.update(dir.path(), &BTreeSet::from([b.clone()]), &shared);
+        assert_eq!(port_of(model, "web"), None);
+        assert_eq!(port_of(model, "api"), Some(82));
+
+        // A rescan after files changed behind our back agrees with a fresh read.
+        std::fs::write(&b, service("web", 91)).unwrap();
+        std::fs::remove_file(&a).unwrap();
+        let model = manifests.scan(dir.path(), &shared);
+        assert_eq!(port_of(model, "web"), Some(91));
+        assert_eq!(port_of(model, "api"), None);
+        assert_eq!(model.services.len(), 1);
     }
 }
