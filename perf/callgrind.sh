@@ -62,6 +62,7 @@ mkdir -p "$WORK/manifests"
 
 # nginx as the proxy: one process (no master), so that callgrind sees every request.
 mkdir -p "$WORK/nginx"
+nginx_proxy_directives backend >"$WORK/nginx/proxy.inc"
 cat >"$WORK/nginx/nginx.conf" <<EOF
 master_process off;
 worker_processes 1;
@@ -74,17 +75,7 @@ http {
     upstream backend { server 127.0.0.1:$BE; keepalive 64; }
     server {
         listen 127.0.0.1:$NG;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Real-IP \$remote_addr;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-            proxy_set_header X-Forwarded-Port \$server_port;
-        }
+        location / { include $WORK/nginx/proxy.inc; }
     }
 }
 EOF

@@ -207,3 +207,19 @@ spec:
       }http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: $4, port: { number: 80 } } } }] }
 EOF
 }
+
+# nginx_proxy_directives UPSTREAM: the proxy_pass and header directives that make nginx do what
+# Portico does per request (upstream keep-alive, Host kept, the same five X-Forwarded-* headers).
+nginx_proxy_directives() {
+    cat <<EOF
+proxy_pass http://$1;
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+proxy_set_header Host \$http_host;
+proxy_set_header X-Forwarded-For \$remote_addr;
+proxy_set_header X-Real-IP \$remote_addr;
+proxy_set_header X-Forwarded-Proto \$scheme;
+proxy_set_header X-Forwarded-Host \$http_host;
+proxy_set_header X-Forwarded-Port \$server_port;
+EOF
+}

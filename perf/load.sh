@@ -64,17 +64,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
 
 # --- nginx as the proxy ------------------------------------------------------------------------
 # The headers Portico sets, so that both do the same work per request.
-cat >"$WORK/nginx/proxy.inc" <<EOF
-proxy_pass http://backend;
-proxy_http_version 1.1;
-proxy_set_header Connection "";
-proxy_set_header Host \$http_host;
-proxy_set_header X-Forwarded-For \$remote_addr;
-proxy_set_header X-Real-IP \$remote_addr;
-proxy_set_header X-Forwarded-Proto \$scheme;
-proxy_set_header X-Forwarded-Host \$http_host;
-proxy_set_header X-Forwarded-Port \$server_port;
-EOF
+nginx_proxy_directives backend >"$WORK/nginx/proxy.inc"
 cat >"$WORK/nginx/nginx.conf" <<EOF
 worker_processes $WORKERS;
 pid $WORK/nginx/nginx.pid;
