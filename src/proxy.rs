@@ -271,21 +271,8 @@ impl ProxyHttp for Portico {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let checked = guard::check(session.req_header(), &self.limits.header).and_then(|()| {
-            // Pingora drops Content-Length when Transfer-Encoding frames the body; the raw
-            // header still shows whether the client sent both.
-            match session.as_downstream().as_http1() {
-                Some(h1)
-                    if session
-                        .req_header()
-                        .headers
-                        .contains_key(header::TRANSFER_ENCODING) =>
-                {
-                    guard::check_framing(&h1.get_headers_raw_bytes())
-                }
-                _ => Ok(()),
-            }
-        });
+        let checked = guard::check(session.req_header(), &self.limits.header)
+            .and_then(|()| raw_framing(session));
         if let Err(refusal) = checked {
             session.set_keepalive(None);
             tracing::debug!(client = ?ctx.client, status = refusal.status, reason = refusal.reason, "request refused");
@@ -676,6 +663,19 @@ fn set_forwarded_headers(
     upstream_request.insert_header("x-forwarded-host", host)?;
     upstream_request.insert_header("x-forwarded-port", port)?;
     Ok(())
+}
+
+/// Pingora drops Content-Length when Transfer-Encoding frames an HTTP/1 body; the raw header block
+/// still shows whether the client sent both (looked at only when Transfer-Encoding is there).
+fn raw_framing(session: &Session) -> std::result::Result<(), guard::Refusal> {
+    let chunked = session
+        .req_header()
+        .headers
+        .contains_key(header::TRANSFER_ENCODING);
+    match session.as_downstream().as_http1() {
+        Some(h1) if chunked => guard::check_framing(&h1.get_headers_raw_bytes()),
+        _ => Ok(()),
+    }
 }
 
 /// The client address as a header value, formatted on the stack.
