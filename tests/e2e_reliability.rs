@@ -379,14 +379,15 @@ async fn a_request_header_must_arrive_in_time_however_it_trickles() {
     let after = common::metric_value(&p.metrics().await, "portico_client_header_timeouts_total");
     assert_eq!(after - before, 1.0, "one header timeout counted");
 
-    // A slow header that completes in time is served; an idle keep-alive connection longer than
-    // the header timeout is not cut (only the header itself is timed), and serves again.
+    // A slow header that completes in time (three parts 150 ms apart) is served; an idle
+    // keep-alive connection longer than the header timeout is not cut (only the header itself is
+    // timed), and serves again.
     let mut s = tokio::net::TcpStream::connect(p.http)
         .await
         .expect("connect");
     for part in ["GET / HTTP/1.1\r\n", "Host: rel.example\r\n", "\r\n"] {
         s.write_all(part.as_bytes()).await.expect("write");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let first = read_response_head(&mut s).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
