@@ -377,6 +377,17 @@ mod tests {
         plane.pools.iter().find(|p| p.service == key).unwrap()
     }
 
+    /// Replaces the slice `name` with a copy that has one more endpoint, at `ip`.
+    fn add_endpoint(m: &mut Model, name: &str, ip: &str) {
+        let mut slice = m.slices[&ObjectKey::new("default", name)].as_ref().clone();
+        let extra = crate::model::Endpoint {
+            addresses: vec![ip.parse().unwrap()],
+            ..slice.endpoints[0].clone()
+        };
+        slice.endpoints.push(extra);
+        m.insert(Object::EndpointSlice(Arc::new(slice)));
+    }
+
     #[test]
     fn a_recompile_shares_unchanged_pools_and_keeps_the_health_of_rebuilt_ones() {
         let shared = Shared::new(CompileOptions::default(), Metrics::new().unwrap());
@@ -387,13 +398,7 @@ mod tests {
         b_health.eject_until(u64::MAX);
 
         // b's slice is a new object with the same endpoint plus one; a is untouched.
-        let mut slice = m.slices[&ObjectKey::new("default", "b-1")].as_ref().clone();
-        let extra = crate::model::Endpoint {
-            addresses: vec!["10.0.0.3".parse().unwrap()],
-            ..slice.endpoints[0].clone()
-        };
-        slice.endpoints.push(extra);
-        m.insert(Object::EndpointSlice(Arc::new(slice)));
+        add_endpoint(&mut m, "b-1", "10.0.0.3");
         for o in objects(&backend("c", "10.0.0.4")) {
             m.insert(o);
         }
@@ -423,13 +428,7 @@ mod tests {
         // An endpoint-only publish of a, then a recompile: a's pool keeps the new endpoint and
         // its first endpoint's health record.
         let a_health = pool_of(&first, "a").endpoints()[0].health.clone();
-        let mut slice = m.slices[&ObjectKey::new("default", "a-1")].as_ref().clone();
-        let extra = crate::model::Endpoint {
-            addresses: vec!["10.0.0.5".parse().unwrap()],
-            ..slice.endpoints[0].clone()
-        };
-        slice.endpoints.push(extra);
-        m.insert(Object::EndpointSlice(Arc::new(slice)));
+        add_endpoint(&mut m, "a-1", "10.0.0.5");
         shared.publish_endpoints(&m, &[ObjectKey::new("default", "a")]);
         assert_eq!(pool_of(&shared.load(), "a").endpoints().len(), 2);
         shared.publish_model(&m, true);
