@@ -10,9 +10,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::guard::Limits;
 use crate::model::ObjectKey;
-use crate::proxy::{AccessLog, Cidr, RequestLimits, UpstreamOptions};
+use crate::request::guard::Limits;
+use crate::request::policy::{
+    AccessLog, Cidr, Http1Engine, RequestLimits, ServerHeader, UpstreamOptions,
+};
 use crate::routing::CompileOptions;
 use crate::tls::DefaultCert;
 
@@ -111,6 +113,22 @@ pub struct Flags {
     /// Per-request metrics; `false` only to measure their cost [default: true].
     #[arg(long, global = true, value_name = "BOOL")]
     pub request_metrics: Option<bool>,
+    /// Engine for HTTP/1.x requests: portico (Portico's own) or pingora (Pingora's proxy, for
+    /// every request) [default: portico].
+    #[arg(
+        long,
+        global = true,
+        value_name = "ENGINE",
+        env = "PORTICO_HTTP1_ENGINE"
+    )]
+    pub http1_engine: Option<Http1Engine>,
+    /// The `Server` header of responses; empty sends none [default: portico].
+    #[arg(long, global = true, value_name = "VALUE")]
+    pub server_header: Option<String>,
+    /// Pass the backend's `Server` header instead of Portico's (nginx's proxy_pass_header)
+    /// [default: false].
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub pass_server_header: Option<bool>,
     /// Upstream connect timeout, e.g. 5s [default: 5s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub upstream_connect_timeout: Option<String>,
@@ -192,6 +210,8 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     pub access_log: AccessLog,
     pub request_metrics: bool,
+    pub http1_engine: Http1Engine,
+    pub server_header: ServerHeader,
     pub upstream: UpstreamOptions,
     pub limits: RequestLimits,
     pub shutdown_grace_period: Duration,
@@ -363,6 +383,9 @@ impl Flags {
             },
             access_log: self.access_log.or(file.access_log),
             request_metrics: self.request_metrics.or(file.request_metrics),
+            http1_engine: self.http1_engine.or(file.http1_engine),
+            server_header: self.server_header.or(file.server_header),
+            pass_server_header: self.pass_server_header.or(file.pass_server_header),
             upstream_connect_timeout: self
                 .upstream_connect_timeout
                 .or(file.upstream_connect_timeout),
@@ -453,6 +476,19 @@ impl Flags {
             trusted_proxies,
             access_log: flags.access_log.unwrap_or(AccessLog::Plain),
             request_metrics: flags.request_metrics.unwrap_or(true),
+            http1_engine: flags.http1_engine.unwrap_or_default(),
+            server_header: ServerHeader {
+                value: match flags.server_header {
+                    Some(v) => {
+                        http::HeaderValue::from_str(v.trim()).map_err(|_| ConfigError::Invalid {
+                            flag: "--server-header",
+                            reason: format!("{v:?} is not a valid header value"),
+                        })?
+                    }
+                    None => ServerHeader::default().value,
+                },
+                pass_upstream: flags.pass_server_header.unwrap_or(false),
+            },
             upstream: UpstreamOptions {
                 connect_timeout: parse_duration(
                     "--upstream-connect-timeout",

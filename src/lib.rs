@@ -5,7 +5,7 @@
 //! - [`translate`]: `k8s-openapi` objects to the plain [`model`];
 //! - [`routing`]: the pure compile step and the route table;
 //! - [`dataplane`]: the one immutable snapshot behind one atomic swap;
-//! - [`proxy`]: Pingora's `ProxyHttp`, which reads the snapshot per request;
+//! - [`request`]: the request path: one policy, Portico's HTTP/1 engine and Pingora's `ProxyHttp`;
 //! - [`tls`]: certificates from Secrets, chosen by SNI from the snapshot in each handshake;
 //! - [`admin`], [`metrics`], [`config`], [`server`]: operating it.
 
@@ -13,13 +13,11 @@ pub mod admin;
 pub mod config;
 pub mod dataplane;
 pub mod demo;
-pub mod downstream;
 pub mod echo;
-pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod model;
-pub mod proxy;
+pub mod request;
 pub mod routing;
 pub mod server;
 pub mod source;

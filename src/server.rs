@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::background::background_service;
@@ -15,9 +18,11 @@ use pingora_core::services::listening::Service;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::dataplane::Shared;
-use crate::downstream::Edge;
 use crate::metrics::Metrics;
-use crate::proxy::Portico;
+use crate::request::edge::Edge;
+use crate::request::h1;
+use crate::request::pingora::PingoraApp;
+use crate::request::policy::{Http1Engine, Policy};
 use crate::source::kube::KubeSource;
 use crate::source::manifests::{ManifestError, ManifestSource};
 use crate::tls::{SniResolver, TlsError, TlsOptions};
@@ -95,7 +100,7 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
     server.bootstrap();
     let conf = server.configuration.clone();
 
-    let app = Portico {
+    let policy = Arc::new(Policy {
         shared: shared.clone(),
         upstream: config.upstream.clone(),
         trusted_proxies: config.trusted_proxies.clone().into(),
@@ -103,15 +108,35 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         limits: config.limits,
         request_metrics: config.request_metrics,
         https_redirect_port: config.https_redirect_port,
+        server_header: config.server_header.clone(),
+    });
+    let pingora = Arc::new(pingora_proxy::http_proxy(
+        &conf,
+        PingoraApp {
+            policy: policy.clone(),
+        },
+    ));
+    let h1 = (config.http1_engine == Http1Engine::Portico).then(|| {
+        Arc::new(h1::Engine {
+            policy: policy.clone(),
+            connector: TransportConnector::new(Some(ConnectorOptions::from_server_conf(&conf))),
+            fallback: pingora.clone(),
+        })
+    });
+    // Portico's engine keeps no buffer for an idle connection, so the listeners get none either
+    // (Pingora's default is a 64 KiB read buffer per connection, held for its whole life).
+    let l4_buffer = match h1 {
+        Some(_) => L4BufferSettings::unbuffered(),
+        None => L4BufferSettings::default(),
     };
-    // Every client stream gets a deadline for its request headers before Pingora reads them.
     let edge = Edge {
-        app: Arc::new(pingora_proxy::http_proxy(&conf, app)),
+        app: pingora,
+        h1,
         header_timeout: config.limits.client_header_timeout,
         expired: shared.metrics.client_header_timeouts.clone(),
     };
     let mut proxy = Service::new("portico proxy".to_string(), edge);
-    proxy.add_tcp(&config.http_listen.to_string());
+    proxy.add_listener(ListenerConfig::tcp(config.http_listen.to_string()).l4_buffer(l4_buffer));
     if let Some(addr) = config.https_listen {
         // rustls: TLS 1.2 and 1.3 only, AEAD suites with forward secrecy only (ring's defaults).
         // No certificate files: the resolver picks one per handshake from the snapshot.
@@ -119,7 +144,11 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
             .map_err(|e| ServerError::TlsListener(e.to_string()))?;
         tls.set_cert_resolver(Arc::new(SniResolver::new(shared.clone())));
         tls.enable_h2();
-        proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .tls(tls)
+                .l4_buffer(l4_buffer),
+        );
     }
     let proxy = server.add_service(proxy);
 

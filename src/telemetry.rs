@@ -6,7 +6,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use crate::proxy::AccessLog;
+use crate::request::policy::AccessLog;
 
 const ACCESS: &str = "portico::access";
 
@@ -68,7 +68,7 @@ mod tests {
         if std::env::var_os("RUST_LOG").is_some() {
             return;
         }
-        super::init(crate::proxy::AccessLog::Plain);
+        super::init(crate::request::policy::AccessLog::Plain);
         assert_eq!(log::max_level(), log::LevelFilter::Info);
     }
 }

@@ -87,7 +87,7 @@ impl Portico {
             https_listen: Some(free_port().to_string()),
             admin_listen: Some(free_port().to_string()),
             threads: Some(2),
-            access_log: Some(portico::proxy::AccessLog::Off),
+            access_log: Some(portico::request::policy::AccessLog::Off),
             election_lease_duration: Some("3s".into()),
             election_renew_period: Some("500ms".into()),
             ..Flags::default()

@@ -52,7 +52,7 @@ mod support {
                 https_listen: Some(format!("127.0.0.1:{}", free_port())),
                 admin_listen: Some(format!("127.0.0.1:{}", free_port())),
                 threads: Some(2),
-                access_log: Some(portico::proxy::AccessLog::Off),
+                access_log: Some(portico::request::policy::AccessLog::Off),
                 ..Flags::default()
             };
             tweak(&mut flags);

@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
@@ -42,6 +43,8 @@ const BODY: u8 = 2;
 /// A client stream whose request headers must arrive within `timeout` of their first byte.
 pub struct HeaderDeadline {
     inner: Stream,
+    /// Bytes already read from `inner` by Portico's HTTP/1 engine, read again first.
+    prefix: Bytes,
     timeout: Duration,
     /// `IDLE`, `HEADER` or `BODY`; the proxy moves it across phases through a shared reference.
     phase: AtomicU8,
@@ -55,8 +58,20 @@ pub struct HeaderDeadline {
 
 impl HeaderDeadline {
     pub fn new(inner: Stream, timeout: Duration, expired: IntCounter) -> Self {
+        Self::with_prefix(inner, Bytes::new(), timeout, expired)
+    }
+
+    /// A stream whose reads return `prefix` first: how the HTTP/1 engine hands a connection to
+    /// Pingora's proxy after reading a request that Pingora's engine serves.
+    pub fn with_prefix(
+        inner: Stream,
+        prefix: Bytes,
+        timeout: Duration,
+        expired: IntCounter,
+    ) -> Self {
         Self {
             inner,
+            prefix,
             timeout,
             phase: AtomicU8::new(IDLE),
             deadline: Instant::now(),
@@ -122,6 +137,16 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.prefix.is_empty() {
+            // The replayed bytes start a request: its header deadline runs from now.
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            if this.phase.load(Ordering::Acquire) == IDLE {
+                this.deadline = Instant::now() + this.timeout;
+                this.phase.store(HEADER, Ordering::Release);
+            }
+            return Poll::Ready(Ok(()));
+        }
         let phase = this.phase.load(Ordering::Acquire);
         if phase == HEADER {
             return this.poll_read_header(cx, buf);
@@ -246,11 +271,13 @@ impl fmt::Debug for HeaderDeadline {
     }
 }
 
-/// A Pingora application that gives every HTTP/1 client stream a [`HeaderDeadline`] and hands it
-/// to `app` (the HTTP proxy). HTTP/2 streams go through unchanged: their framing has its own
-/// limits, and one connection carries many requests.
+/// The listeners' application. HTTP/2 connections go to Pingora's proxy unchanged: their framing
+/// has its own limits, and one connection carries many requests. HTTP/1 connections go to
+/// Portico's engine when it is on (it keeps its own header deadline, and hands Pingora what it
+/// does not take); otherwise to Pingora's proxy inside a [`HeaderDeadline`].
 pub struct Edge<A> {
     pub app: Arc<A>,
+    pub h1: Option<Arc<crate::request::h1::Engine>>,
     pub header_timeout: Duration,
     pub expired: IntCounter,
 }
@@ -262,14 +289,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let stream = match stream.selected_alpn_proto() {
-            Some(ALPN::H2) => stream,
-            _ => Box::new(HeaderDeadline::new(
-                stream,
-                self.header_timeout,
-                self.expired.clone(),
-            )),
-        };
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            return self.app.process_new(stream, shutdown).await;
+        }
+        if let Some(h1) = &self.h1 {
+            return h1.serve(stream, shutdown).await;
+        }
+        let stream = Box::new(HeaderDeadline::new(
+            stream,
+            self.header_timeout,
+            self.expired.clone(),
+        ));
         self.app.process_new(stream, shutdown).await
     }
 

@@ -1,0 +1,1111 @@
+//! The connection loop: read a request head, ask the policy, exchange with an upstream, repeat.
+//!
+//! Memory follows the work, not the connection. An idle plain-text connection holds no buffer: it
+//! waits for readability with a zero-length read, then reads the head into 1 KiB, growing only as
+//! a head needs (nginx's `client_header_buffer_size` model). Bytes read past a request stay
+//! buffered for the next one, so pipelined requests are answered in order (RFC 9112 9.3.2).
+//!
+//! Requests and responses are re-serialised from their parsed heads, with CRLF line ends and the
+//! hop-by-hop fields removed, so that no byte the checks did not see reaches the other side.
+//! Bodies stream through bounded buffers; chunked bodies are decoded and encoded again.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::HeaderValue;
+use pingora_core::apps::ServerApp;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::upstreams::peer::Peer;
+use pingora_timeout::timeout;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::body::{chunk_line, ChunkedDecoder, LAST_CHUNK};
+use super::parse::{self, Field, Framing, Kind, Parsed, RequestHead, ResponseHead};
+use crate::dataplane::DataPlane;
+use crate::model::BackendProtocol;
+use crate::request::edge::HeaderDeadline;
+use crate::request::guard::Refusal;
+use crate::request::pingora::PingoraApp;
+use crate::request::policy::{
+    idempotent, Answer, Attempts, Decision, Endpoint, LogEntry, Policy, Routed,
+};
+
+/// The first buffer for a request head (nginx: `client_header_buffer_size 1k`).
+const HEAD_BUFFER: usize = 1024;
+/// The first buffer for a response head.
+const RESPONSE_BUFFER: usize = 4 * 1024;
+/// The buffer that bodies stream through.
+const BODY_BUFFER: usize = 16 * 1024;
+
+/// Portico's HTTP/1 engine; one instance serves every HTTP/1 connection.
+pub struct Engine {
+    pub policy: Arc<Policy>,
+    /// Upstream connections: Pingora's connector and pool.
+    pub connector: TransportConnector,
+    /// Pingora's HTTP proxy, for what this engine does not take.
+    pub fallback: Arc<pingora_proxy::HttpProxy<PingoraApp>>,
+}
+
+/// What is known of a client connection.
+struct Conn {
+    tls: bool,
+    client: Option<IpAddr>,
+    local_port: Option<u16>,
+}
+
+/// What the connection does after a request.
+enum Next {
+    KeepAlive,
+    Close,
+    /// Hand the connection to Pingora's proxy, with the bytes read so far.
+    Fallback(Bytes),
+}
+
+/// What became of one exchange, for the metrics and the access log.
+#[derive(Default)]
+struct Outcome {
+    status: u16,
+    sent: usize,
+    read: usize,
+    route: Option<usize>,
+    upstream: Option<std::net::SocketAddr>,
+    error: &'static str,
+}
+
+/// How a failed upstream attempt ends.
+enum Failure {
+    /// The upstream failed before answering: maybe try another endpoint, else this status.
+    Upstream { status: u16, stale: bool },
+    /// The client failed (closed, too slow, bad body): answer this status if it can take one.
+    Client { status: u16, reason: &'static str },
+    /// A response was partly sent: the connection can only be closed.
+    Broken,
+}
+
+/// A response's framing towards the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
+impl Engine {
+    /// Serves one client connection until it closes; returns nothing (HTTP/1 connections are
+    /// never handed back to Pingora's accept loop).
+    pub async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let digest = stream.get_socket_digest();
+        let conn = Conn {
+            tls: stream.get_ssl_digest().is_some(),
+            client: digest
+                .as_ref()
+                .and_then(|d| d.peer_addr())
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            local_port: digest
+                .as_ref()
+                .and_then(|d| d.local_addr())
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port()),
+        };
+        let mut shutdown = shutdown.clone();
+        let mut buf = BytesMut::new();
+        loop {
+            let (head, raw) = match self
+                .read_head(&mut stream, &mut buf, &conn, &mut shutdown)
+                .await
+            {
+                Ok(Some(h)) => h,
+                Ok(None) => return None,
+                Err(refusal) => {
+                    tracing::debug!(client = ?conn.client, status = refusal.status, reason = refusal.reason, "request refused");
+                    let answer = Answer {
+                        close: true,
+                        ..Answer::error(refusal.status, refusal.reason)
+                    };
+                    self.refused(&mut stream, &answer, &conn).await;
+                    return None;
+                }
+            };
+            let closing = *shutdown.borrow();
+            match self
+                .exchange(&mut stream, &mut buf, head, raw, &conn, closing)
+                .await
+            {
+                Next::KeepAlive if !closing => {}
+                Next::Fallback(prefix) => {
+                    let limits = &self.policy.limits;
+                    let stream = HeaderDeadline::with_prefix(
+                        stream,
+                        prefix,
+                        limits.client_header_timeout,
+                        self.policy.shared.metrics.client_header_timeouts.clone(),
+                    );
+                    return self.fallback.process_new(Box::new(stream), &shutdown).await;
+                }
+                _ => {
+                    let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Reads the next request head. `None` when the connection ends first: closed, idle past the
+    /// keep-alive timeout, header past its deadline, or the server shutting down while idle.
+    async fn read_head(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        conn: &Conn,
+        shutdown: &mut ShutdownWatch,
+    ) -> Result<Option<(RequestHead, Bytes)>, Refusal> {
+        let limits = &self.policy.limits;
+        let mut scanned = 0;
+        let mut deadline = (!buf.is_empty()).then(|| Instant::now() + limits.client_header_timeout);
+        loop {
+            if !buf.is_empty() {
+                match parse::parse_request(buf, scanned, &limits.header)? {
+                    Parsed::Complete(head) => {
+                        let raw = buf.split_to(head.len).freeze();
+                        if buf.is_empty() {
+                            // Nothing pipelined: hold no buffer while the request is served.
+                            *buf = BytesMut::new();
+                        }
+                        return Ok(Some((head, raw)));
+                    }
+                    Parsed::Partial => scanned = buf.len(),
+                }
+            }
+            let wait = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return Ok(self.header_expired()),
+                },
+                None => limits.keepalive_timeout,
+            };
+            if buf.is_empty() {
+                if !conn.tls {
+                    // Idle: wait for readability without a buffer. A zero-length read on a
+                    // plain TCP stream waits for read readiness and consumes nothing.
+                    let ready = tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => return Ok(None),
+                        r = timeout(wait, stream.read(&mut [])) => r,
+                    };
+                    match ready {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) | Err(_) => return Ok(None),
+                    }
+                }
+                buf.reserve(HEAD_BUFFER);
+            } else if buf.len() == buf.capacity() {
+                // Grow as a head needs, up to its limit (checked by the parser).
+                buf.reserve(buf.len().min(limits.header.max_header_size));
+            }
+            let read = if conn.tls && deadline.is_none() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return Ok(None),
+                    r = timeout(wait, stream.read_buf(buf)) => r,
+                }
+            } else {
+                timeout(wait, stream.read_buf(buf)).await
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(_)) => {}
+                Err(_) if deadline.is_some() => return Ok(self.header_expired()),
+                Err(_) => return Ok(None),
+            }
+            if deadline.is_none() {
+                deadline = Some(Instant::now() + limits.client_header_timeout);
+            }
+        }
+    }
+
+    fn header_expired<T>(&self) -> Option<T> {
+        self.policy.shared.metrics.client_header_timeouts.inc();
+        None
+    }
+
+    /// Answers a request refused before it could be parsed, then the connection closes.
+    async fn refused(&self, stream: &mut Stream, answer: &Answer, conn: &Conn) {
+        let started = Instant::now();
+        let mut out = Vec::with_capacity(256);
+        self.answer_head(answer, true, false, &mut out);
+        out.extend_from_slice(answer.body.as_bytes());
+        let _ = timeout(self.policy.upstream.write_timeout, stream.write_all(&out)).await;
+        let metrics = self.policy.metrics_for(None, None);
+        metrics.observe(&http::Method::GET, answer.status, started.elapsed(), 0, 0);
+        self.policy.log(&LogEntry {
+            client: conn.client,
+            method: "",
+            host: "",
+            path: "",
+            status: answer.status,
+            bytes: answer.body.len(),
+            took: started.elapsed(),
+            upstream: None,
+            route: None,
+            error: answer.reason_or(""),
+        });
+    }
+
+    /// The head of one of the policy's own answers.
+    fn answer_head(&self, answer: &Answer, close: bool, keep_alive_10: bool, out: &mut Vec<u8>) {
+        status_line(answer.status, reason(answer.status).as_bytes(), out);
+        self.identity(out);
+        if let Some(location) = &answer.location {
+            field(b"Location", location.as_bytes(), out);
+        }
+        if !answer.body.is_empty() {
+            field(b"Content-Type", b"text/plain; charset=utf-8", out);
+        }
+        length_field(answer.body.len() as u64, out);
+        if close {
+            field(b"Connection", b"close", out);
+        } else if keep_alive_10 {
+            field(b"Connection", b"keep-alive", out);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// `Server` and `Date`, on every response.
+    fn identity(&self, out: &mut Vec<u8>) {
+        let server = &self.policy.server_header.value;
+        if !server.is_empty() {
+            field(b"Server", server.as_bytes(), out);
+        }
+        field(
+            b"Date",
+            pingora_core::protocols::http::date::get_cached_date().as_bytes(),
+            out,
+        );
+    }
+
+    /// One request: decide, answer or proxy, record.
+    async fn exchange(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        head: RequestHead,
+        raw: Bytes,
+        conn: &Conn,
+        closing: bool,
+    ) -> Next {
+        let method = head.method.get(&raw);
+        // Upgrades and tunnels belong to Pingora's proxy (it switches only on a 101).
+        if head.upgrade || method == b"CONNECT" {
+            return Next::Fallback(replay(&raw, buf));
+        }
+        let started = Instant::now();
+        let plane = self.policy.shared.load();
+        let host = std::str::from_utf8(head.host(&raw)).unwrap_or("");
+        let path = std::str::from_utf8(head.path.get(&raw)).unwrap_or("/");
+        let origin = std::str::from_utf8(head.origin.get(&raw)).unwrap_or("/");
+        let declared = match head.framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        let decision = self
+            .policy
+            .decide(&plane, host, path, origin, conn.tls, declared);
+        if let Decision::Proxy(r) = &decision {
+            if r.protocol != BackendProtocol::Http {
+                return Next::Fallback(replay(&raw, buf));
+            }
+        }
+        let metrics = &self.policy.shared.metrics;
+        metrics.inflight.inc();
+        let mut outcome = Outcome::default();
+        let next = match decision {
+            Decision::Answer { route, answer } => {
+                outcome.route = route;
+                self.answer(stream, &head, &raw, &answer, closing, &mut outcome)
+                    .await
+            }
+            Decision::Proxy(routed) => {
+                outcome.route = Some(routed.route);
+                self.proxy(
+                    stream,
+                    buf,
+                    &head,
+                    &raw,
+                    conn,
+                    &plane,
+                    &routed,
+                    closing,
+                    &mut outcome,
+                )
+                .await
+            }
+        };
+        metrics.inflight.dec();
+        let took = started.elapsed();
+        let m = http::Method::from_bytes(method).unwrap_or(http::Method::GET);
+        self.policy
+            .metrics_for(Some(&plane), outcome.route)
+            .observe(&m, outcome.status, took, outcome.read, outcome.sent);
+        self.policy.log(&LogEntry {
+            client: conn.client,
+            method: std::str::from_utf8(method).unwrap_or(""),
+            host,
+            path,
+            status: outcome.status,
+            bytes: outcome.sent,
+            took,
+            upstream: outcome.upstream,
+            route: Policy::route(Some(&plane), outcome.route),
+            error: outcome.error,
+        });
+        next
+    }
+
+    /// Sends one of the policy's answers. A request body that was not read closes the connection.
+    async fn answer(
+        &self,
+        stream: &mut Stream,
+        head: &RequestHead,
+        raw: &[u8],
+        answer: &Answer,
+        closing: bool,
+        outcome: &mut Outcome,
+    ) -> Next {
+        let close = answer.close || head.close || closing || head.framing != Framing::None;
+        let mut out = Vec::with_capacity(256 + answer.body.len());
+        self.answer_head(answer, close, head.version == 0, &mut out);
+        if head.method.get(raw) != b"HEAD" {
+            out.extend_from_slice(answer.body.as_bytes());
+            outcome.sent = answer.body.len();
+        }
+        outcome.status = answer.status;
+        match timeout(self.policy.upstream.write_timeout, stream.write_all(&out)).await {
+            Ok(Ok(())) if !close => Next::KeepAlive,
+            _ => Next::Close,
+        }
+    }
+
+    /// Proxies one request to the route's pool, with retries of idempotent requests.
+    #[allow(clippy::too_many_arguments)]
+    async fn proxy(
+        &self,
+        client: &mut Stream,
+        buf: &mut BytesMut,
+        head: &RequestHead,
+        raw: &Bytes,
+        conn: &Conn,
+        plane: &DataPlane,
+        routed: &Routed,
+        closing: bool,
+        outcome: &mut Outcome,
+    ) -> Next {
+        let method = head.method.get(raw);
+        let may_resend = idempotent(method);
+        // A body that is already buffered whole is sent with the head, and again on a retry.
+        let buffered = match head.framing {
+            Framing::None => Some(0),
+            Framing::Length(n) if n as usize <= buf.len() => Some(n as usize),
+            _ => None,
+        };
+        if head.expect_continue && buffered.is_none() {
+            // Like nginx: Portico asks for the body itself (Expect is not forwarded), since it
+            // sends the body on as it arrives.
+            let go_on = b"HTTP/1.1 100 Continue\r\n\r\n";
+            if !matches!(
+                timeout(self.policy.upstream.write_timeout, client.write_all(go_on)).await,
+                Ok(Ok(()))
+            ) {
+                return Next::Close;
+            }
+        }
+        let mut attempts = Attempts::default();
+        let mut stale_retries = 0;
+        let mut upstream_head = Vec::with_capacity(raw.len() + 256);
+        self.upstream_head(head, raw, conn, &mut upstream_head);
+        loop {
+            let Some(endpoint) = self.policy.pick(plane, routed, &attempts.tried) else {
+                let answer = Answer::error(503, "no usable endpoint for this backend\n");
+                return self
+                    .answer(client, head, raw, &answer, closing, outcome)
+                    .await;
+            };
+            attempts.current = Some((endpoint.addr, endpoint.index));
+            outcome.upstream = Some(endpoint.addr);
+            let result = self
+                .attempt(
+                    client,
+                    buf,
+                    head,
+                    raw,
+                    &upstream_head,
+                    buffered,
+                    &endpoint,
+                    conn,
+                    plane,
+                    routed,
+                    &mut attempts,
+                    closing,
+                    outcome,
+                )
+                .await;
+            let failure = match result {
+                Ok(next) => return next,
+                Err(f) => f,
+            };
+            match failure {
+                Failure::Upstream { status, stale } => {
+                    let retry = if stale && stale_retries == 0 {
+                        // A pooled connection the backend closed while idle: not its fault.
+                        stale_retries += 1;
+                        true
+                    } else {
+                        self.policy
+                            .upstream_failed(plane, routed.route, &mut attempts)
+                    };
+                    if retry && may_resend && buffered.is_some() {
+                        continue;
+                    }
+                    outcome.error = if status == 504 {
+                        "upstream timed out"
+                    } else {
+                        "upstream failed"
+                    };
+                    let answer = Answer {
+                        close: true,
+                        ..Answer::error(status, "")
+                    };
+                    return self.answer(client, head, raw, &answer, true, outcome).await;
+                }
+                Failure::Client { status, reason } => {
+                    outcome.error = reason;
+                    if status > 0 {
+                        let answer = Answer {
+                            close: true,
+                            ..Answer::error(status, "")
+                        };
+                        return self.answer(client, head, raw, &answer, true, outcome).await;
+                    }
+                    return Next::Close;
+                }
+                Failure::Broken => {
+                    outcome.error = "connection broken mid-response";
+                    return Next::Close;
+                }
+            }
+        }
+    }
+
+    /// The request head for the upstream: origin-form, HTTP/1.1, the client's fields in their
+    /// order and case without the hop-by-hop ones, then the forwarding fields.
+    fn upstream_head(&self, head: &RequestHead, raw: &Bytes, conn: &Conn, out: &mut Vec<u8>) {
+        out.extend_from_slice(head.method.get(raw));
+        out.push(b' ');
+        let origin = head.origin.get(raw);
+        out.extend_from_slice(if origin.is_empty() { b"/" } else { origin });
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for f in &head.fields {
+            match f.kind {
+                Kind::HopByHop | Kind::Connection | Kind::Forwarding | Kind::Expect => {}
+                Kind::TransferEncoding => field(b"Transfer-Encoding", b"chunked", out),
+                _ => field(f.name.get(raw), f.value.get(raw), out),
+            }
+        }
+        let host_span = head.authority.or(head.host);
+        let host = host_span
+            .and_then(|s| {
+                HeaderValue::from_maybe_shared(raw.slice(s.start as usize..s.end as usize)).ok()
+            })
+            .unwrap_or(HeaderValue::from_static(""));
+        if head.host.is_none() && head.authority.is_some() {
+            field(b"Host", host.as_bytes(), out);
+        }
+        let prior = |name: &'static str| {
+            head.fields
+                .iter()
+                .find(|f| {
+                    f.kind == Kind::Forwarding
+                        && f.name.get(raw).eq_ignore_ascii_case(name.as_bytes())
+                })
+                .and_then(|f| HeaderValue::from_bytes(f.value.get(raw)).ok())
+        };
+        for (name, value) in
+            self.policy
+                .forwarded(conn.client, conn.tls, conn.local_port, host, prior)
+        {
+            field(name.as_bytes(), value.as_bytes(), out);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// One attempt against one endpoint. `Ok` when a response reached the client.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        client: &mut Stream,
+        buf: &mut BytesMut,
+        head: &RequestHead,
+        raw: &Bytes,
+        upstream_head: &[u8],
+        buffered: Option<usize>,
+        endpoint: &Endpoint,
+        conn: &Conn,
+        plane: &DataPlane,
+        routed: &Routed,
+        attempts: &mut Attempts,
+        closing: bool,
+        outcome: &mut Outcome,
+    ) -> Result<Next, Failure> {
+        let peer = endpoint.peer();
+        let metrics = self.policy.metrics_for(Some(plane), Some(routed.route));
+        let connect_started = Instant::now();
+        let (mut up, reused) = match self.connector.get_stream(&peer).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(upstream = %endpoint.addr, error = %e, "upstream connect failed");
+                let status = if matches!(e.etype(), pingora_core::ErrorType::ConnectTimedout) {
+                    504
+                } else {
+                    502
+                };
+                return Err(Failure::Upstream {
+                    status,
+                    stale: false,
+                });
+            }
+        };
+        if reused {
+            self.policy.shared.metrics.upstream_reused.inc();
+        } else {
+            self.policy.shared.metrics.upstream_new.inc();
+            metrics.observe_upstream_connect(connect_started.elapsed());
+        }
+        let sent_at = Instant::now();
+        // The head, and a buffered body with it: one write.
+        let write = match buffered {
+            Some(n) if n > 0 => {
+                let mut v = Vec::with_capacity(upstream_head.len() + n);
+                v.extend_from_slice(upstream_head);
+                v.extend_from_slice(&buf[..n]);
+                timeout(endpoint.write_timeout, up.write_all(&v)).await
+            }
+            _ => timeout(endpoint.write_timeout, up.write_all(upstream_head)).await,
+        };
+        match write {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(Failure::Upstream {
+                    status: 502,
+                    stale: reused,
+                })
+            }
+            Err(_) => {
+                return Err(Failure::Upstream {
+                    status: 504,
+                    stale: false,
+                })
+            }
+        }
+        match buffered {
+            Some(_) => {}
+            None => {
+                outcome.read = self
+                    .stream_request_body(
+                        client,
+                        buf,
+                        &mut up,
+                        head.framing,
+                        routed.max_body,
+                        endpoint,
+                    )
+                    .await? as usize;
+            }
+        }
+        // The response head.
+        let mut ubuf = BytesMut::with_capacity(RESPONSE_BUFFER);
+        let is_head = head.method.get(raw) == b"HEAD";
+        let response = loop {
+            let mut scanned = 0;
+            let parsed = loop {
+                match timeout(endpoint.read_timeout, up.read_buf(&mut ubuf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        return Err(Failure::Upstream {
+                            status: 502,
+                            stale: reused && ubuf.is_empty() && !attempts.responded,
+                        })
+                    }
+                    Ok(Ok(_)) => {}
+                    Err(_) => {
+                        return Err(Failure::Upstream {
+                            status: 504,
+                            stale: false,
+                        })
+                    }
+                }
+                match parse::parse_response(&ubuf, scanned, is_head) {
+                    Ok(Parsed::Complete(r)) => break r,
+                    Ok(Parsed::Partial) => {
+                        scanned = ubuf.len();
+                        if ubuf.len() == ubuf.capacity() {
+                            ubuf.reserve(ubuf.len());
+                        }
+                    }
+                    Err(bad) => {
+                        tracing::warn!(upstream = %endpoint.addr, reason = bad.0, "invalid upstream response");
+                        return Err(Failure::Upstream {
+                            status: 502,
+                            stale: false,
+                        });
+                    }
+                }
+            };
+            if (100..200).contains(&parsed.status) {
+                if parsed.status == 101 {
+                    // This engine never asks for an upgrade.
+                    return Err(Failure::Upstream {
+                        status: 502,
+                        stale: false,
+                    });
+                }
+                // Interim responses are not forwarded (Expect was answered here).
+                ubuf.advance(parsed.len);
+                continue;
+            }
+            break parsed;
+        };
+        self.policy.upstream_answered(plane, routed.route, attempts);
+        metrics.observe_upstream_response(sent_at.elapsed());
+        if let Some(n) = buffered {
+            buf.advance(n);
+            outcome.read = n;
+        }
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+        }
+        outcome.status = response.status;
+        let keep_client = !(head.close || closing);
+        let (reusable, next) = self
+            .forward_response(
+                client,
+                &mut up,
+                ubuf,
+                &response,
+                head,
+                conn,
+                plane,
+                routed,
+                keep_client,
+                endpoint,
+                outcome,
+            )
+            .await?;
+        if reusable {
+            self.connector
+                .release_stream(up, peer.reuse_hash(), Some(endpoint.idle_timeout));
+        }
+        Ok(next)
+    }
+
+    /// Streams a request body that was not buffered whole to the upstream. Returns its length.
+    async fn stream_request_body(
+        &self,
+        client: &mut Stream,
+        buf: &mut BytesMut,
+        up: &mut Stream,
+        framing: Framing,
+        max_body: u64,
+        endpoint: &Endpoint,
+    ) -> Result<u64, Failure> {
+        let read_timeout = self.policy.limits.client_body_timeout;
+        let write = endpoint.write_timeout;
+        match framing {
+            Framing::Length(n) => {
+                let mut left = n;
+                let take = (buf.len() as u64).min(left) as usize;
+                if take > 0 {
+                    let first = buf.split_to(take);
+                    up_write(up, &first, write).await?;
+                    left -= take as u64;
+                }
+                let mut chunk = vec![0u8; (left as usize).min(BODY_BUFFER)];
+                while left > 0 {
+                    let want = (left as usize).min(chunk.len());
+                    let n = client_read(client, &mut chunk[..want], read_timeout).await?;
+                    up_write(up, &chunk[..n], write).await?;
+                    left -= n as u64;
+                }
+                Ok(n)
+            }
+            Framing::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                let mut total: u64 = 0;
+                let mut out = Vec::with_capacity(BODY_BUFFER + 32);
+                loop {
+                    if !buf.is_empty() {
+                        let mut too_large = false;
+                        let consumed = decoder
+                            .decode(buf, &mut |data| {
+                                total += data.len() as u64;
+                                too_large |= max_body > 0 && total > max_body;
+                                chunk_line(data.len(), &mut out);
+                                out.extend_from_slice(data);
+                                out.extend_from_slice(b"\r\n");
+                            })
+                            .map_err(|e| Failure::Client {
+                                status: 400,
+                                reason: e.0,
+                            })?;
+                        if too_large {
+                            return Err(Failure::Client {
+                                status: 413,
+                                reason: "request body too large",
+                            });
+                        }
+                        buf.advance(consumed);
+                        if decoder.is_done() {
+                            out.extend_from_slice(LAST_CHUNK);
+                        }
+                        if !out.is_empty() {
+                            up_write(up, &out, write).await?;
+                            out.clear();
+                        }
+                        if decoder.is_done() {
+                            return Ok(total);
+                        }
+                    }
+                    buf.reserve(BODY_BUFFER);
+                    match timeout(read_timeout, client.read_buf(buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => {
+                            return Err(Failure::Client {
+                                status: 0,
+                                reason: "client closed mid-body",
+                            })
+                        }
+                        Ok(Ok(_)) => {}
+                        Err(_) => {
+                            return Err(Failure::Client {
+                                status: 408,
+                                reason: "client body timeout",
+                            })
+                        }
+                    }
+                }
+            }
+            Framing::None | Framing::Close => Ok(0),
+        }
+    }
+
+    /// Sends the response head and body to the client. Returns whether the upstream connection
+    /// may be pooled, and what the client connection does next.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_response(
+        &self,
+        client: &mut Stream,
+        up: &mut Stream,
+        mut ubuf: BytesMut,
+        response: &ResponseHead,
+        head: &RequestHead,
+        conn: &Conn,
+        plane: &DataPlane,
+        routed: &Routed,
+        keep_client: bool,
+        endpoint: &Endpoint,
+        outcome: &mut Outcome,
+    ) -> Result<(bool, Next), Failure> {
+        let client_11 = head.version == 1;
+        let out_framing = match response.framing {
+            Framing::None => Out::None,
+            Framing::Length(n) => Out::Length(n),
+            Framing::Chunked | Framing::Close if client_11 => Out::Chunked,
+            Framing::Chunked | Framing::Close => Out::Close,
+        };
+        let keep = keep_client && out_framing != Out::Close;
+        let head_bytes = response.len;
+        let rhead = ubuf.split_to(head_bytes).freeze();
+        let mut out = Vec::with_capacity(rhead.len() + 256 + ubuf.len().min(BODY_BUFFER) + 32);
+        self.client_head(
+            response,
+            &rhead,
+            out_framing,
+            keep,
+            head.version == 0,
+            plane,
+            routed,
+            conn,
+            &mut out,
+        );
+        let write = self.policy.upstream.write_timeout;
+        let read = endpoint.read_timeout;
+        let mut reusable = !response.close;
+        match response.framing {
+            Framing::None => {
+                reusable &= ubuf.is_empty();
+                client_write(client, &out, write).await?;
+            }
+            Framing::Length(n) => {
+                let mut left = n;
+                let take = (ubuf.len() as u64).min(left) as usize;
+                out.extend_from_slice(&ubuf[..take]);
+                left -= take as u64;
+                reusable &= ubuf.len() == take;
+                ubuf.clear();
+                client_write(client, &out, write).await?;
+                outcome.sent += take;
+                if left > 0 {
+                    ubuf.reserve(BODY_BUFFER);
+                }
+                while left > 0 {
+                    let want = (left as usize).min(BODY_BUFFER);
+                    ubuf.clear();
+                    let n = match timeout(read, read_some(up, &mut ubuf, want)).await {
+                        Ok(Ok(n)) if n > 0 => n,
+                        _ => return Err(Failure::Broken),
+                    };
+                    client_write(client, &ubuf[..n], write).await?;
+                    outcome.sent += n;
+                    left -= n as u64;
+                }
+            }
+            Framing::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                loop {
+                    let mut sent = 0;
+                    let consumed = decoder
+                        .decode(&ubuf, &mut |data| {
+                            sent += data.len();
+                            if out_framing == Out::Chunked {
+                                chunk_line(data.len(), &mut out);
+                                out.extend_from_slice(data);
+                                out.extend_from_slice(b"\r\n");
+                            } else {
+                                out.extend_from_slice(data);
+                            }
+                        })
+                        .map_err(|e| {
+                            tracing::warn!(upstream = %endpoint.addr, reason = e.0, "invalid chunked response");
+                            Failure::Broken
+                        })?;
+                    outcome.sent += sent;
+                    if decoder.is_done() {
+                        reusable &= consumed == ubuf.len();
+                        if out_framing == Out::Chunked {
+                            out.extend_from_slice(LAST_CHUNK);
+                        }
+                        client_write(client, &out, write).await?;
+                        break;
+                    }
+                    if !out.is_empty() {
+                        client_write(client, &out, write).await?;
+                        out.clear();
+                    }
+                    ubuf.clear();
+                    ubuf.reserve(BODY_BUFFER);
+                    match timeout(read, up.read_buf(&mut ubuf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return Err(Failure::Broken),
+                    }
+                }
+            }
+            Framing::Close => {
+                reusable = false;
+                loop {
+                    if !ubuf.is_empty() {
+                        outcome.sent += ubuf.len();
+                        if out_framing == Out::Chunked {
+                            chunk_line(ubuf.len(), &mut out);
+                            out.extend_from_slice(&ubuf);
+                            out.extend_from_slice(b"\r\n");
+                        } else {
+                            out.extend_from_slice(&ubuf);
+                        }
+                    }
+                    if !out.is_empty() {
+                        client_write(client, &out, write).await?;
+                        out.clear();
+                    }
+                    ubuf.clear();
+                    ubuf.reserve(BODY_BUFFER);
+                    match timeout(read, up.read_buf(&mut ubuf)).await {
+                        Ok(Ok(0)) => break,
+                        Ok(Ok(_)) => {}
+                        _ => return Err(Failure::Broken),
+                    }
+                }
+                if out_framing == Out::Chunked {
+                    client_write(client, LAST_CHUNK, write).await?;
+                }
+            }
+        }
+        let next = if keep { Next::KeepAlive } else { Next::Close };
+        Ok((reusable, next))
+    }
+
+    /// The response head for the client.
+    #[allow(clippy::too_many_arguments)]
+    fn client_head(
+        &self,
+        response: &ResponseHead,
+        rhead: &[u8],
+        framing: Out,
+        keep: bool,
+        client_10: bool,
+        plane: &DataPlane,
+        routed: &Routed,
+        conn: &Conn,
+        out: &mut Vec<u8>,
+    ) {
+        status_line(response.status, response.reason.get(rhead), out);
+        let pass_server = self.policy.server_header.pass_upstream;
+        for f in &response.fields {
+            match f.kind {
+                Kind::HopByHop | Kind::Connection | Kind::Date => {}
+                Kind::Server if !pass_server => {}
+                Kind::ContentLength | Kind::TransferEncoding if framing != Out::None => {}
+                _ => copy(f, rhead, out),
+            }
+        }
+        if pass_server && !response.fields.iter().any(|f| f.kind == Kind::Server) {
+            let server = &self.policy.server_header.value;
+            if !server.is_empty() {
+                field(b"Server", server.as_bytes(), out);
+            }
+            field(
+                b"Date",
+                pingora_core::protocols::http::date::get_cached_date().as_bytes(),
+                out,
+            );
+        } else if pass_server {
+            field(
+                b"Date",
+                pingora_core::protocols::http::date::get_cached_date().as_bytes(),
+                out,
+            );
+        } else {
+            self.identity(out);
+        }
+        if !response.hsts {
+            if let Some(hsts) = self.policy.hsts(plane, Some(routed.route), conn.tls) {
+                field(b"Strict-Transport-Security", hsts.as_bytes(), out);
+            }
+        }
+        match framing {
+            Out::Length(n) => length_field(n, out),
+            Out::Chunked => field(b"Transfer-Encoding", b"chunked", out),
+            Out::None | Out::Close => {}
+        }
+        if !keep {
+            field(b"Connection", b"close", out);
+        } else if client_10 {
+            field(b"Connection", b"keep-alive", out);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl Answer {
+    fn reason_or<'a>(&'a self, default: &'a str) -> &'a str {
+        if self.body.is_empty() {
+            default
+        } else {
+            self.body.trim_end()
+        }
+    }
+}
+
+/// The bytes to replay into Pingora's session: the head and whatever followed it.
+fn replay(raw: &Bytes, buf: &mut BytesMut) -> Bytes {
+    let mut all = BytesMut::with_capacity(raw.len() + buf.len());
+    all.extend_from_slice(raw);
+    all.extend_from_slice(buf);
+    buf.clear();
+    all.freeze()
+}
+
+fn status_line(status: u16, reason: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = itoa::Buffer::new();
+    out.extend_from_slice(code.format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn copy(f: &Field, head: &[u8], out: &mut Vec<u8>) {
+    field(f.name.get(head), f.value.get(head), out);
+}
+
+fn length_field(n: u64, out: &mut Vec<u8>) {
+    let mut b = itoa::Buffer::new();
+    field(b"Content-Length", b.format(n).as_bytes(), out);
+}
+
+async fn up_write(up: &mut Stream, data: &[u8], limit: Duration) -> Result<(), Failure> {
+    match timeout(limit, up.write_all(data)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Failure::Upstream {
+            status: 502,
+            stale: false,
+        }),
+        Err(_) => Err(Failure::Upstream {
+            status: 504,
+            stale: false,
+        }),
+    }
+}
+
+async fn client_write(client: &mut Stream, data: &[u8], limit: Duration) -> Result<(), Failure> {
+    match timeout(limit, async {
+        client.write_all(data).await?;
+        client.flush().await
+    })
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Failure::Broken),
+    }
+}
+
+async fn client_read(
+    client: &mut Stream,
+    into: &mut [u8],
+    limit: Duration,
+) -> Result<usize, Failure> {
+    match timeout(limit, client.read(into)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Err(Failure::Client {
+            status: 0,
+            reason: "client closed mid-body",
+        }),
+        Ok(Ok(n)) => Ok(n),
+        Err(_) => Err(Failure::Client {
+            status: 408,
+            reason: "client body timeout",
+        }),
+    }
+}
+
+/// Reads at most `want` bytes into `buf`.
+async fn read_some(up: &mut Stream, buf: &mut BytesMut, want: usize) -> std::io::Result<usize> {
+    buf.resize(want, 0);
+    let n = up.read(&mut buf[..want]).await?;
+    buf.truncate(n);
+    Ok(n)
+}

@@ -1,0 +1,16 @@
+//! Portico's HTTP/1 engine: HTTP/1.0 and HTTP/1.1 from clients, to HTTP/1.1 backends.
+//!
+//! - [`parse`]: request and response heads (httparse, then the RFC 9112 framing checks);
+//! - [`body`]: the chunked decoder and encoder;
+//! - [`conn`]: the connection loop: keep-alive, pipelining, the upstream exchange.
+//!
+//! It runs inside Pingora's `ServerApp` (listeners, TLS, lifecycle) and takes upstream
+//! connections from Pingora's `TransportConnector` pool. What it does not take (upgrades,
+//! CONNECT, routes to HTTPS/h2c/gRPC backends) it hands to Pingora's HTTP proxy, replaying the
+//! bytes it read, before anything is sent upstream.
+
+pub mod body;
+pub mod conn;
+pub mod parse;
+
+pub use conn::Engine;

@@ -1,0 +1,424 @@
+//! The Pingora engine: `ProxyHttp` phases that call the request [`Policy`].
+//!
+//! It serves HTTP/2, upgrades (WebSocket), the HTTPS/h2c/gRPC backends, and every HTTP/1 request
+//! when `--http1-engine pingora` is set. Pingora parses and frames; the policy decides.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, OrErr, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+
+use super::edge;
+use super::guard;
+use super::policy::{Answer, Attempts, Decision, LogEntry, Policy, Routed};
+use crate::dataplane::DataPlane;
+
+/// The `ProxyHttp` application; one instance serves every listener.
+pub struct PingoraApp {
+    pub policy: Arc<Policy>,
+}
+
+/// Per-request state, from the request header to the log line.
+pub struct RequestCtx {
+    started: Instant,
+    plane: Option<Arc<DataPlane>>,
+    route: Option<usize>,
+    routed: Option<Routed>,
+    upstream_started: Option<Instant>,
+    tls: bool,
+    client: Option<IpAddr>,
+    attempts: Attempts,
+    body_bytes: u64,
+}
+
+/// The host used for routing: the URI authority (absolute-form, HTTP/2 `:authority`) or else the
+/// `Host` header.
+fn request_host(req: &RequestHeader) -> &str {
+    if let Some(a) = req.uri.authority() {
+        return a.as_str().rsplit('@').next().unwrap_or("");
+    }
+    req.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+}
+
+impl PingoraApp {
+    /// Sends one of the policy's own answers, with the same headers as the HTTP/1 engine's.
+    async fn answer(&self, session: &mut Session, answer: &Answer) -> Result<bool> {
+        if answer.close {
+            session.set_keepalive(None);
+        }
+        let mut resp = ResponseHeader::build(answer.status, Some(6))?;
+        if !self.policy.server_header.value.is_empty() {
+            resp.insert_header(header::SERVER, self.policy.server_header.value.clone())?;
+        }
+        if let Some(location) = &answer.location {
+            resp.insert_header(header::LOCATION, location.as_str())?;
+        }
+        if !answer.body.is_empty() {
+            resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+        }
+        resp.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), answer.body.is_empty() || head_only)
+            .await?;
+        if !answer.body.is_empty() && !head_only {
+            session
+                .write_response_body(Some(Bytes::from_static(answer.body.as_bytes())), true)
+                .await?;
+        }
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for PingoraApp {
+    type CTX = RequestCtx;
+
+    /// No downstream modules: Pingora's default adds a disabled compression module, whose
+    /// per-request context and filter calls cost instructions on every request for nothing.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
+    fn new_ctx(&self) -> RequestCtx {
+        self.policy.shared.metrics.inflight.inc();
+        RequestCtx {
+            started: Instant::now(),
+            plane: None,
+            route: None,
+            routed: None,
+            upstream_started: None,
+            tls: false,
+            client: None,
+            attempts: Attempts::default(),
+            body_bytes: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(h1) = session.as_downstream().as_http1() {
+            edge::header_received(h1.stream());
+        }
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let checked = guard::check(session.req_header(), &self.policy.limits.header)
+            .and_then(|()| raw_framing(session));
+        if let Err(refusal) = checked {
+            tracing::debug!(client = ?ctx.client, status = refusal.status, reason = refusal.reason, "request refused");
+            let answer = Answer {
+                close: true,
+                ..Answer::error(refusal.status, refusal.reason)
+            };
+            return self.answer(session, &answer).await;
+        }
+        // Only bound a keep-alive the session allows: Pingora turns it off for HTTP/1.0, for
+        // `Connection: close`, and for a request framed by both Content-Length and
+        // Transfer-Encoding (RFC 9112 6.1), which must not be followed by another on the socket.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.policy.limits.keepalive_timeout.as_secs()));
+        }
+        let plane = self.policy.shared.load();
+        let req = session.req_header();
+        let declared = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let path_and_query = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let decision = self.policy.decide(
+            &plane,
+            request_host(req),
+            req.uri.path(),
+            path_and_query,
+            ctx.tls,
+            declared,
+        );
+        ctx.plane = Some(plane);
+        match decision {
+            Decision::Answer { route, answer } => {
+                ctx.route = route;
+                self.answer(session, &answer).await
+            }
+            Decision::Proxy(routed) => {
+                ctx.route = Some(routed.route);
+                ctx.routed = Some(routed);
+                session.set_read_timeout(Some(self.policy.limits.client_body_timeout));
+                Ok(false)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(b), Some(routed)) = (body, &ctx.routed) {
+            ctx.body_bytes += b.len() as u64;
+            if routed.max_body > 0 && ctx.body_bytes > routed.max_body {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(plane), Some(routed)) = (ctx.plane.as_ref(), ctx.routed.as_ref()) else {
+            return Error::e_explain(ErrorType::InternalError, "no route");
+        };
+        let endpoint = self
+            .policy
+            .pick(plane, routed, &ctx.attempts.tried)
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "empty pool"))?;
+        ctx.attempts.current = Some((endpoint.addr, endpoint.index));
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(endpoint.peer()))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let metrics = &self.policy.shared.metrics;
+        if reused {
+            metrics.upstream_reused.inc();
+        } else {
+            metrics.upstream_new.inc();
+        }
+        if let Some(t) = ctx.upstream_started {
+            self.policy
+                .metrics_for(ctx.plane.as_deref(), ctx.route)
+                .observe_upstream_connect(t.elapsed());
+            ctx.upstream_started = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let downstream = session.req_header();
+        let local_port = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port());
+        let forwarded = self.policy.forwarded(
+            ctx.client,
+            ctx.tls,
+            local_port,
+            host_value(downstream)?,
+            |name| downstream.headers.get(name).cloned(),
+        );
+        for (name, value) in forwarded {
+            upstream_request.insert_header(name, value)?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let idempotent = session.req_header().method.is_idempotent();
+        if let (Some(plane), Some(route)) = (ctx.plane.as_ref(), ctx.route) {
+            if self.policy.upstream_failed(plane, route, &mut ctx.attempts) && idempotent {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let upstream_fault = *e.esource() == pingora_core::ErrorSource::Upstream;
+        // A pooled connection that the upstream closed meanwhile is not the endpoint's fault.
+        let stale_pooled = client_reused && !ctx.attempts.responded;
+        let may_retry = match (ctx.plane.as_ref(), ctx.route) {
+            (Some(plane), Some(route)) if upstream_fault && !stale_pooled => {
+                self.policy.upstream_failed(plane, route, &mut ctx.attempts)
+            }
+            _ => !ctx.attempts.responded,
+        };
+        let idempotent = session.req_header().method.is_idempotent();
+        let body_intact = !session.as_ref().retry_buffer_truncated();
+        e.set_retry(upstream_fault && may_retry && idempotent && body_intact);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> pingora_proxy::FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if *e.esource() == pingora_core::ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                pingora_core::ErrorSource::Upstream => 502,
+                pingora_core::ErrorSource::Downstream => match e.etype() {
+                    // Timed out or cut short while the client sent its request: answer if the
+                    // connection still takes it (a half-closed client does).
+                    ErrorType::ReadTimedout => 408,
+                    ErrorType::ReadError | ErrorType::ConnectionClosed
+                        if session.response_written().is_none() =>
+                    {
+                        400
+                    }
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let answer = Answer {
+                close: true,
+                ..Answer::error(code, "")
+            };
+            if let Err(err) = self.answer(session, &answer).await {
+                tracing::debug!(error = %err, "could not send the error response");
+            }
+        }
+        pingora_proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(plane), Some(route)) = (ctx.plane.as_ref(), ctx.route) {
+            self.policy
+                .upstream_answered(plane, route, &mut ctx.attempts);
+        }
+        if let Some(t) = ctx.upstream_started.take() {
+            self.policy
+                .metrics_for(ctx.plane.as_deref(), ctx.route)
+                .observe_upstream_response(t.elapsed());
+        }
+        let server = &self.policy.server_header;
+        if !server.pass_upstream {
+            if server.value.is_empty() {
+                upstream_response.remove_header(&header::SERVER);
+            } else {
+                upstream_response.insert_header(header::SERVER, server.value.clone())?;
+            }
+        }
+        if !upstream_response
+            .headers
+            .contains_key(header::STRICT_TRANSPORT_SECURITY)
+        {
+            let hsts = ctx
+                .plane
+                .as_ref()
+                .and_then(|p| self.policy.hsts(p, ctx.route, ctx.tls));
+            if let Some(hsts) = hsts {
+                upstream_response.insert_header(header::STRICT_TRANSPORT_SECURITY, &**hsts)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(h1) = session.as_downstream().as_http1() {
+            edge::request_finished(h1.stream());
+        }
+        let metrics = &self.policy.shared.metrics;
+        metrics.inflight.dec();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let took = ctx.started.elapsed();
+        let req = session.req_header();
+        let sent = session.body_bytes_sent();
+        let read = session.body_bytes_read();
+        let plane = ctx.plane.as_deref();
+        self.policy
+            .metrics_for(plane, ctx.route)
+            .observe(&req.method, status, took, read, sent);
+        self.policy.log(&LogEntry {
+            client: ctx.client,
+            method: req.method.as_str(),
+            host: request_host(req),
+            path: req.uri.path(),
+            status,
+            bytes: sent,
+            took,
+            upstream: ctx.attempts.current.map(|(a, _)| a),
+            route: Policy::route(plane, ctx.route),
+            error: e.map(|e| e.etype().as_str()).unwrap_or(""),
+        });
+    }
+}
+
+/// Pingora drops Content-Length when Transfer-Encoding frames an HTTP/1 body; the raw header block
+/// still shows whether the client sent both (looked at only when Transfer-Encoding is there).
+fn raw_framing(session: &Session) -> std::result::Result<(), guard::Refusal> {
+    let chunked = session
+        .req_header()
+        .headers
+        .contains_key(header::TRANSFER_ENCODING);
+    match session.as_downstream().as_http1() {
+        Some(h1) if chunked => guard::check_framing(&h1.get_headers_raw_bytes()),
+        _ => Ok(()),
+    }
+}
+
+/// The request's host as a header value: the `Host` header itself when there is no authority in
+/// the request line (shares its bytes), else the authority without user info.
+fn host_value(req: &RequestHeader) -> Result<HeaderValue> {
+    if req.uri.authority().is_none() {
+        return Ok(req
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("")));
+    }
+    HeaderValue::from_str(request_host(req)).or_err(ErrorType::InvalidHTTPHeader, "host")
+}

@@ -1,0 +1,563 @@
+//! The request policy: every decision about a request that does not depend on the HTTP engine.
+//!
+//! Both engines call it: Portico's own HTTP/1 engine ([`super::h1`]) and the Pingora `ProxyHttp`
+//! adapter ([`super::pingora`], for HTTP/2, upgrades and the TLS/h2c/gRPC backends). The engines
+//! parse, frame and move bytes; the policy says what to answer, where to send a request, which
+//! headers to add, when to retry and what to record. A per-route feature is written here once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use pingora_core::upstreams::peer::HttpPeer;
+
+use crate::dataplane::{DataPlane, Shared};
+use crate::metrics::RouteMetrics;
+use crate::model::BackendProtocol;
+use crate::request::guard::Limits;
+use crate::routing::{normalize_request_host, Route};
+use crate::upstream::{now_ms, EndpointHealth};
+
+/// How upstream connections are made; the defaults follow ingress-nginx.
+#[derive(Clone, Debug)]
+pub struct UpstreamOptions {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub idle_timeout: Duration,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Limits on what clients send, and how hard Portico tries upstream.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    pub header: Limits,
+    /// Largest request body in bytes (0: unlimited); an Ingress may override it.
+    pub max_body_size: u64,
+    /// Longest time from the first byte of a request header to its end.
+    pub client_header_timeout: Duration,
+    /// Longest pause between two reads of a request body.
+    pub client_body_timeout: Duration,
+    /// Idle time after which a client keep-alive connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Endpoints an idempotent request may try.
+    pub upstream_attempts: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            header: Limits::default(),
+            max_body_size: 1 << 20,
+            client_header_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
+            upstream_attempts: 2,
+        }
+    }
+}
+
+/// Access log output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    Off,
+    Plain,
+    Json,
+}
+
+/// Which engine answers HTTP/1.x requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Engine {
+    /// Portico's own HTTP/1 engine (the default); what it does not take goes to Pingora's.
+    #[default]
+    Portico,
+    /// Pingora's HTTP/1 proxy for every request: the escape hatch.
+    Pingora,
+}
+
+/// A trusted proxy network, for `X-Forwarded-*` headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The `Server` header of responses, in nginx's model: Portico's own value replaces the
+/// backend's, unless the backend's is passed through.
+#[derive(Clone, Debug)]
+pub struct ServerHeader {
+    /// Portico's value; empty sends none.
+    pub value: HeaderValue,
+    /// Pass the backend's `Server` instead (nginx's `proxy_pass_header Server`).
+    pub pass_upstream: bool,
+}
+
+impl Default for ServerHeader {
+    fn default() -> Self {
+        Self {
+            value: HeaderValue::from_static("portico"),
+            pass_upstream: false,
+        }
+    }
+}
+
+/// The request policy; one instance serves every listener and both engines.
+pub struct Policy {
+    pub shared: Arc<Shared>,
+    pub upstream: UpstreamOptions,
+    pub trusted_proxies: Arc<[Cidr]>,
+    pub access_log: AccessLog,
+    pub limits: RequestLimits,
+    /// Per-request metrics (counters, histograms); off only to measure what they cost.
+    pub request_metrics: bool,
+    /// The port that plain-HTTP requests to TLS hosts are redirected to (omitted from the
+    /// `Location` when 443); `None` when HTTPS is off, which turns the redirect off.
+    pub https_redirect_port: Option<u16>,
+    pub server_header: ServerHeader,
+}
+
+/// A request the policy answers itself, without an upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// A plain-text body (empty for a redirect).
+    pub body: &'static str,
+    pub location: Option<String>,
+    /// Close the client connection after the answer (a refused request may be hostile).
+    pub close: bool,
+}
+
+impl Answer {
+    pub fn error(status: u16, body: &'static str) -> Self {
+        Self {
+            status,
+            body,
+            location: None,
+            close: false,
+        }
+    }
+}
+
+/// Where a routed request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Routed {
+    /// Index of the route in the snapshot's table.
+    pub route: usize,
+    /// Index of the route's pool in the snapshot.
+    pub pool: usize,
+    /// Largest body accepted (0: unlimited).
+    pub max_body: u64,
+    pub protocol: BackendProtocol,
+}
+
+/// What to do with a request, decided from its head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Proxy(Routed),
+    /// Answer here; `route` names the matched route, if any, for metrics and the log.
+    Answer {
+        route: Option<usize>,
+        answer: Answer,
+    },
+}
+
+/// The endpoint chosen for one attempt, with the route's connection settings.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Index in the pool, for the endpoint's health record.
+    pub index: usize,
+    pub protocol: BackendProtocol,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Endpoint {
+    /// The Pingora peer for this endpoint: what both engines connect through, so that they share
+    /// one connector configuration.
+    pub fn peer(&self) -> HttpPeer {
+        let tls = self.protocol.tls();
+        // With TLS, the SNI is the endpoint's IP, which rustls does not send: cluster backends
+        // are reached by pod IP and mostly have self-signed certificates, so there is no name to
+        // ask for and nothing to verify against (as ingress-nginx does by default).
+        let sni = if tls {
+            self.addr.ip().to_string()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(self.addr, tls, sni);
+        let o = &mut peer.options;
+        if tls {
+            o.verify_cert = false;
+            o.verify_hostname = false;
+        }
+        if self.protocol.http2() {
+            // h2c with prior knowledge in clear text; ALPN h2 only over TLS.
+            o.set_http_version(2, 2);
+        }
+        o.connection_timeout = Some(self.connect_timeout);
+        o.read_timeout = Some(self.read_timeout);
+        o.write_timeout = Some(self.write_timeout);
+        o.idle_timeout = Some(self.idle_timeout);
+        peer
+    }
+}
+
+/// Per-request upstream attempt state, kept by the engine and updated through the policy.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    /// Endpoints tried so far (allocated only when a first attempt fails).
+    pub tried: Vec<SocketAddr>,
+    /// The current endpoint.
+    pub current: Option<(SocketAddr, usize)>,
+    /// The upstream answered: from here on a failure is never retried.
+    pub responded: bool,
+}
+
+/// The forwarding headers for an upstream request, in the order they are sent.
+pub type Forwarded = [(&'static str, HeaderValue); 5];
+
+impl Policy {
+    /// Decides what to do with a request from its head. `host` is the authority of the request
+    /// line or else the `Host` header; `declared_len` the Content-Length, if any.
+    pub fn decide(
+        &self,
+        plane: &DataPlane,
+        host: &str,
+        path: &str,
+        path_and_query: &str,
+        tls: bool,
+        declared_len: Option<u64>,
+    ) -> Decision {
+        let host = normalize_request_host(host);
+        let Some(route) = plane.routes.lookup(&host, path) else {
+            return Decision::Answer {
+                route: None,
+                answer: Answer::error(404, "no route for this host and path\n"),
+            };
+        };
+        let id = Some(route.id);
+        if let Some(port) = self
+            .https_redirect_port
+            .filter(|_| route.redirect_https && !tls)
+        {
+            // The port of the plain-HTTP request is not the HTTPS one: replace it.
+            let location = match port {
+                443 => format!("https://{host}{path_and_query}"),
+                port => format!("https://{host}:{port}{path_and_query}"),
+            };
+            return Decision::Answer {
+                route: id,
+                answer: Answer {
+                    status: 308,
+                    body: "",
+                    location: Some(location),
+                    close: false,
+                },
+            };
+        }
+        if plane.pools.get(route.pool).is_none_or(|p| p.is_empty()) {
+            return Decision::Answer {
+                route: id,
+                answer: Answer::error(503, "no usable endpoint for this backend\n"),
+            };
+        }
+        let max_body = route.limits.max_body.unwrap_or(self.limits.max_body_size);
+        if max_body > 0 && declared_len.is_some_and(|n| n > max_body) {
+            return Decision::Answer {
+                route: id,
+                answer: Answer {
+                    close: true,
+                    ..Answer::error(413, "request body too large\n")
+                },
+            };
+        }
+        Decision::Proxy(Routed {
+            route: route.id,
+            pool: route.pool,
+            max_body,
+            protocol: route.backend_protocol,
+        })
+    }
+
+    /// Picks the endpoint for the next attempt: healthy endpoints not tried yet; failing that,
+    /// any endpoint not tried yet; failing that, any (a pool whose endpoints all failed still
+    /// gets a chance). `None` when the pool is empty in this snapshot.
+    pub fn pick(
+        &self,
+        plane: &DataPlane,
+        routed: &Routed,
+        tried: &[SocketAddr],
+    ) -> Option<Endpoint> {
+        let route = plane.routes.routes().get(routed.route)?;
+        let pool = plane.pools.get(routed.pool)?;
+        let now = now_ms();
+        let index = pool
+            .pick(|u| u.health.is_available(now) && !tried.contains(&u.addr))
+            .or_else(|| pool.pick(|u| !tried.contains(&u.addr)))
+            .or_else(|| pool.pick(|_| true))?;
+        let upstream = pool.endpoints().get(index)?;
+        let limits = &route.limits;
+        Some(Endpoint {
+            addr: upstream.addr,
+            index,
+            protocol: route.backend_protocol,
+            connect_timeout: limits
+                .connect_timeout
+                .unwrap_or(self.upstream.connect_timeout),
+            read_timeout: limits.read_timeout.unwrap_or(self.upstream.read_timeout),
+            write_timeout: limits.send_timeout.unwrap_or(self.upstream.write_timeout),
+            idle_timeout: self.upstream.idle_timeout,
+        })
+    }
+
+    fn health(plane: &DataPlane, route: usize, endpoint: usize) -> Option<&EndpointHealth> {
+        let route = plane.routes.routes().get(route)?;
+        let pool = plane.pools.get(route.pool)?;
+        Some(&pool.endpoints().get(endpoint)?.health)
+    }
+
+    /// Records a failure of the current endpoint (passive health, ejection); true if another
+    /// attempt is allowed by the attempt budget.
+    pub fn upstream_failed(&self, plane: &DataPlane, route: usize, a: &mut Attempts) -> bool {
+        if let Some((addr, index)) = a.current {
+            if let Some(h) = Self::health(plane, route, index) {
+                if let Some(time) = h.record_failure(now_ms()) {
+                    tracing::warn!(upstream = %addr, ejected_for = ?time, "endpoint ejected after repeated failures");
+                }
+            }
+            a.tried.push(addr);
+        }
+        !a.responded && a.tried.len() < self.limits.upstream_attempts
+    }
+
+    /// Records that the current endpoint answered.
+    pub fn upstream_answered(&self, plane: &DataPlane, route: usize, a: &mut Attempts) {
+        if a.responded {
+            return;
+        }
+        a.responded = true;
+        if let Some((_, index)) = a.current {
+            if let Some(h) = Self::health(plane, route, index) {
+                h.record_success();
+            }
+        }
+    }
+
+    /// Whether the client's own forwarding headers are kept (it is a trusted proxy).
+    pub fn trusts(&self, client: Option<IpAddr>) -> bool {
+        client.is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip)))
+    }
+
+    /// `X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
+    /// `X-Forwarded-Port` for the upstream request.
+    ///
+    /// Like ingress-nginx: without a trusted proxy in front, the client's own forwarding headers
+    /// are replaced, never appended to. `prior` reads the client's header of a name (called only
+    /// for a trusted client); `host` is the request's host as sent.
+    pub fn forwarded(
+        &self,
+        client: Option<IpAddr>,
+        tls: bool,
+        local_port: Option<u16>,
+        host: HeaderValue,
+        prior: impl Fn(&'static str) -> Option<HeaderValue>,
+    ) -> Forwarded {
+        let trusted = self.trusts(client);
+        let kept = |name| if trusted { prior(name) } else { None };
+        let ip = client.map(ip_value).unwrap_or(HeaderValue::from_static(""));
+        let xff = match kept("x-forwarded-for") {
+            Some(prev) => {
+                let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip.as_bytes());
+                HeaderValue::from_bytes(&v).unwrap_or_else(|_| ip.clone())
+            }
+            None => ip.clone(),
+        };
+        let proto = kept("x-forwarded-proto").unwrap_or(HeaderValue::from_static(if tls {
+            "https"
+        } else {
+            "http"
+        }));
+        let host = kept("x-forwarded-host").unwrap_or(host);
+        let port = kept("x-forwarded-port").unwrap_or_else(|| {
+            local_port
+                .map(HeaderValue::from)
+                .unwrap_or(HeaderValue::from_static(""))
+        });
+        [
+            ("x-forwarded-for", xff),
+            ("x-real-ip", ip),
+            ("x-forwarded-proto", proto),
+            ("x-forwarded-host", host),
+            ("x-forwarded-port", port),
+        ]
+    }
+
+    /// The `Strict-Transport-Security` value for a response to a request over TLS on `route`,
+    /// unless the backend set its own: the application knows its subdomains better than the
+    /// Ingress. HSTS only means something over TLS (RFC 6797 section 7.2).
+    pub fn hsts<'a>(
+        &self,
+        plane: &'a DataPlane,
+        route: Option<usize>,
+        tls: bool,
+    ) -> Option<&'a Arc<str>> {
+        if !tls {
+            return None;
+        }
+        plane.routes.routes().get(route?)?.hsts.as_ref()
+    }
+
+    /// The metric handles of a request's route (the unrouted set for none).
+    pub fn metrics_for<'a>(
+        &'a self,
+        plane: Option<&'a DataPlane>,
+        route: Option<usize>,
+    ) -> &'a RouteMetrics {
+        if !self.request_metrics {
+            return &self.shared.metrics.disabled;
+        }
+        plane
+            .zip(route)
+            .and_then(|(p, i)| p.route_metrics.get(i))
+            .map(|m| m.as_ref())
+            .unwrap_or(&self.shared.metrics.unrouted)
+    }
+
+    /// The route of a request, for the log.
+    pub fn route(plane: Option<&DataPlane>, route: Option<usize>) -> Option<&Route> {
+        plane?.routes.routes().get(route?)
+    }
+
+    /// Writes the access log line of a finished request (if the access log is on).
+    pub fn log(&self, e: &LogEntry<'_>) {
+        if self.access_log == AccessLog::Off {
+            return;
+        }
+        // Formatted straight into the log line: no strings allocated for the fields.
+        tracing::info!(
+            target: "portico::access",
+            client = %OrEmpty(e.client),
+            method = %e.method,
+            host = %e.host,
+            path = %e.path,
+            status = e.status,
+            bytes = e.bytes,
+            duration_ms = e.took.as_secs_f64() * 1000.0,
+            upstream = %OrEmpty(e.upstream),
+            route = %OrEmpty(e.route.map(|r| &r.ingress)),
+            error = e.error,
+        );
+    }
+}
+
+/// The fields of one access log line.
+pub struct LogEntry<'a> {
+    pub client: Option<IpAddr>,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub bytes: usize,
+    pub took: Duration,
+    pub upstream: Option<SocketAddr>,
+    pub route: Option<&'a Route>,
+    pub error: &'a str,
+}
+
+/// Displays the value, or nothing for `None`.
+struct OrEmpty<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrEmpty<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The client address as a header value, formatted on the stack.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 45]; // the longest IPv6 text form
+    let mut w = &mut buf[..];
+    let len = match write!(w, "{ip}") {
+        Ok(()) => 45 - w.len(),
+        Err(_) => 0,
+    };
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Whether a method is idempotent (RFC 9110 9.2.2): such a request may be sent again.
+pub fn idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"TRACE"
+    )
+}
