@@ -4,6 +4,7 @@ mod common;
 
 use common::{ingress, metric_value as sample, Pods, Portico, INGRESS_CLASS};
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_by_exactly_n() {
     let pods = Pods::start("metered", 2).await;
@@ -99,4 +100,5 @@ async fn counters_move_by_exactly_n() {
             "{line}"
         );
     }
+}
 }

@@ -42,6 +42,7 @@ async fn one_route_with(trusted: Option<&str>, annotations: &str) -> (Portico, P
     (p, pods)
 }
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_passes_through_with_forwarding_headers() {
     let (p, _pods) = one_route(None).await;
@@ -71,7 +72,9 @@ async fn request_passes_through_with_forwarding_headers() {
     assert_eq!(e.headers["x-forwarded-host"], "Echo.Example");
     assert_eq!(e.headers["x-forwarded-port"], p.http.port().to_string());
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxy_forwarding_headers_are_extended() {
     let (p, _pods) = one_route(Some("127.0.0.0/8")).await;
@@ -87,6 +90,7 @@ async fn trusted_proxy_forwarding_headers_are_extended() {
     assert_eq!(e.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(e.headers["x-forwarded-proto"], "https");
 }
+}
 
 /// Writes a raw HTTP/1.1 request and reads the whole answer (the server closes after it).
 async fn raw(p: &Portico, request: &str) -> String {
@@ -99,6 +103,7 @@ async fn raw(p: &Portico, request: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_removed() {
     let (p, _pods) = one_route(None).await;
@@ -124,7 +129,9 @@ async fn hop_by_hop_headers_are_removed() {
     }
     assert_eq!(e.headers["x-end"], "kept");
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways() {
     // The Ingress lifts the 1 MiB default body limit for itself.
@@ -165,7 +172,9 @@ async fn large_bodies_stream_both_ways() {
     assert_eq!(body.len(), 33554432);
     assert!(body.iter().all(|b| *b == b'x'));
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_passes_through() {
     let (p, _pods) = one_route(None).await;
@@ -198,7 +207,9 @@ async fn websocket_upgrade_passes_through() {
     }
     assert_eq!(&got, b"ping-through-portico");
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused() {
     let (p, _pods) = one_route(None).await;
@@ -225,4 +236,5 @@ async fn upstream_connections_are_reused() {
     let reused = value("portico_upstream_connections_total{reused=\"true\"}");
     assert_eq!(new + reused, 50.0, "{m}");
     assert!(new <= 2.0, "new upstream connections: {new}");
+}
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{ingress, Pods, Portico, INGRESS_CLASS};
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_and_virtual_hosting() {
     let admin = Pods::start("admin", 1).await;
@@ -54,7 +55,9 @@ async fn fanout_and_virtual_hosting() {
     assert_eq!(p.echo("ww2.example.com", "/a/b").await.service, "service2");
     assert_eq!(p.get("ww3.example.com", "/").await.0, 404);
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_backend_wildcards_and_precedence() {
     let dflt = Pods::start("fallback", 1).await;
@@ -123,7 +126,9 @@ spec:
     // A claimed host whose paths do not match goes to the default backend, not to host-less rules.
     assert_eq!(p.echo("baz.foo.com", "/any").await.service, "wild");
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_found_unavailable_and_bad_gateway() {
     let up = Pods::start("up", 1).await;
@@ -176,7 +181,9 @@ endpoints: [ {{ addresses: [\"127.0.0.1\"] }} ]
     // The good route is not disturbed by the bad ones.
     assert_eq!(p.echo("svc.example", "/up").await.service, "up");
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_is_even_across_endpoints() {
     let pods = Pods::start("rr", 4).await;
@@ -201,7 +208,9 @@ async fn round_robin_is_even_across_endpoints() {
     assert_eq!(counts.len(), 4, "{counts:?}");
     assert!(counts.values().all(|c| *c == 50), "{counts:?}");
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_changes_apply_live() {
     let a = Pods::start("svc-a", 1).await;
@@ -271,7 +280,9 @@ async fn manifest_changes_apply_live() {
     })
     .await;
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_files_and_objects_leave_good_routes_serving() {
     let good = Pods::start("good", 1).await;
@@ -366,7 +377,9 @@ async fn bad_files_and_objects_leave_good_routes_serving() {
         "{m}"
     );
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_class_selection() {
     let pods = Pods::start("cls", 1).await;
@@ -427,7 +440,9 @@ spec: { controller: k8s.io/ingress-nginx }
     .await;
     assert_eq!(p.get("other.example", "/").await.0, 404);
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oldest_ingress_wins_a_conflict() {
     let old = Pods::start("old", 1).await;
@@ -459,7 +474,9 @@ async fn oldest_ingress_wins_a_conflict() {
         "{m}"
     );
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_by_name_and_endpoint_conditions() {
     let pods = Pods::start("cond", 3).await;
@@ -546,4 +563,5 @@ endpoints:
     for _ in 0..4 {
         assert_eq!(p.echo("named.example", "/").await.pod, "cond-1");
     }
+}
 }

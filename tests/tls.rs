@@ -53,6 +53,7 @@ mod support {
                 admin_listen: Some(format!("127.0.0.1:{}", free_port())),
                 threads: Some(2),
                 access_log: Some(portico::request::policy::AccessLog::Off),
+                http1_engine: Some(super::common::engine()),
                 ..Flags::default()
             };
             tweak(&mut flags);
@@ -439,6 +440,7 @@ stringData:
     }
 }
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_selects_each_hosts_certificate_and_host_routes() {
     bounded(async {
@@ -488,7 +490,9 @@ async fn sni_selects_each_hosts_certificate_and_host_routes() {
     })
     .await;
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_certificate_covers_one_label_and_exact_wins() {
     bounded(async {
@@ -530,7 +534,9 @@ async fn wildcard_certificate_covers_one_label_and_exact_wins() {
     })
     .await;
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_default_certificate_for_unknown_sni_and_for_no_sni() {
     bounded(async {
@@ -573,7 +579,9 @@ async fn generated_default_certificate_for_unknown_sni_and_for_no_sni() {
     })
     .await;
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_default_certificate_from_files_or_from_a_secret() {
     bounded(async {
@@ -626,7 +634,9 @@ async fn configured_default_certificate_from_files_or_from_a_secret() {
     })
     .await;
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_applies_to_new_handshakes_while_open_connections_keep_working() {
     bounded(async {
@@ -659,7 +669,9 @@ async fn rotation_applies_to_new_handshakes_while_open_connections_keep_working(
     })
     .await;
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_junk_secret_is_rejected_and_nothing_stops_serving() {
     bounded(async {
@@ -720,7 +732,9 @@ async fn a_junk_secret_is_rejected_and_nothing_stops_serving() {
     })
     .await;
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_to_a_tls_host_gets_308_unless_opted_out_or_https_is_off() {
     bounded(async {
@@ -784,7 +798,9 @@ async fn plain_http_to_a_tls_host_gets_308_unless_opted_out_or_https_is_off() {
     })
     .await;
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_negotiates_http2_and_tls_is_1_2_or_1_3_only() {
     bounded(async {
@@ -864,6 +880,7 @@ async fn alpn_negotiates_http2_and_tls_is_1_2_or_1_3_only() {
     })
     .await;
 }
+}
 
 /// A gRPC-shaped backend speaking HTTP/2 only (h2c with prior knowledge): it checks the request
 /// is gRPC over HTTP/2, echoes the message back and ends with a `grpc-status: 0` trailer.
@@ -922,6 +939,7 @@ async fn grpc_backend() -> u16 {
     port
 }
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_round_trip_over_tls_to_an_h2c_backend_and_h2c_for_http1_clients() {
     bounded(async {
@@ -1007,6 +1025,7 @@ async fn grpc_round_trip_over_tls_to_an_h2c_backend_and_h2c_for_http1_clients() 
     })
     .await;
 }
+}
 
 /// A TLS backend with a self-signed certificate that answers with the protocol it saw.
 async fn https_backend() -> u16 {
@@ -1053,6 +1072,7 @@ async fn https_backend() -> u16 {
     port
 }
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_and_grpcs_backends_with_a_self_signed_certificate() {
     bounded(async {
@@ -1099,7 +1119,9 @@ async fn https_and_grpcs_backends_with_a_self_signed_certificate() {
     })
     .await;
 }
+}
 
+both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_header_over_tls_is_cut_but_an_h2_connection_is_not() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1165,4 +1187,5 @@ async fn a_trickled_header_over_tls_is_cut_but_an_h2_connection_is_not() {
         }
     })
     .await;
+}
 }

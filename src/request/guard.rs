@@ -108,6 +108,41 @@ pub fn check(req: &RequestHeader, limits: &Limits) -> Result<(), Refusal> {
     if content_lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(refuse(400, "both Content-Length and Transfer-Encoding"));
     }
+    if let Some(cl) = headers.get(header::CONTENT_LENGTH) {
+        let v = cl.as_bytes().trim_ascii();
+        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+            return Err(refuse(400, "invalid Content-Length"));
+        }
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(te) = codings.next() {
+        // Exactly `chunked`: a list (`gzip, chunked`, `chunked, chunked`) or a second field is
+        // where parsers disagree.
+        if codings.next().is_some() || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
+        {
+            return Err(refuse(400, "unsupported Transfer-Encoding"));
+        }
+    }
+    for value in headers.get_all(header::CONNECTION) {
+        let names_framing = value.as_bytes().split(|&b| b == b',').any(|t| {
+            let t = t.trim_ascii();
+            t.eq_ignore_ascii_case(b"content-length")
+                || t.eq_ignore_ascii_case(b"transfer-encoding")
+                || t.eq_ignore_ascii_case(b"host")
+        });
+        if names_framing {
+            return Err(refuse(400, "Connection names a framing field"));
+        }
+    }
+    if let Some(expect) = headers.get(header::EXPECT) {
+        if !expect
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"100-continue")
+        {
+            return Err(refuse(417, "unsupported expectation"));
+        }
+    }
     let hosts = headers.get_all(header::HOST).iter().count();
     if hosts > 1 {
         return Err(refuse(400, "more than one Host"));
@@ -124,6 +159,23 @@ pub fn check(req: &RequestHeader, limits: &Limits) -> Result<(), Refusal> {
     if let Some(a) = req.uri.authority() {
         if a.as_str().contains('@') || !valid_host(a.as_str()) {
             return Err(refuse(400, "invalid authority"));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a bare LF or bare CR, or a NUL, anywhere in a raw request head (RFC 9112 2.2):
+/// httparse accepts a bare LF as a line end, which a proxy in front of a stricter server must not.
+pub fn check_line_ends(head: &[u8]) -> Result<(), Refusal> {
+    for (i, &b) in head.iter().enumerate() {
+        let bad = match b {
+            b'\n' => i == 0 || head[i - 1] != b'\r',
+            b'\r' => head.get(i + 1) != Some(&b'\n'),
+            0 => true,
+            _ => false,
+        };
+        if bad {
+            return Err(refuse(400, "bare CR or LF, or NUL, in the request head"));
         }
     }
     Ok(())

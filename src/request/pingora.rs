@@ -399,15 +399,22 @@ impl ProxyHttp for PingoraApp {
 
 /// Pingora drops Content-Length when Transfer-Encoding frames an HTTP/1 body; the raw header block
 /// still shows whether the client sent both (looked at only when Transfer-Encoding is there).
+/// The raw head also shows line ends that httparse accepted (a bare LF), as Portico's engine
+/// refuses them.
 fn raw_framing(session: &Session) -> std::result::Result<(), guard::Refusal> {
     let chunked = session
         .req_header()
         .headers
         .contains_key(header::TRANSFER_ENCODING);
-    match session.as_downstream().as_http1() {
-        Some(h1) if chunked => guard::check_framing(&h1.get_headers_raw_bytes()),
-        _ => Ok(()),
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return Ok(());
+    };
+    let raw = h1.get_headers_raw_bytes();
+    guard::check_line_ends(&raw)?;
+    if chunked {
+        guard::check_framing(&raw)?;
     }
+    Ok(())
 }
 
 /// The request's host as a header value: the `Host` header itself when there is no authority in

@@ -13,7 +13,44 @@ use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use portico::config::Flags;
 use portico::dataplane::Shared;
 use portico::echo::{Echo, Identity};
+use portico::request::policy::Http1Engine;
 use tokio::sync::watch;
+
+tokio::task_local! {
+    /// The HTTP/1 engine of the Portico a test starts; set per test by [`both_engines!`].
+    pub static ENGINE: Http1Engine;
+}
+
+/// The engine of the running test: [`ENGINE`], else the default (Portico's).
+pub fn engine() -> Http1Engine {
+    ENGINE.try_with(|e| *e).unwrap_or_default()
+}
+
+/// Runs each test once per HTTP/1 engine: `NAME::portico` and `NAME::pingora`. Every Portico the
+/// test starts through this harness serves HTTP/1 with that engine.
+#[macro_export]
+macro_rules! both_engines {
+    ($( $(#[$attr:meta])* async fn $name:ident() $body:block )*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$attr])*
+            async fn portico() {
+                $crate::common::ENGINE
+                    .scope(portico::request::policy::Http1Engine::Portico, async $body)
+                    .await
+            }
+
+            $(#[$attr])*
+            async fn pingora() {
+                $crate::common::ENGINE
+                    .scope(portico::request::policy::Http1Engine::Pingora, async $body)
+                    .await
+            }
+        }
+    )*};
+}
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -63,6 +100,7 @@ impl Portico {
             admin_listen: Some(format!("127.0.0.1:{}", free_port())),
             threads: Some(2),
             access_log: Some(portico::request::policy::AccessLog::Off),
+            http1_engine: Some(engine()),
             ..Flags::default()
         };
         tweak(&mut flags);
@@ -266,6 +304,35 @@ impl Pods {
             };
         }
         panic!("could not start pods for {service}");
+    }
+
+    /// One pod whose connections `serve` answers: a scripted backend, for upstream behaviour an
+    /// echo server does not show. `serve` gets each accepted connection and its index.
+    pub async fn scripted<F, Fut>(service: &str, serve: F) -> Pods
+    where
+        F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let group = NEXT_NET.fetch_add(1, Ordering::Relaxed);
+        let second = 100 + (std::process::id() % 100) as u8;
+        let ip = Ipv4Addr::new(127, second, group, 1);
+        let l = tokio::net::TcpListener::bind((ip, 0))
+            .await
+            .expect("bind scripted pod");
+        let port = l.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(serve(s, n));
+                n += 1;
+            }
+        });
+        Pods {
+            service: service.to_string(),
+            port,
+            ips: vec![IpAddr::V4(ip)],
+            tasks: vec![task],
+        }
     }
 
     /// Stops one pod (its listener closes).

@@ -590,8 +590,9 @@ impl Engine {
             self.policy.shared.metrics.upstream_reused.inc();
         } else {
             self.policy.shared.metrics.upstream_new.inc();
-            metrics.observe_upstream_connect(connect_started.elapsed());
         }
+        // Observed for pooled connections too (about zero), as the Pingora engine does.
+        metrics.observe_upstream_connect(connect_started.elapsed());
         let sent_at = Instant::now();
         // The head, and a buffered body with it: one write.
         let write = match buffered {
@@ -789,7 +790,7 @@ impl Engine {
                     match timeout(read_timeout, client.read_buf(buf)).await {
                         Ok(Ok(0)) | Ok(Err(_)) => {
                             return Err(Failure::Client {
-                                status: 0,
+                                status: 400,
                                 reason: "client closed mid-body",
                             })
                         }
@@ -1091,7 +1092,8 @@ async fn client_read(
 ) -> Result<usize, Failure> {
     match timeout(limit, client.read(into)).await {
         Ok(Ok(0)) | Ok(Err(_)) => Err(Failure::Client {
-            status: 0,
+            // A half-closed client still reads the answer; a gone one does not care.
+            status: 400,
             reason: "client closed mid-body",
         }),
         Ok(Ok(n)) => Ok(n),

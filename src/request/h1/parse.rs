@@ -5,7 +5,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::request::guard::{valid_host, Limits, Refusal};
+use crate::request::guard::{check_line_ends, valid_host, Limits, Refusal};
 
 /// Most header fields in one head (431 beyond, as nginx's buffers would overflow first).
 pub const MAX_HEADERS: usize = 100;
@@ -172,23 +172,6 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Refuses a bare LF or bare CR anywhere in a head (RFC 9112 2.2): httparse accepts a bare LF as
-/// a line end, which a proxy in front of a stricter server must not.
-fn check_line_ends(head: &[u8]) -> Result<(), Refusal> {
-    for (i, &b) in head.iter().enumerate() {
-        let bad = match b {
-            b'\n' => i == 0 || head[i - 1] != b'\r',
-            b'\r' => head.get(i + 1) != Some(&b'\n'),
-            0 => true,
-            _ => false,
-        };
-        if bad {
-            return Err(refuse(400, "bare CR or LF, or NUL, in the request head"));
-        }
-    }
-    Ok(())
-}
-
 /// Parses one request head at the start of `buf`. `scanned` is how many bytes of `buf` an earlier
 /// call already looked at (its end-of-head scan resumes there).
 pub fn parse_request(
@@ -205,7 +188,20 @@ pub fn parse_request(
             }
             return Err(refuse(431, "request header fields too large"));
         }
-        return Ok(Parsed::Partial);
+        // An incomplete head may already be invalid (HTTP/0.9, a bad request line): say so now,
+        // rather than wait for an empty line that will never come.
+        let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        return match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut req,
+            buf,
+            &mut storage,
+        ) {
+            Err(httparse::Error::TooManyHeaders) => Err(refuse(431, "too many header fields")),
+            Err(httparse::Error::Version) => Err(refuse(400, "unsupported HTTP version")),
+            Err(_) => Err(refuse(400, "malformed request head")),
+            Ok(_) => Ok(Parsed::Partial),
+        };
     };
     let head = &buf[..len];
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
