@@ -6,7 +6,14 @@
 //! Normalised before comparing, because they differ by design and not by meaning:
 //! - `X-Forwarded-Port`: each Portico listens on its own port;
 //! - chunk boundaries of a chunked body: both engines decode and encode chunks again, each in the
-//!   pieces its reads produced, so the decoded body is compared.
+//!   pieces its reads produced, so the decoded body is compared;
+//! - repeated field names in a request: Pingora's engine keeps fields in an `http::HeaderMap`,
+//!   which moves a repeated name next to its first occurrence; Portico's keeps the client's order.
+//!   Requests are compared with repeated names grouped the same way.
+//!
+//! One known divergence is asserted rather than compared: to an HTTP/1.0 client, Pingora's engine
+//! sends a chunked body with `Transfer-Encoding: chunked`, which HTTP/1.0 does not have (RFC 9112
+//! 6.1); Portico's sends the decoded body and closes the connection.
 
 mod common;
 
@@ -105,7 +112,20 @@ fn answer(request: &[u8]) -> (Vec<u8>, bool) {
             .to_string();
     let head = line.starts_with("HEAD ");
     let path = line.split(' ').nth(1).unwrap_or("/").to_string();
-    let body_len = request.len();
+    // The decoded length: both engines re-chunk a chunked body in their own pieces.
+    let end = request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |e| e + 4);
+    let chunked = String::from_utf8_lossy(&request[..end])
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body_len = end
+        + if chunked {
+            dechunk(&request[end..]).len()
+        } else {
+            request.len() - end
+        };
     let r: &[u8] = match path.split('?').next().unwrap_or("") {
         "/r/chunked" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
         "/r/204" => b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
@@ -403,7 +423,11 @@ fn normalise(msg: &[u8]) -> String {
         .to_ascii_lowercase()
         .contains("\r\ntransfer-encoding: chunked");
     let mut out = String::new();
-    for line in head.split("\r\n") {
+    let mut lines: Vec<&str> = head.split("\r\n").collect();
+    if !head.starts_with("HTTP/") {
+        lines = grouped(&lines);
+    }
+    for line in lines {
         let lower = line.to_ascii_lowercase();
         if lower.starts_with("date:") {
             continue;
@@ -431,6 +455,27 @@ fn normalise(msg: &[u8]) -> String {
         String::from_utf8_lossy(&body).to_string()
     };
     format!("{out}{summary}")
+}
+
+/// Field lines with each repeated name moved next to its first occurrence (the request line
+/// first, the empty lines last).
+fn grouped<'a>(lines: &[&'a str]) -> Vec<&'a str> {
+    let name = |l: &str| l.split(':').next().unwrap_or("").to_ascii_lowercase();
+    let fields: Vec<&str> = lines
+        .iter()
+        .skip(1)
+        .copied()
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut out = vec![lines[0]];
+    let mut done = std::collections::HashSet::new();
+    for l in &fields {
+        if done.insert(name(l)) {
+            out.extend(fields.iter().filter(|m| name(m) == name(l)));
+        }
+    }
+    out.extend(["", ""]);
+    out
 }
 
 /// Sends a case's requests on one connection; returns the normalised responses and what the
@@ -477,6 +522,15 @@ async fn both_engines_forward_the_same_bytes() {
                 a_seen.join("\n"),
                 b_seen.join("\n")
             ));
+        }
+        if case.name == "HTTP/1.0 chunked response" {
+            let ours = a_resp.join("\n").to_ascii_lowercase();
+            assert!(!ours.contains("transfer-encoding"), "{ours}");
+            assert!(
+                ours.contains("connection: close") && ours.ends_with("hello, world"),
+                "{ours}"
+            );
+            continue;
         }
         if a_resp != b_resp {
             differences.push(format!(

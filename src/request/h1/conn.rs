@@ -245,7 +245,7 @@ impl Engine {
     async fn refused(&self, stream: &mut Stream, answer: &Answer, conn: &Conn) {
         let started = Instant::now();
         let mut out = Vec::with_capacity(256);
-        self.answer_head(answer, true, false, &mut out);
+        self.answer_head(answer, true, &mut out);
         out.extend_from_slice(answer.body.as_bytes());
         let _ = timeout(self.policy.upstream.write_timeout, stream.write_all(&out)).await;
         let metrics = self.policy.metrics_for(None, None);
@@ -265,9 +265,9 @@ impl Engine {
     }
 
     /// The head of one of the policy's own answers.
-    fn answer_head(&self, answer: &Answer, close: bool, keep_alive_10: bool, out: &mut Vec<u8>) {
+    fn answer_head(&self, answer: &Answer, close: bool, out: &mut Vec<u8>) {
         status_line(answer.status, reason(answer.status).as_bytes(), out);
-        self.identity(out);
+        self.server(out);
         if let Some(location) = &answer.location {
             field(b"Location", location.as_bytes(), out);
         }
@@ -275,25 +275,9 @@ impl Engine {
             field(b"Content-Type", b"text/plain; charset=utf-8", out);
         }
         length_field(answer.body.len() as u64, out);
-        if close {
-            field(b"Connection", b"close", out);
-        } else if keep_alive_10 {
-            field(b"Connection", b"keep-alive", out);
-        }
+        self.date(out);
+        connection(!close, out);
         out.extend_from_slice(b"\r\n");
-    }
-
-    /// `Server` and `Date`, on every response.
-    fn identity(&self, out: &mut Vec<u8>) {
-        let server = &self.policy.server_header.value;
-        if !server.is_empty() {
-            field(b"Server", server.as_bytes(), out);
-        }
-        field(
-            b"Date",
-            pingora_core::protocols::http::date::get_cached_date().as_bytes(),
-            out,
-        );
     }
 
     /// One request: decide, answer or proxy, record.
@@ -386,7 +370,7 @@ impl Engine {
     ) -> Next {
         let close = answer.close || head.close || closing || head.framing != Framing::None;
         let mut out = Vec::with_capacity(256 + answer.body.len());
-        self.answer_head(answer, close, head.version == 0, &mut out);
+        self.answer_head(answer, close, &mut out);
         if head.method.get(raw) != b"HEAD" {
             out.extend_from_slice(answer.body.as_bytes());
             outcome.sent = answer.body.len();
@@ -519,7 +503,8 @@ impl Engine {
         for f in &head.fields {
             match f.kind {
                 Kind::HopByHop | Kind::Connection | Kind::Forwarding | Kind::Expect => {}
-                Kind::TransferEncoding => field(b"Transfer-Encoding", b"chunked", out),
+                // Sent after the forwarding fields, where Pingora's engine puts it.
+                Kind::TransferEncoding => {}
                 _ => field(f.name.get(raw), f.value.get(raw), out),
             }
         }
@@ -546,6 +531,9 @@ impl Engine {
                 .forwarded(conn.client, conn.tls, conn.local_port, host, prior)
         {
             field(name.as_bytes(), value.as_bytes(), out);
+        }
+        if head.framing == Framing::Chunked {
+            field(b"Transfer-Encoding", b"chunked", out);
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -640,6 +628,23 @@ impl Engine {
         let response = loop {
             let mut scanned = 0;
             let parsed = loop {
+                // What an interim response left in the buffer is parsed before reading more.
+                if !ubuf.is_empty() {
+                    match parse::parse_response(&ubuf, scanned, is_head) {
+                        Ok(Parsed::Complete(r)) => break r,
+                        Ok(Parsed::Partial) => scanned = ubuf.len(),
+                        Err(bad) => {
+                            tracing::warn!(upstream = %endpoint.addr, reason = bad.0, "invalid upstream response");
+                            return Err(Failure::Upstream {
+                                status: 502,
+                                stale: false,
+                            });
+                        }
+                    }
+                }
+                if ubuf.len() == ubuf.capacity() {
+                    ubuf.reserve(ubuf.len().max(RESPONSE_BUFFER));
+                }
                 match timeout(endpoint.read_timeout, up.read_buf(&mut ubuf)).await {
                     Ok(Ok(0)) | Ok(Err(_)) => {
                         return Err(Failure::Upstream {
@@ -655,22 +660,6 @@ impl Engine {
                         })
                     }
                 }
-                match parse::parse_response(&ubuf, scanned, is_head) {
-                    Ok(Parsed::Complete(r)) => break r,
-                    Ok(Parsed::Partial) => {
-                        scanned = ubuf.len();
-                        if ubuf.len() == ubuf.capacity() {
-                            ubuf.reserve(ubuf.len());
-                        }
-                    }
-                    Err(bad) => {
-                        tracing::warn!(upstream = %endpoint.addr, reason = bad.0, "invalid upstream response");
-                        return Err(Failure::Upstream {
-                            status: 502,
-                            stale: false,
-                        });
-                    }
-                }
             };
             if (100..200).contains(&parsed.status) {
                 if parsed.status == 101 {
@@ -680,7 +669,14 @@ impl Engine {
                         stale: false,
                     });
                 }
-                // Interim responses are not forwarded (Expect was answered here).
+                // Interim responses (103 Early Hints) go on to HTTP/1.1 clients (RFC 9110 15.2),
+                // except a 100 when Portico already sent its own.
+                let forward = head.version == 1 && !(parsed.status == 100 && head.expect_continue);
+                if forward {
+                    let mut interim = Vec::with_capacity(parsed.len + 32);
+                    self.interim_head(&parsed, &ubuf[..parsed.len], &mut interim);
+                    client_write(client, &interim, self.policy.upstream.write_timeout).await?;
+                }
                 ubuf.advance(parsed.len);
                 continue;
             }
@@ -841,7 +837,6 @@ impl Engine {
             &rhead,
             out_framing,
             keep,
-            head.version == 0,
             plane,
             routed,
             conn,
@@ -961,57 +956,114 @@ impl Engine {
         rhead: &[u8],
         framing: Out,
         keep: bool,
-        client_10: bool,
         plane: &DataPlane,
         routed: &Routed,
         conn: &Conn,
         out: &mut Vec<u8>,
     ) {
         status_line(response.status, response.reason.get(rhead), out);
+        // The backend's fields in their order, with Pingora's engine's edits: `Date` and `Server`
+        // replaced where they stand, then what is missing appended (Server, HSTS, Date,
+        // framing, Connection), so that both engines send the same bytes.
         let pass_server = self.policy.server_header.pass_upstream;
+        let (mut server_done, mut date_done, mut framing_done) = (pass_server, false, false);
         for f in &response.fields {
             match f.kind {
-                Kind::HopByHop | Kind::Connection | Kind::Date => {}
-                Kind::Server if !pass_server => {}
-                Kind::ContentLength | Kind::TransferEncoding if framing != Out::None => {}
+                Kind::HopByHop | Kind::Connection => {}
+                Kind::Date => {
+                    if !date_done {
+                        self.date(out);
+                        date_done = true;
+                    }
+                }
+                Kind::Server if !pass_server => {
+                    if !server_done {
+                        self.server(out);
+                        server_done = true;
+                    }
+                }
+                Kind::ContentLength => match framing {
+                    Out::Length(_) | Out::None if !framing_done => {
+                        copy(f, rhead, out);
+                        framing_done = true;
+                    }
+                    _ => {}
+                },
+                Kind::TransferEncoding => match framing {
+                    Out::Chunked if !framing_done => {
+                        field(b"Transfer-Encoding", b"chunked", out);
+                        framing_done = true;
+                    }
+                    Out::None => copy(f, rhead, out),
+                    _ => {}
+                },
                 _ => copy(f, rhead, out),
             }
         }
-        if pass_server && !response.fields.iter().any(|f| f.kind == Kind::Server) {
-            let server = &self.policy.server_header.value;
-            if !server.is_empty() {
-                field(b"Server", server.as_bytes(), out);
-            }
-            field(
-                b"Date",
-                pingora_core::protocols::http::date::get_cached_date().as_bytes(),
-                out,
-            );
-        } else if pass_server {
-            field(
-                b"Date",
-                pingora_core::protocols::http::date::get_cached_date().as_bytes(),
-                out,
-            );
-        } else {
-            self.identity(out);
+        if !server_done {
+            self.server(out);
         }
         if !response.hsts {
             if let Some(hsts) = self.policy.hsts(plane, Some(routed.route), conn.tls) {
                 field(b"Strict-Transport-Security", hsts.as_bytes(), out);
             }
         }
-        match framing {
-            Out::Length(n) => length_field(n, out),
-            Out::Chunked => field(b"Transfer-Encoding", b"chunked", out),
-            Out::None | Out::Close => {}
+        if !date_done {
+            self.date(out);
         }
-        if !keep {
-            field(b"Connection", b"close", out);
-        } else if client_10 {
-            field(b"Connection", b"keep-alive", out);
+        if !framing_done {
+            match framing {
+                Out::Length(n) => length_field(n, out),
+                Out::Chunked => field(b"Transfer-Encoding", b"chunked", out),
+                Out::None | Out::Close => {}
+            }
+        }
+        connection(keep, out);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// An interim (1xx) response for the client: the backend's fields and `Server`, no `Date`.
+    fn interim_head(&self, response: &ResponseHead, rhead: &[u8], out: &mut Vec<u8>) {
+        status_line(response.status, response.reason.get(rhead), out);
+        let pass_server = self.policy.server_header.pass_upstream;
+        for f in &response.fields {
+            match f.kind {
+                Kind::HopByHop
+                | Kind::Connection
+                | Kind::ContentLength
+                | Kind::TransferEncoding => {}
+                Kind::Server if !pass_server => {}
+                _ => copy(f, rhead, out),
+            }
+        }
+        if !pass_server {
+            self.server(out);
         }
         out.extend_from_slice(b"\r\n");
+    }
+
+    fn server(&self, out: &mut Vec<u8>) {
+        let server = &self.policy.server_header.value;
+        if !server.is_empty() {
+            field(b"Server", server.as_bytes(), out);
+        }
+    }
+
+    fn date(&self, out: &mut Vec<u8>) {
+        field(
+            b"Date",
+            pingora_core::protocols::http::date::get_cached_date().as_bytes(),
+            out,
+        );
+    }
+}
+
+/// `Connection`, on every response, as nginx and Pingora send it.
+fn connection(keep: bool, out: &mut Vec<u8>) {
+    if keep {
+        field(b"Connection", b"keep-alive", out);
+    } else {
+        field(b"Connection", b"close", out);
     }
 }
 
