@@ -515,3 +515,64 @@ fn a_start_up_error_says_its_cause_once() {
         assert!(!stderr.contains("Caused by"), "{stderr}");
     }
 }
+
+/// Without `--manifests` and with no Kubernetes configuration anywhere, the process waits for one
+/// (right in a cluster), and says so at start-up with the way to run without a cluster.
+#[test]
+fn without_a_cluster_the_start_up_says_how_to_run_without_one() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    let stderr = out.path().join("stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args([
+            "--http-listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--https-listen",
+            "off",
+            "--admin-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("RUST_LOG")
+        .env("HOME", home.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("create"))
+        .spawn()
+        .expect("spawn portico");
+    let start = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if text.contains("still no Kubernetes client") || start.elapsed() > Duration::from_secs(10)
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "it keeps waiting: {text}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let kube_config = home.path().join(".kube/config");
+    let hint = text
+        .lines()
+        .find(|l| l.contains("source:"))
+        .unwrap_or_else(|| panic!("no source line in {text}"));
+    assert!(hint.contains(" WARN "), "{hint}");
+    assert!(
+        hint.contains(&format!("no {}", kube_config.display())),
+        "{hint}"
+    );
+    assert!(
+        hint.contains("`portico --manifests DIR`") && hint.contains("`portico demo`"),
+        "{hint}"
+    );
+    // The whole error once, then short reminders.
+    assert_eq!(
+        text.matches("no Kubernetes configuration").count(),
+        1,
+        "{text}"
+    );
+}

@@ -58,6 +58,8 @@ pub enum KubeError {
         path: std::path::PathBuf,
         error: kube::config::KubeconfigError,
     },
+    #[error("no Kubernetes configuration: {0}")]
+    Infer(kube::config::InferConfigError),
     #[error("cannot build a Kubernetes client: {0}")]
     Client(kube::Error),
 }
@@ -80,7 +82,12 @@ pub async fn client(options: &KubeOptions) -> Result<Client, KubeError> {
             .map_err(wrap)?;
             Client::try_from(config).map_err(KubeError::Client)
         }
-        None => Client::try_default().await.map_err(KubeError::Client),
+        // `Client::try_default`, without kube's "Failed to infer configuration" in front of
+        // `InferConfigError`'s own "failed to infer config".
+        None => {
+            let config = kube::Config::infer().await.map_err(KubeError::Infer)?;
+            Client::try_from(config).map_err(KubeError::Client)
+        }
     }
 }
 
@@ -594,11 +601,19 @@ impl KubeSource {
     /// Builds the client, retrying with backoff until it works or shutdown fires.
     async fn connect(&self, shutdown: &mut ShutdownWatch) -> Option<Client> {
         let mut delay = Duration::from_millis(500);
+        let mut last = String::new();
         loop {
             match client(&self.options).await {
                 Ok(client) => return Some(client),
                 Err(e) => {
-                    tracing::error!(error = %e, retry_in = ?delay, "no Kubernetes client; not ready");
+                    // The whole error once; while it stays the same, a short reminder.
+                    let error = e.to_string();
+                    if error == last {
+                        tracing::error!(retry_in = ?delay, "still no Kubernetes client (the same error); not ready");
+                    } else {
+                        tracing::error!(%error, retry_in = ?delay, "no Kubernetes client; not ready");
+                        last = error;
+                    }
                     self.shared.metrics.source_error(SOURCE, "client");
                 }
             }
