@@ -222,3 +222,22 @@ fn the_twenty_most_common_mistakes_read_well() {
         assert!(!lines.is_empty(), "{fixture} logs nothing");
     }
 }
+
+/// The README's troubleshooting section shows the same lines, so it cannot drift from the code.
+#[test]
+fn the_readme_lists_every_line() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    for (fixture, lines) in EXPECTED {
+        assert!(
+            readme.contains(&format!("(tests/fixtures/mistakes/{fixture})")),
+            "README.md does not link {fixture}"
+        );
+        for line in *lines {
+            assert!(
+                readme.contains(line.trim()),
+                "README.md lacks the line of {fixture}: {line}"
+            );
+        }
+    }
+}
