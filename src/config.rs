@@ -21,17 +21,15 @@ use crate::tls::DefaultCert;
 /// Why the configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}: {error}")]
     Parse {
         path: PathBuf,
-        #[source]
-        source: serde_yaml_ng::Error,
+        error: serde_yaml_ng::Error,
     },
     #[error("{flag}: {reason}")]
     Invalid { flag: &'static str, reason: String },
@@ -351,13 +349,13 @@ fn default_tls(
 impl Flags {
     /// Reads a config file into flags.
     pub fn from_file(path: &Path) -> Result<Flags, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
-        serde_yaml_ng::from_str(&text).map_err(|source| ConfigError::Parse {
+        serde_yaml_ng::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
-            source,
+            error,
         })
     }
 

@@ -27,11 +27,11 @@ const TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("connect: {0}")]
-    Connect(#[source] std::io::Error),
+    Connect(std::io::Error),
     #[error("http: {0}")]
-    Http(#[source] hyper::Error),
+    Http(hyper::Error),
     #[error("request: {0}")]
-    Request(#[source] http::Error),
+    Request(http::Error),
     #[error("status {0}")]
     Status(u16),
     #[error("timed out after {0:?}")]

@@ -1,5 +1,7 @@
 //! The `portico` binary: parse the configuration, set up logging, run. Nothing else.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use portico::config::{Cli, Command};
@@ -10,7 +12,20 @@ use portico::server::{self, Signals};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+/// Prints a start-up error on one line, its causes after it (`error: cause: cause`), and exits
+/// with status 1. Each error type writes its own cause into its message, so every cause appears
+/// once; no backtrace, even with `RUST_BACKTRACE` set: these are configuration errors, not bugs.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let demo = matches!(cli.command, Some(Command::Demo));
     let upgrade = cli.upgrade;

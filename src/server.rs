@@ -23,28 +23,31 @@ use crate::request::edge::Edge;
 use crate::request::h1;
 use crate::request::pingora::PingoraApp;
 use crate::request::policy::{Http1Engine, Policy};
-use crate::source::kube::KubeSource;
+use crate::source::kube::{ClientConfig, KubeSource};
 use crate::source::manifests::{ManifestError, ManifestSource};
 use crate::tls::{SniResolver, TlsError, TlsOptions};
 
 /// Why the server could not be built.
+///
+/// Like every error enum in Portico, a variant writes its cause into its message and does not
+/// also return it from `source()`: the logs print the message alone, and `main` prints the chain,
+/// which would show the cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr} ({flag}): {source}")]
+    #[error("cannot listen on {addr} ({flag}): {error}")]
     Listen {
         flag: &'static str,
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Manifests(#[from] ManifestError),
     #[error("default TLS certificate: {0}")]
-    Tls(#[from] TlsError),
+    Tls(TlsError),
     #[error("HTTPS listener: {0}")]
     TlsListener(String),
     #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
+    Metrics(prometheus::Error),
 }
 
 /// A built server, ready to run.
@@ -58,7 +61,7 @@ pub struct Built {
 fn check_free(flag: &'static str, addr: SocketAddr) -> Result<(), ServerError> {
     TcpListener::bind(addr)
         .map(drop)
-        .map_err(|source| ServerError::Listen { flag, addr, source })
+        .map_err(|error| ServerError::Listen { flag, addr, error })
 }
 
 /// Builds the server from the configuration. `upgrade` is true when this process takes over the
@@ -71,9 +74,19 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         }
         check_free("--admin-listen", config.admin_listen)?;
     }
-    let metrics = Metrics::new()?;
+    tracing::info!(
+        "Portico {}: HTTP on {}, HTTPS on {}, admin on {} (/healthz, /readyz, /metrics); the \
+         proxy listeners open once the first snapshot is loaded",
+        env!("CARGO_PKG_VERSION"),
+        config.http_listen,
+        config
+            .https_listen
+            .map_or_else(|| "off".to_string(), |a| a.to_string()),
+        config.admin_listen
+    );
+    let metrics = Metrics::new().map_err(ServerError::Metrics)?;
     let tls = match config.https_listen {
-        Some(_) => TlsOptions::from_config(&config.default_tls)?,
+        Some(_) => TlsOptions::from_config(&config.default_tls).map_err(ServerError::Tls)?,
         None => TlsOptions::default(),
     };
     let shared = Shared::with_tls(config.compile.clone(), metrics, tls);
@@ -172,12 +185,22 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
     match &config.manifests {
         Some(dir) => {
             let source = ManifestSource::new(dir.clone(), shared.clone())?;
+            tracing::info!(
+                "source: the Kubernetes YAML/JSON files in {} (--manifests), watched for changes",
+                dir.display()
+            );
             let source = server.add_service(background_service("manifests source", source));
             // The proxy listeners open only once the first snapshot is published, so that no
             // request is answered from an empty table (after a start or an upgrade).
             proxy.add_dependency(&source);
         }
         None => {
+            let found = ClientConfig::detect(&config.kubernetes);
+            if matches!(found, ClientConfig::Missing { .. }) {
+                tracing::warn!("{}", found.describe());
+            } else {
+                tracing::info!("{}", found.describe());
+            }
             let source = KubeSource::new(config.kubernetes.clone(), shared.clone());
             let source = server.add_service(background_service("kubernetes source", source));
             proxy.add_dependency(&source);

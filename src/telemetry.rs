@@ -1,5 +1,10 @@
 //! Logging: `tracing` for Portico, with Pingora's `log` output bridged in. The access log
 //! (target `portico::access`) goes to stdout, plain or JSON; everything else to stderr.
+//!
+//! Colour only on a terminal: a file, a pipe or `kubectl logs` gets plain text, and so does a
+//! terminal when `NO_COLOR` is set. The access log never has colour.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
@@ -17,10 +22,27 @@ fn access_filter() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Met
         .with_max_level_hint(LevelFilter::INFO)
 }
 
+/// The diagnostics filter when `RUST_LOG` is unset: Portico at `info`, and Pingora only from
+/// `warn`. Pingora's own INFO lines (`Bootstrap starting`, `Starting service: ...`, the steps of a
+/// shutdown) tell an operator nothing to act on, and Portico logs its own start-up and shutdown
+/// lines; `RUST_LOG=debug` (or `RUST_LOG=info,pingora_core=info`) brings them back.
+pub const DEFAULT_FILTER: &str =
+    "info,pingora=warn,pingora_core=warn,pingora_proxy=warn,pingora_load_balancing=warn";
+
+/// Whether the diagnostics get ANSI colours: only on a terminal, and not when `NO_COLOR` is set
+/// to a non-empty value (<https://no-color.org>).
+pub fn use_colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber. `RUST_LOG` sets the level of the diagnostic logs (default
-/// `info`). Calling it twice is harmless (the second call does nothing).
+/// [`DEFAULT_FILTER`]). Calling it twice is harmless (the second call does nothing).
 pub fn init(access_log: AccessLog) {
-    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     // The level hints matter for speed: `try_init` sets the `log` crate's max level from them.
     // Without them it is TRACE, and each of Pingora's ~20 `debug!`/`trace!` calls per request
     // is turned into a record and offered to every layer (measured: 10% of the proxy's
@@ -28,6 +50,7 @@ pub fn init(access_log: AccessLog) {
     let diagnostics_level = env.max_level_hint().unwrap_or(LevelFilter::TRACE);
     let diagnostics = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_filter(env)
         // The closure checks the level too: a hint must never be exceeded (debug builds assert it).
         .with_filter(
@@ -39,6 +62,7 @@ pub fn init(access_log: AccessLog) {
         AccessLog::Plain => Some(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stdout)
+                .with_ansi(false)
                 .with_target(false)
                 .with_filter(access_filter())
                 .boxed(),
@@ -48,6 +72,7 @@ pub fn init(access_log: AccessLog) {
                 .json()
                 .flatten_event(true)
                 .with_writer(std::io::stdout)
+                .with_ansi(false)
                 .with_target(false)
                 .with_filter(access_filter())
                 .boxed(),
@@ -70,5 +95,15 @@ mod tests {
         }
         super::init(crate::request::policy::AccessLog::Plain);
         assert_eq!(log::max_level(), log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(super::use_colour(true, None));
+        assert!(super::use_colour(true, Some(OsStr::new(""))));
+        assert!(!super::use_colour(true, Some(OsStr::new("1"))));
+        assert!(!super::use_colour(false, None));
+        assert!(!super::use_colour(false, Some(OsStr::new("1"))));
     }
 }

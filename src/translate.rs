@@ -46,13 +46,13 @@ pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 /// Why a document or object could not be turned into the model.
 #[derive(Debug, thiserror::Error)]
 pub enum TranslateError {
-    #[error("document {index}: not valid YAML/JSON: {source}")]
+    /// `index` counts from 0; the message counts from 1, as a reader of the file does.
+    #[error("document {}: not valid YAML/JSON: {error}; the rest of the file is not read", .index + 1)]
     Syntax {
         index: usize,
-        #[source]
-        source: serde_yaml_ng::Error,
+        error: serde_yaml_ng::Error,
     },
-    #[error("document {index}: {reason}")]
+    #[error("document {}: {reason}", .index + 1)]
     Shape { index: usize, reason: String },
     #[error("{kind} {key}: {reason}")]
     Invalid {
@@ -105,10 +105,10 @@ pub fn parse_documents(text: &str) -> Vec<Document> {
         match serde_json::Value::deserialize(doc) {
             Ok(serde_json::Value::Null) => {} // an empty document, e.g. a trailing `---`
             Ok(value) => from_value(index, value, &mut out),
-            Err(source) => {
+            Err(error) => {
                 out.push(Document::Rejected {
                     identity: None,
-                    error: TranslateError::Syntax { index, source },
+                    error: TranslateError::Syntax { index, error },
                 });
                 break;
             }
@@ -142,7 +142,7 @@ fn from_value(index: usize, value: serde_json::Value, out: &mut Vec<Document>) {
                 identity: None,
                 error: TranslateError::Shape {
                     index,
-                    reason: "no `kind`".into(),
+                    reason: "no `kind`: every document needs apiVersion and kind".into(),
                 },
             });
             return;
@@ -150,25 +150,60 @@ fn from_value(index: usize, value: serde_json::Value, out: &mut Vec<Document>) {
         _ => None,
     };
     let Some(kind) = known else {
-        out.push(Document::Ignored);
+        // The versions removed from Kubernetes: a document copied from an old guide would
+        // otherwise be skipped without a word.
+        if let Some((kind, current)) = legacy(api_version, kind) {
+            out.push(Document::Rejected {
+                identity: Some((kind, identity_of(&value))),
+                error: TranslateError::Invalid {
+                    kind,
+                    key: identity_of(&value),
+                    reason: format!(
+                        "apiVersion {api_version} is no longer served by Kubernetes; use \
+                         {current}{}",
+                        if kind == "Ingress" {
+                            " (a backend is then service.name and service.port.number)"
+                        } else {
+                            ""
+                        }
+                    ),
+                },
+            });
+        } else {
+            out.push(Document::Ignored);
+        }
         return;
     };
     let identity = Some((kind, identity_of(&value)));
+    // serde would name the missing field but not where it is.
+    let missing = match kind {
+        "Ingress" => missing_path_type(&value),
+        _ => None,
+    };
+    if let Some(reason) = missing {
+        let key = identity_of(&value);
+        out.push(Document::Rejected {
+            identity,
+            error: TranslateError::Invalid { kind, key, reason },
+        });
+        return;
+    }
+    let shape = |e: serde_json::Error| format!("does not match the {kind} schema: {e}");
     let result = match kind {
         "Ingress" => serde_json::from_value::<K8sIngress>(value)
-            .map_err(|e| e.to_string())
+            .map_err(shape)
             .and_then(|o| ingress_from_k8s(&o).map(|o| Some(Object::Ingress(Arc::new(o))))),
         "IngressClass" => serde_json::from_value::<K8sClass>(value)
-            .map_err(|e| e.to_string())
+            .map_err(shape)
             .and_then(|o| class_from_k8s(&o).map(|o| Some(Object::IngressClass(Arc::new(o))))),
         "Service" => serde_json::from_value::<K8sService>(value)
-            .map_err(|e| e.to_string())
+            .map_err(shape)
             .and_then(|o| service_from_k8s(&o).map(|o| Some(Object::Service(Arc::new(o))))),
         "EndpointSlice" => serde_json::from_value::<K8sSlice>(value)
-            .map_err(|e| e.to_string())
+            .map_err(shape)
             .and_then(|o| slice_from_k8s(&o).map(|o| Some(Object::EndpointSlice(Arc::new(o))))),
         _ => serde_json::from_value::<Secret>(value)
-            .map_err(|e| e.to_string())
+            .map_err(shape)
             .and_then(|o| secret_from_k8s(&o).map(|o| o.map(|s| Object::Secret(Arc::new(s))))),
     };
     out.push(match result {
@@ -185,6 +220,39 @@ fn from_value(index: usize, value: serde_json::Value, out: &mut Vec<Document>) {
             }
         }
     });
+}
+
+/// The kind, and its current apiVersion, of a document in an apiVersion Kubernetes removed.
+fn legacy(api_version: &str, kind: &str) -> Option<(&'static str, &'static str)> {
+    match (api_version, kind) {
+        ("extensions/v1beta1" | "networking.k8s.io/v1beta1", "Ingress") => {
+            Some(("Ingress", "networking.k8s.io/v1"))
+        }
+        ("networking.k8s.io/v1beta1", "IngressClass") => {
+            Some(("IngressClass", "networking.k8s.io/v1"))
+        }
+        ("discovery.k8s.io/v1beta1", "EndpointSlice") => {
+            Some(("EndpointSlice", "discovery.k8s.io/v1"))
+        }
+        _ => None,
+    }
+}
+
+/// The first Ingress path without a `pathType`, which networking.k8s.io/v1 requires.
+fn missing_path_type(value: &serde_json::Value) -> Option<String> {
+    let rules = value.pointer("/spec/rules")?.as_array()?;
+    for (i, rule) in rules.iter().enumerate() {
+        let paths = rule.pointer("/http/paths").and_then(|p| p.as_array());
+        for (j, path) in paths.into_iter().flatten().enumerate() {
+            if path.get("pathType").is_none_or(|t| t.is_null()) {
+                return Some(format!(
+                    "spec.rules[{i}].http.paths[{j}].pathType is missing; set it to Prefix, \
+                     Exact or ImplementationSpecific"
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn identity_of(value: &serde_json::Value) -> ObjectKey {
@@ -277,11 +345,11 @@ pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
     if let Some(v) = annotation(&ing.metadata, SSL_REDIRECT_ANNOTATION) {
         match parse_bool_annotation(v) {
             Ok(b) => annotations.ssl_redirect = Some(b),
-            Err(e) => problems.push(format!("annotation {SSL_REDIRECT_ANNOTATION}: {e}")),
+            Err(e) => problems.push(annotation_problem(SSL_REDIRECT_ANNOTATION, &e)),
         }
     }
     let mut limits = crate::model::RouteLimits::default();
-    let mut report = |name: &str, e: String| problems.push(format!("annotation {name}: {e}"));
+    let mut report = |name: &str, e: String| problems.push(annotation_problem(name, &e));
     if let Some(v) = annotation(&ing.metadata, BODY_SIZE_ANNOTATION) {
         parse_size(v).map_or_else(
             |e| report(BODY_SIZE_ANNOTATION, e),
@@ -334,14 +402,15 @@ pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
     if let Some(v) = annotation(&ing.metadata, HSTS_ANNOTATION) {
         match v.parse() {
             Ok(h) => annotations.hsts = Some(h),
-            Err(e) => problems.push(format!("annotation {HSTS_ANNOTATION}: {e}")),
+            Err(e) => problems.push(annotation_problem(HSTS_ANNOTATION, &e)),
         }
     }
     if let Some(v) = annotation(&ing.metadata, BACKEND_PROTOCOL_ANNOTATION) {
         match v.parse() {
             Ok(p) => annotations.backend_protocol = Some(p),
             Err(e) => problems.push(format!(
-                "annotation {BACKEND_PROTOCOL_ANNOTATION}: {e}; using HTTP"
+                "metadata.annotations[{BACKEND_PROTOCOL_ANNOTATION}]: {e}; the backends are \
+                 spoken to in HTTP"
             )),
         }
     }
@@ -349,7 +418,7 @@ pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
     let default_backend = match spec.default_backend.as_ref().map(backend_from_k8s) {
         Some(Ok(b)) => Some(b),
         Some(Err(e)) => {
-            problems.push(format!("defaultBackend: {e}"));
+            problems.push(format!("spec.defaultBackend.{e}; it is not served"));
             None
         }
         None => None,
@@ -370,7 +439,9 @@ pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
                 "ImplementationSpecific" => PathType::ImplementationSpecific,
                 other => {
                     problems.push(format!(
-                        "rules[{i}].http.paths[{j}]: unknown pathType {other:?}"
+                        "spec.rules[{i}].http.paths[{j}].pathType: {other:?} is not Exact, \
+                         Prefix or ImplementationSpecific (the names are case-sensitive); the \
+                         path is not served"
                     ));
                     continue;
                 }
@@ -383,7 +454,9 @@ pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
                     path_type,
                     backend,
                 }),
-                Err(e) => problems.push(format!("rules[{i}].http.paths[{j}].backend: {e}")),
+                Err(e) => problems.push(format!(
+                    "spec.rules[{i}].http.paths[{j}].backend.{e}; the path is not served"
+                )),
             }
         }
         rules.push(Rule {
@@ -413,22 +486,32 @@ pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
     })
 }
 
+/// The message for an annotation whose value cannot be used.
+fn annotation_problem(name: &str, e: &str) -> String {
+    format!("metadata.annotations[{name}]: {e}; the annotation is ignored")
+}
+
+/// A backend's errors name its field relative to the backend (`service.port: ...`), so that the
+/// caller can put the backend's own path in front.
 fn backend_from_k8s(b: &IngressBackend) -> Result<BackendRef, String> {
     match (&b.service, &b.resource) {
-        (Some(_), Some(_)) => Err("both service and resource are set".into()),
+        (Some(_), Some(_)) => Err("service and .resource are both set; keep one".into()),
         (None, Some(r)) => Ok(BackendRef::Resource {
             kind: r.kind.clone(),
             name: r.name.clone(),
         }),
-        (None, None) => Err("neither service nor resource is set".into()),
+        (None, None) => Err("service is missing; a backend needs a service (name and port)".into()),
         (Some(svc), None) => {
             if svc.name.is_empty() {
                 return Err("service.name is empty".into());
             }
-            let port = svc.port.as_ref().ok_or("service.port is missing")?;
+            let port = svc
+                .port
+                .as_ref()
+                .ok_or("service.port is missing; give its number or name")?;
             let port = match (port.number, port.name.as_deref()) {
                 (Some(_), Some(n)) if !n.is_empty() => {
-                    return Err("service.port has both number and name".into())
+                    return Err("service.port has both number and name; keep one".into())
                 }
                 (Some(n), _) => PortRef::Number(
                     u16::try_from(n)
@@ -437,7 +520,7 @@ fn backend_from_k8s(b: &IngressBackend) -> Result<BackendRef, String> {
                         .ok_or_else(|| format!("service.port.number {n} is out of range"))?,
                 ),
                 (None, Some(n)) if !n.is_empty() => PortRef::Name(n.to_string()),
-                _ => return Err("service.port has neither number nor name".into()),
+                _ => return Err("service.port has neither number nor name; give one".into()),
             };
             Ok(BackendRef::Service {
                 name: svc.name.clone(),
@@ -569,8 +652,14 @@ pub fn secret_from_k8s(s: &Secret) -> Result<Option<TlsSecret>, String> {
                     .map(|b| b.0.clone())
             })
     };
-    let cert_pem = field("tls.crt").ok_or("tls.crt is missing")?;
-    let key_pem = field("tls.key").ok_or("tls.key is missing")?;
+    let missing = |name: &str| {
+        format!(
+            "data[{name}] is missing; a kubernetes.io/tls Secret holds the PEM certificate chain \
+             in tls.crt and its private key in tls.key"
+        )
+    };
+    let cert_pem = field("tls.crt").ok_or_else(|| missing("tls.crt"))?;
+    let key_pem = field("tls.key").ok_or_else(|| missing("tls.key"))?;
     Ok(Some(TlsSecret {
         key,
         cert_pem,

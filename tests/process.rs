@@ -1,5 +1,6 @@
-//! The real `portico` binary as a process: its access log, graceful shutdown on SIGTERM and
-//! graceful upgrade (listener hand-over) on SIGQUIT.
+//! The real `portico` binary as a process: its access log, graceful shutdown on SIGTERM,
+//! graceful upgrade (listener hand-over) on SIGQUIT, and what an operator reads in its output:
+//! plain text in files, colour only on a terminal, a start-up error said once.
 
 mod common;
 
@@ -344,4 +345,234 @@ async fn sigquit_hands_listeners_to_the_new_process() {
     wait_ready(s.admin).await;
     assert_eq!(get(s.http, "/").await, Ok(200));
     drop(new);
+}
+
+/// The diagnostics of a process whose output is not a terminal, as under a container runtime or
+/// `portico > file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_redirected_to_files_have_no_escape_codes() {
+    let _serial = SERIAL.lock().await;
+    let s = setup(&[]).await;
+    // A rejected Ingress, so that a warning is logged too.
+    std::fs::write(
+        s._dir.path().join("broken.yaml"),
+        ingress(
+            "default",
+            "broken",
+            "2026-01-02T00:00:00Z",
+            &[("broken.example", "/", "Prefix", "missing", 80)],
+        ),
+    )
+    .expect("write");
+    let out = tempfile::tempdir().expect("tempdir");
+    let (stdout, stderr) = (out.path().join("stdout"), out.path().join("stderr"));
+    let file = |p: &std::path::Path| std::fs::File::create(p).expect("create");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(&s.args)
+        // The defaults an operator gets, on a terminal type that has colours.
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm-256color")
+        .stdout(file(&stdout))
+        .stderr(file(&stderr))
+        .spawn()
+        .expect("spawn portico");
+    wait_ready(s.admin).await;
+    assert_eq!(get(s.http, "/").await, Ok(200));
+    // The access log line is written after the response; give it a moment.
+    let start = Instant::now();
+    while std::fs::read_to_string(&stdout)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(start.elapsed() < Duration::from_secs(5), "no access log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let stdout = std::fs::read_to_string(&stdout).expect("stdout");
+    let stderr = std::fs::read_to_string(&stderr).expect("stderr");
+    eprintln!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(!stdout.contains('\x1b'), "escape codes in the access log");
+    assert!(!stderr.contains('\x1b'), "escape codes in the diagnostics");
+    // The files hold what they should: an access log line, the start-up lines, the warning.
+    assert!(stdout.contains("proc.example"), "{stdout}");
+    assert!(stderr.contains(" INFO "), "{stderr}");
+    assert!(
+        stderr.contains("source: the Kubernetes YAML/JSON files in"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(" WARN ") && stderr.contains("Ingress default/broken ("),
+        "{stderr}"
+    );
+    // Pingora's own start-up chatter stays at debug.
+    for noise in ["Bootstrap starting", "Starting service", "Server starting"] {
+        assert!(!stderr.contains(noise), "{noise:?} in {stderr}");
+    }
+}
+
+/// Runs `portico ARGS` under a pseudo-terminal (util-linux `script`) and returns what the terminal
+/// showed, or `None` when `script` is not installed.
+fn on_a_terminal(args: &[String], no_color: Option<&str>) -> Option<String> {
+    let mut line = shell_quote(env!("CARGO_BIN_EXE_portico"));
+    for a in args {
+        line.push(' ');
+        line.push_str(&shell_quote(a));
+    }
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::null());
+    if let Some(v) = no_color {
+        cmd.env("NO_COLOR", v);
+    }
+    let out = cmd.output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Colour on a terminal, none with `NO_COLOR`. The process logs its start-up line, then stops at
+/// the missing manifest directory, so it ends by itself.
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let args: Vec<String> = [
+        "--manifests",
+        "/nonexistent/portico-manifests",
+        "--http-listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--https-listen",
+        "off",
+        "--admin-listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let Some(coloured) = on_a_terminal(&args, None) else {
+        eprintln!("SKIPPED: util-linux `script` is not installed, so no pseudo-terminal");
+        return;
+    };
+    assert!(coloured.contains("HTTP on"), "{coloured:?}");
+    assert!(
+        coloured.contains("\x1b["),
+        "no colour on a terminal: {coloured:?}"
+    );
+    let plain = on_a_terminal(&args, Some("1")).expect("script ran before");
+    assert!(plain.contains("HTTP on"), "{plain:?}");
+    assert!(
+        !plain.contains('\x1b'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
+}
+
+/// A start-up error is one message that names its cause once, not the cause again under
+/// "Caused by".
+#[test]
+fn a_start_up_error_says_its_cause_once() {
+    let ports = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "--http-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--https-listen".into(),
+            "off".into(),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    for (args, what) in [
+        (
+            ports(&["--manifests", "/nonexistent/portico-manifests"]),
+            "manifest directory /nonexistent/portico-manifests: ",
+        ),
+        (
+            ports(&["--config", "/nonexistent/portico.yaml"]),
+            "cannot read config file /nonexistent/portico.yaml: ",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args(&args)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run portico");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        let cause = "No such file or directory (os error 2)";
+        assert_eq!(
+            stderr.trim_end(),
+            format!("Error: {what}{cause}"),
+            "{args:?}"
+        );
+        assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
+        assert!(!stderr.contains("Caused by"), "{stderr}");
+    }
+}
+
+/// Without `--manifests` and with no Kubernetes configuration anywhere, the process waits for one
+/// (right in a cluster), and says so at start-up with the way to run without a cluster.
+#[test]
+fn without_a_cluster_the_start_up_says_how_to_run_without_one() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    let stderr = out.path().join("stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args([
+            "--http-listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--https-listen",
+            "off",
+            "--admin-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("RUST_LOG")
+        .env("HOME", home.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("create"))
+        .spawn()
+        .expect("spawn portico");
+    let start = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if text.contains("still no Kubernetes client") || start.elapsed() > Duration::from_secs(10)
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "it keeps waiting: {text}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let kube_config = home.path().join(".kube/config");
+    let hint = text
+        .lines()
+        .find(|l| l.contains("source:"))
+        .unwrap_or_else(|| panic!("no source line in {text}"));
+    assert!(hint.contains(" WARN "), "{hint}");
+    assert!(
+        hint.contains(&format!("no {}", kube_config.display())),
+        "{hint}"
+    );
+    assert!(
+        hint.contains("`portico --manifests DIR`") && hint.contains("`portico demo`"),
+        "{hint}"
+    );
+    // The whole error once, then short reminders.
+    assert_eq!(
+        text.matches("no Kubernetes configuration").count(),
+        1,
+        "{text}"
+    );
 }

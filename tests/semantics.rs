@@ -109,6 +109,8 @@ fn hosts_merging_and_rejections() {
         ("default/invalid", "UnsupportedBackend"),
         ("default/invalid", "ExternalNameService"),
         ("default/invalid", "InvalidSpec"),
+        // Every Ingress that routes to the missing Service `any` is told, not only the first.
+        ("default/invalid", "ServiceNotFound"),
         ("default/wildcard", "ServiceNotFound"),
         ("default/precise", "ServiceNotFound"),
         ("a-ns/tie", "ServiceNotFound"),

@@ -41,6 +41,14 @@ pub struct Rejected {
     pub message: String,
 }
 
+impl Rejected {
+    /// Whether this is about an Ingress that is not Portico's because of its class (the
+    /// class is missing, unset without a default, or another controller's).
+    pub fn is_about_class(&self) -> bool {
+        matches!(self.reason, "ClassNotFound" | "NoClass" | "ClassNotOurs")
+    }
+}
+
 /// How to build one pool; kept so that an endpoint-only change can rebuild just the pools of the
 /// Services it touched.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -143,6 +151,109 @@ pub fn owned_ingresses<'m>(model: &'m Model, opts: &CompileOptions) -> Vec<&'m I
     ours
 }
 
+/// Why an Ingress that looks meant for Portico is not Portico's: no controller serves its class,
+/// or the class named like Portico's belongs to another controller. An Ingress of another
+/// controller's existing class, or with another legacy annotation, is none of Portico's business
+/// and gets nothing.
+fn class_problems(model: &Model, opts: &CompileOptions, out: &mut Vec<Rejected>) {
+    let ours: Vec<&str> = model
+        .classes
+        .values()
+        .filter(|c| c.controller == opts.controller_name)
+        .map(|c| c.name.as_str())
+        .collect();
+    let suggestion = || match ours.as_slice() {
+        [] => format!(
+            "create an IngressClass with spec.controller: {} and name it here",
+            opts.controller_name
+        ),
+        [one] => format!("Portico serves the class {one:?}"),
+        names => format!("Portico serves the classes {}", quoted(names)),
+    };
+    let default_class = model.classes.values().any(|c| c.is_default);
+    for ing in model.ingresses.values() {
+        let (reason, message) = match (&ing.class_name, &ing.class_annotation) {
+            (Some(name), _) => match model.classes.get(name) {
+                None => {
+                    let what = match ours.iter().find(|o| o.eq_ignore_ascii_case(name)) {
+                        Some(close) => format!(
+                            " (class names are case-sensitive), so no controller serves this \
+                             Ingress; use {close:?}"
+                        ),
+                        None => format!(", so no controller serves this Ingress; {}", suggestion()),
+                    };
+                    (
+                        "ClassNotFound",
+                        format!("spec.ingressClassName: no IngressClass {name:?} exists{what}"),
+                    )
+                }
+                Some(class)
+                    if *name == opts.ingress_class && class.controller != opts.controller_name =>
+                {
+                    (
+                        "ClassNotOurs",
+                        format!(
+                            "spec.ingressClassName: IngressClass {name:?} has spec.controller \
+                             {:?}, not {:?}, so Portico does not serve this Ingress; correct \
+                             the IngressClass's spec.controller",
+                            class.controller, opts.controller_name
+                        ),
+                    )
+                }
+                Some(_) => continue,
+            },
+            (None, Some(_)) => continue,
+            (None, None) if default_class => continue,
+            (None, None) => (
+                "NoClass",
+                format!(
+                    "spec.ingressClassName is unset and no IngressClass is marked default \
+                     ({DEFAULT_CLASS}), so no controller serves this Ingress; set \
+                     spec.ingressClassName ({})",
+                    suggestion()
+                ),
+            ),
+        };
+        out.push(Rejected {
+            kind: Kind::Ingress,
+            key: ing.key.clone(),
+            reason,
+            message,
+        });
+    }
+}
+
+/// The annotation that marks the default IngressClass (not imported from `translate`, which
+/// depends on Kubernetes types).
+const DEFAULT_CLASS: &str = "ingressclass.kubernetes.io/is-default-class";
+
+/// `"a", "b"`: names quoted for a message.
+fn quoted<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{:?}", n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A Service's ports for a message: `80 "http", 443 "https"`, or `none`.
+fn ports_of(svc: &crate::model::Service) -> String {
+    if svc.ports.is_empty() {
+        return "none".into();
+    }
+    svc.ports
+        .iter()
+        .map(|p| {
+            if p.name.is_empty() {
+                p.port.to_string()
+            } else {
+                format!("{} named {:?}", p.port, p.name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Compiles the model. Pure: same model and options, same output.
 pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
     compile_reusing(model, opts, Previous::default())
@@ -163,6 +274,8 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
             .map(|(i, spec)| ((&spec.service, &spec.port), i))
             .collect(),
         out: Compiled::default(),
+        pool_problems: FastMap::default(),
+        told: FastSet::default(),
         pool_ids: FastMap::with_capacity_and_hasher(previous.pools.len(), Default::default()),
         host_ids: FastMap::with_capacity_and_hasher(previous.hosts, Default::default()),
         hosts: Vec::with_capacity(previous.hosts),
@@ -173,6 +286,7 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
     c.out.pool_slices.reserve(previous.pools.len());
 
     let ours = owned_ingresses(model, opts);
+    class_problems(model, opts, &mut c.out.rejected);
     let mut default_owner: Option<&ObjectKey> = None;
     let mut tls_owner: BTreeMap<HostMatch, TlsBinding> = BTreeMap::new();
 
@@ -186,7 +300,9 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                 Kind::Ingress,
                 &ing.key,
                 "NoRules",
-                "an Ingress with no rules must have a defaultBackend".into(),
+                "spec.rules is empty and spec.defaultBackend is unset, so the Ingress serves \
+                 nothing; add rules or a defaultBackend"
+                    .into(),
             );
         }
         let tls_hosts = c.tls_hosts(ing, &mut tls_owner);
@@ -197,10 +313,15 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                     Kind::Ingress,
                     &ing.key,
                     "Conflict",
-                    format!("defaultBackend ignored: Ingress {owner} is older and has one"),
+                    format!(
+                        "spec.defaultBackend: ignored, the older Ingress {owner} has one (only \
+                         the oldest defaultBackend serves); remove one of them"
+                    ),
                 ),
                 None => {
-                    if let Some(route) = c.route_for(ing, &ing_key, backend, false) {
+                    if let Some(route) =
+                        c.route_for(ing, &ing_key, backend, "spec.defaultBackend", false)
+                    {
                         default_owner = Some(&ing.key);
                         c.out.table.default_backend = Some(route);
                     }
@@ -216,7 +337,7 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                         Kind::Ingress,
                         &ing.key,
                         "InvalidHost",
-                        format!("rules[{i}]: {e}"),
+                        format!("spec.rules[{i}].host: {e}; the rule is not served"),
                     );
                     continue;
                 }
@@ -261,9 +382,21 @@ struct Compiler<'m, 'p> {
     out: Compiled,
     /// The pool of each (namespace, Service name, port), with the Service's shared key.
     pool_ids: FastMap<(&'m str, &'m str, &'m PortRef), (usize, Arc<ObjectKey>)>,
+    /// Why a pool is empty because its Service or port does not exist, by pool index.
+    pool_problems: FastMap<usize, PoolProblem>,
+    /// The Ingresses told about a pool's problem.
+    told: FastSet<(Arc<ObjectKey>, usize)>,
     /// The index of each host (`None`: the host-less rules) in `hosts`.
     host_ids: FastMap<Option<HostMatch>, usize>,
     hosts: Vec<HostBuild>,
+}
+
+/// Why a backend's pool is empty from the start.
+struct PoolProblem {
+    reason: &'static str,
+    /// The backend's field at fault, under `...backend.`.
+    field: &'static str,
+    message: String,
 }
 
 /// Above this many rules, a host's paths are found by hash instead of by a scan of its rules.
@@ -346,7 +479,7 @@ impl<'m> Compiler<'m, '_> {
                     Kind::Ingress,
                     &ing.key,
                     "InvalidPath",
-                    format!("rules[{i}].http.paths[{j}]: {e}"),
+                    format!("spec.rules[{i}].http.paths[{j}].path: {e}; the path is not served"),
                 );
                 return;
             }
@@ -356,14 +489,20 @@ impl<'m> Compiler<'m, '_> {
             let (reason, message) = if owner == position {
                 (
                     "Duplicate",
-                    "repeats an earlier path of the same Ingress".to_string(),
+                    "repeats an earlier path of the same Ingress; remove one".to_string(),
                 )
             } else {
                 let older = ours
                     .get(owner)
                     .map(|o| o.key.to_string())
                     .unwrap_or_default();
-                ("Conflict", format!("lost to older Ingress {older}"))
+                (
+                    "Conflict",
+                    format!(
+                        "already served by the older Ingress {older} (the oldest wins); \
+                         change the host or the path, or remove one of them"
+                    ),
+                )
             };
             let host_s = match self.hosts.get(host).and_then(|h| h.host.as_ref()) {
                 Some(h) => h.to_string(),
@@ -374,14 +513,15 @@ impl<'m> Compiler<'m, '_> {
                 &ing.key,
                 reason,
                 format!(
-                    "rules[{i}].http.paths[{j}] ({host_s} {:?} {}): {message}",
+                    "spec.rules[{i}].http.paths[{j}] ({host_s} {:?} {}): {message}",
                     p.path_type,
                     matcher.path()
                 ),
             );
             return;
         }
-        let Some(route) = self.route_for(ing, ing_key, &p.backend, redirect) else {
+        let field = format!("spec.rules[{i}].http.paths[{j}].backend");
+        let Some(route) = self.route_for(ing, ing_key, &p.backend, &field, redirect) else {
             return;
         };
         if let Some(h) = self.hosts.get_mut(host) {
@@ -413,11 +553,33 @@ impl<'m> Compiler<'m, '_> {
             };
             let secret_key = ObjectKey::new(ing.key.namespace.clone(), secret.clone());
             if !self.model.secrets.contains_key(&secret_key) {
+                let effect = match entry.hosts.as_slice() {
+                    [] => String::new(),
+                    [one] => format!("; {one} gets the default certificate until it exists"),
+                    many => format!(
+                        "; {} get the default certificate until it exists",
+                        many.join(", ")
+                    ),
+                };
                 self.reject(
                     Kind::Ingress,
                     &ing.key,
                     "SecretNotFound",
-                    format!("tls[{i}]: Secret {secret_key} of type kubernetes.io/tls not found"),
+                    format!(
+                        "spec.tls[{i}].secretName: no Secret {secret_key} of type \
+                         kubernetes.io/tls with tls.crt and tls.key{effect}"
+                    ),
+                );
+            }
+            if entry.hosts.is_empty() {
+                self.reject(
+                    Kind::Ingress,
+                    &ing.key,
+                    "NoTlsHosts",
+                    format!(
+                        "spec.tls[{i}].hosts is empty, so Secret {secret_key} is not used \
+                         (Portico picks a certificate by the SNI name); list the hosts it covers"
+                    ),
                 );
             }
             for h in &entry.hosts {
@@ -428,7 +590,7 @@ impl<'m> Compiler<'m, '_> {
                             Kind::Ingress,
                             &ing.key,
                             "InvalidHost",
-                            format!("tls[{i}]: {e}"),
+                            format!("spec.tls[{i}].hosts: {e}; the host gets no certificate"),
                         );
                         continue;
                     }
@@ -440,7 +602,11 @@ impl<'m> Compiler<'m, '_> {
                             Kind::Ingress,
                             &ing.key,
                             "Conflict",
-                            format!("tls[{i}] host {host}: lost to older Ingress {owner}"),
+                            format!(
+                                "spec.tls[{i}].hosts: {host} already takes its certificate from \
+                                 the older Ingress {owner} (the oldest wins); this Secret is not \
+                                 used for it"
+                            ),
                         );
                     }
                     Some(_) => {
@@ -469,6 +635,7 @@ impl<'m> Compiler<'m, '_> {
         ing: &'m Ingress,
         ing_key: &Arc<ObjectKey>,
         backend: &'m BackendRef,
+        field: &str,
         redirect: bool,
     ) -> Option<usize> {
         let (name, port) = match backend {
@@ -477,7 +644,10 @@ impl<'m> Compiler<'m, '_> {
                     Kind::Ingress,
                     &ing.key,
                     "UnsupportedBackend",
-                    format!("resource backend {kind}/{name} is not supported"),
+                    format!(
+                        "{field}.resource: {kind}/{name}: resource backends are not supported; \
+                         use a service backend"
+                    ),
                 );
                 return None;
             }
@@ -500,28 +670,32 @@ impl<'m> Compiler<'m, '_> {
             }
             None => {
                 let service = &ObjectKey::new(ing.key.namespace.clone(), name.clone());
-                let spec = match self.model.services.get(service) {
-                    None => {
-                        self.reject(
-                            Kind::Ingress,
-                            &ing.key,
-                            "ServiceNotFound",
-                            format!("Service {service} not found; requests get 503"),
-                        );
+                let (spec, problem) = match self.model.services.get(service) {
+                    None => (
                         PoolSpec {
                             service: service.clone(),
                             port: port.clone(),
                             port_name: None,
                             health_check: ing.annotations.health_check.clone(),
-                        }
-                    }
+                        },
+                        Some(PoolProblem {
+                            reason: "ServiceNotFound",
+                            field: "service.name",
+                            message: format!(
+                                "no Service {name:?} in namespace {}; requests routed there \
+                                 get 503 until it exists",
+                                service.namespace
+                            ),
+                        }),
+                    ),
                     Some(svc) if svc.external_name => {
                         self.reject(
                             Kind::Ingress,
                             &ing.key,
                             "ExternalNameService",
                             format!(
-                                "Service {service} is of type ExternalName, which is not supported"
+                                "{field}.service.name: Service {service} is of type ExternalName, \
+                                 which Portico does not proxy to; the path is not served"
                             ),
                         );
                         return None;
@@ -531,20 +705,35 @@ impl<'m> Compiler<'m, '_> {
                             PortRef::Number(n) => p.port == *n,
                             PortRef::Name(n) => p.name == *n,
                         });
-                        if found.is_none() {
-                            self.reject(
-                                Kind::Ingress,
-                                &ing.key,
-                                "PortNotFound",
-                                format!("Service {service} has no port {port}; requests get 503"),
-                            );
-                        }
-                        PoolSpec {
+                        let problem = match (found, port) {
+                            (Some(_), _) => None,
+                            (None, PortRef::Number(n)) => Some(PoolProblem {
+                                reason: "PortNotFound",
+                                field: "service.port.number",
+                                message: format!(
+                                    "Service {service} has no port {n} (its ports: {}; a \
+                                     backend names the Service's port, not the pod's); requests \
+                                     routed there get 503",
+                                    ports_of(svc)
+                                ),
+                            }),
+                            (None, PortRef::Name(n)) => Some(PoolProblem {
+                                reason: "PortNotFound",
+                                field: "service.port.name",
+                                message: format!(
+                                    "Service {service} has no port named {n:?} (its ports: \
+                                     {}); requests routed there get 503",
+                                    ports_of(svc)
+                                ),
+                            }),
+                        };
+                        let spec = PoolSpec {
                             service: service.clone(),
                             port: port.clone(),
                             port_name: found.map(|p| p.name.clone()),
                             health_check: ing.annotations.health_check.clone(),
-                        }
+                        };
+                        (spec, problem)
                     }
                 };
                 let (pool, slices) = self.pool_for(&spec);
@@ -552,11 +741,21 @@ impl<'m> Compiler<'m, '_> {
                 self.out.pools.push(pool);
                 self.out.pool_specs.push(spec);
                 self.out.pool_slices.push(slices);
+                if let Some(problem) = problem {
+                    self.pool_problems.insert(id, problem);
+                }
                 let key = Arc::new(service.clone());
                 self.pool_ids.insert(lookup, (id, key.clone()));
                 (id, key)
             }
         };
+        // Every Ingress that routes to a missing Service or port hears of it, once.
+        if let Some(p) = self.pool_problems.get(&pool) {
+            if self.told.insert((ing_key.clone(), pool)) {
+                let (reason, message) = (p.reason, format!("{field}.{}: {}", p.field, p.message));
+                self.reject(Kind::Ingress, &ing.key, reason, message);
+            }
+        }
         let id = self.out.table.routes.len();
         self.out.table.routes.push(Route {
             id,
@@ -644,4 +843,80 @@ pub fn build_pool(spec: &PoolSpec, slices: &SliceIndex<'_>) -> Pool {
     endpoints.sort_by_key(|u| u.addr);
     endpoints.dedup_by_key(|u| u.addr);
     Pool::new(spec.service.clone(), spec.port.clone(), endpoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::IngressClass;
+
+    fn class(name: &str, controller: &str, is_default: bool) -> Arc<IngressClass> {
+        Arc::new(IngressClass {
+            name: name.into(),
+            controller: controller.into(),
+            is_default,
+        })
+    }
+
+    fn ingress(name: &str, class_name: Option<&str>, annotation: Option<&str>) -> Arc<Ingress> {
+        Arc::new(Ingress {
+            key: ObjectKey::new("ns", name),
+            created: 0,
+            class_name: class_name.map(str::to_string),
+            class_annotation: annotation.map(str::to_string),
+            default_backend: None,
+            rules: Vec::new(),
+            tls: Vec::new(),
+            annotations: Default::default(),
+            problems: Vec::new(),
+        })
+    }
+
+    fn class_reasons(model: &Model) -> Vec<(String, &'static str, String)> {
+        let mut out = Vec::new();
+        class_problems(model, &CompileOptions::default(), &mut out);
+        out.into_iter()
+            .map(|r| (r.key.name, r.reason, r.message))
+            .collect()
+    }
+
+    #[test]
+    fn class_problems_speak_only_of_ingresses_nobody_serves_or_named_like_ours() {
+        let mut model = Model::default();
+        model.classes.insert(
+            "nginx".into(),
+            class("nginx", "k8s.io/ingress-nginx", false),
+        );
+        for ing in [
+            ingress("nginx-class", Some("nginx"), None),
+            ingress("nginx-annotation", None, Some("nginx")),
+            ingress("missing-class", Some("haproxy"), None),
+            ingress("no-class", None, None),
+        ] {
+            model.ingresses.insert(ing.key.clone(), ing);
+        }
+        let got = class_reasons(&model);
+        let reasons: Vec<(&str, &str)> = got.iter().map(|(n, r, _)| (n.as_str(), *r)).collect();
+        assert_eq!(
+            reasons,
+            [("missing-class", "ClassNotFound"), ("no-class", "NoClass")]
+        );
+        // Portico has no class yet: the message says how to make one.
+        assert!(
+            got[0].2.contains(
+                "create an IngressClass with spec.controller: portico.dev/ingress-controller"
+            ),
+            "{}",
+            got[0].2
+        );
+
+        // Once a default class exists, another controller serves the class-less Ingress.
+        model
+            .classes
+            .insert("nginx".into(), class("nginx", "k8s.io/ingress-nginx", true));
+        let got = class_reasons(&model);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "missing-class");
+        assert!(got.iter().all(|(_, r, _)| *r != "NoClass"));
+    }
 }

@@ -25,10 +25,16 @@ impl std::fmt::Display for HostMatch {
 /// `*.` label; no port, no IP address, no bare `*`.
 pub fn parse_host(host: &str) -> Result<HostMatch, String> {
     if host.contains(':') {
-        return Err(format!("host {host:?} must not carry a port"));
+        return Err(format!(
+            "{host:?} must not carry a port (a rule matches its host on every listener)"
+        ));
     }
     if host == "*" {
-        return Err("a bare \"*\" is not a valid host".into());
+        return Err(
+            "\"*\" alone is not a host; leave the host unset to match every host, or use \
+             \"*.example.com\""
+                .into(),
+        );
     }
     let lower = host.to_ascii_lowercase();
     let (wildcard, name) = match lower.strip_prefix("*.") {
@@ -37,11 +43,11 @@ pub fn parse_host(host: &str) -> Result<HostMatch, String> {
     };
     if name.parse::<IpAddr>().is_ok() {
         return Err(format!(
-            "host {host:?} must be a DNS name, not an IP address"
+            "{host:?} must be a DNS name, not an IP address; leave the host unset to match it"
         ));
     }
     if name.is_empty() || name.len() > 253 {
-        return Err(format!("host {host:?} is not a valid DNS name"));
+        return Err(invalid_name(host));
     }
     for label in name.split('.') {
         let ok = !label.is_empty()
@@ -52,7 +58,7 @@ pub fn parse_host(host: &str) -> Result<HostMatch, String> {
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(format!("host {host:?} is not a valid DNS name"));
+            return Err(invalid_name(host));
         }
     }
     Ok(if wildcard {
@@ -60,6 +66,13 @@ pub fn parse_host(host: &str) -> Result<HostMatch, String> {
     } else {
         HostMatch::Precise(lower)
     })
+}
+
+fn invalid_name(host: &str) -> String {
+    format!(
+        "{host:?} is not a valid DNS name (letters, digits, '-' and '.', with an optional leading \
+         \"*.\")"
+    )
 }
 
 /// The request's host for routing: the `Host` header (or `:authority`) without its port, lower-cased,

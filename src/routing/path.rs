@@ -23,26 +23,29 @@ impl PathMatch {
         } else {
             path
         };
+        if path.is_empty() {
+            return Err(format!(
+                "is missing; a {path_type:?} path needs one (\"/\" for every path)"
+            ));
+        }
         if !path.starts_with('/') {
-            return Err(format!("path {path:?} must be absolute (start with \"/\")"));
+            return Err(format!("{path:?} must be absolute (start with \"/\")"));
         }
         if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(format!(
-                "path {path:?} contains whitespace or control characters"
+                "{path:?} contains whitespace or control characters"
             ));
         }
         for bad in ["//", "/./", "/../", "%2f", "%2F"] {
             if path.contains(bad) {
-                return Err(format!("path {path:?} must not contain {bad:?}"));
+                return Err(format!("{path:?} must not contain {bad:?}"));
             }
         }
         if path.ends_with("/..") || path.ends_with("/.") {
-            return Err(format!("path {path:?} must not end with \"/..\" or \"/.\""));
+            return Err(format!("{path:?} must not end with \"/..\" or \"/.\""));
         }
         if path.contains('?') || path.contains('#') {
-            return Err(format!(
-                "path {path:?} must not contain a query or fragment"
-            ));
+            return Err(format!("{path:?} must not contain a query or fragment"));
         }
         Ok(match path_type {
             PathType::Exact => PathMatch::Exact(path.to_string()),

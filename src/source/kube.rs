@@ -53,14 +53,15 @@ pub const TLS_SECRET_SELECTOR: &str = "type=kubernetes.io/tls";
 /// token can appear late, and a kubeconfig can be fixed in place.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("cannot read kubeconfig {path}: {source}")]
+    #[error("cannot read kubeconfig {path}: {error}")]
     Kubeconfig {
         path: std::path::PathBuf,
-        #[source]
-        source: kube::config::KubeconfigError,
+        error: kube::config::KubeconfigError,
     },
+    #[error("no Kubernetes configuration: {0}")]
+    Infer(kube::config::InferConfigError),
     #[error("cannot build a Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
+    Client(kube::Error),
 }
 
 /// Builds the client: `--kubeconfig` when given, else in-cluster or `$KUBECONFIG`
@@ -68,9 +69,9 @@ pub enum KubeError {
 pub async fn client(options: &KubeOptions) -> Result<Client, KubeError> {
     match &options.kubeconfig {
         Some(path) => {
-            let wrap = |source| KubeError::Kubeconfig {
+            let wrap = |error| KubeError::Kubeconfig {
                 path: path.clone(),
-                source,
+                error,
             };
             let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(wrap)?;
             let config = kube::Config::from_custom_kubeconfig(
@@ -81,7 +82,96 @@ pub async fn client(options: &KubeOptions) -> Result<Client, KubeError> {
             .map_err(wrap)?;
             Client::try_from(config).map_err(KubeError::Client)
         }
-        None => Client::try_default().await.map_err(KubeError::Client),
+        // `Client::try_default`, without kube's "Failed to infer configuration" in front of
+        // `InferConfigError`'s own "failed to infer config".
+        None => {
+            let config = kube::Config::infer().await.map_err(KubeError::Infer)?;
+            Client::try_from(config).map_err(KubeError::Client)
+        }
+    }
+}
+
+/// Where the Kubernetes client will take its configuration from, as far as can be told before
+/// building it: the order of `Client::try_default` (`$KUBECONFIG`, then `~/.kube/config`, then
+/// the in-cluster service account), or `--kubeconfig`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientConfig {
+    /// `--kubeconfig FILE`.
+    Flag(std::path::PathBuf),
+    /// `$KUBECONFIG`, as given (one path or several, colon-separated).
+    Env(String),
+    /// `~/.kube/config`.
+    Home(std::path::PathBuf),
+    /// The service account of the pod Portico runs in.
+    InCluster,
+    /// Nothing: the client cannot be built until one of the above appears.
+    Missing {
+        /// `~/.kube/config`, when the home directory is known.
+        home: Option<std::path::PathBuf>,
+    },
+}
+
+/// The account token a pod's service account mounts.
+const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+impl ClientConfig {
+    /// Looks at the flag, the environment and the files, as the client will.
+    pub fn detect(options: &KubeOptions) -> ClientConfig {
+        if let Some(path) = &options.kubeconfig {
+            return ClientConfig::Flag(path.clone());
+        }
+        if let Some(env) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+            return ClientConfig::Env(env.to_string_lossy().into_owned());
+        }
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| std::path::PathBuf::from(h).join(".kube").join("config"));
+        if let Some(path) = home.as_ref().filter(|p| p.is_file()) {
+            return ClientConfig::Home(path.clone());
+        }
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+            && std::path::Path::new(IN_CLUSTER_TOKEN).is_file();
+        if in_cluster {
+            return ClientConfig::InCluster;
+        }
+        ClientConfig::Missing { home }
+    }
+
+    /// The one start-up line that says where Portico reads its objects from.
+    pub fn describe(&self) -> String {
+        const WITHOUT: &str =
+            "to run without a cluster: `portico --manifests DIR` (Kubernetes YAML files) or `portico demo`";
+        match self {
+            ClientConfig::Flag(p) => {
+                format!(
+                    "source: the Kubernetes API, through --kubeconfig {}; {WITHOUT}",
+                    p.display()
+                )
+            }
+            ClientConfig::Env(v) => {
+                format!("source: the Kubernetes API, through $KUBECONFIG={v}; {WITHOUT}")
+            }
+            ClientConfig::Home(p) => {
+                format!(
+                    "source: the Kubernetes API, through {}; {WITHOUT}",
+                    p.display()
+                )
+            }
+            ClientConfig::InCluster => {
+                "source: the Kubernetes API, through the pod's service account".into()
+            }
+            ClientConfig::Missing { home } => {
+                let home = home
+                    .as_ref()
+                    .map(|p| format!("no {}", p.display()))
+                    .unwrap_or_else(|| "no $HOME".into());
+                format!(
+                    "source: the Kubernetes API, but there is no kubeconfig ($KUBECONFIG unset, {home}, \
+                     no --kubeconfig) and no in-cluster service account; Portico retries and \
+                     stays not ready until one appears; {WITHOUT}"
+                )
+            }
+        }
     }
 }
 
@@ -158,7 +248,7 @@ fn translated<K: Watched>(obj: &K, shared: &Shared) -> Change {
         Ok(None) => Change::Remove(K::KIND, key),
         Err(reason) => {
             // The reason names fields, never values: safe for Secrets too.
-            tracing::warn!(kind = %K::KIND, object = %key, %reason, "object rejected; left out");
+            tracing::warn!("{} {key}: {reason}; left out", K::KIND);
             shared.metrics.source_error(SOURCE, "invalid");
             Change::Remove(K::KIND, key)
         }
@@ -441,7 +531,10 @@ impl Controller {
         }
         if self.routes_dirty {
             let rejected = self.shared.publish_model(&self.model, true);
-            let fresh = super::report_rejections(&mut self.reported, &rejected);
+            let mut fresh = super::report_rejections(&mut self.reported, &rejected, |_| None);
+            // An Ingress whose class is not Portico's may be another controller's business: it
+            // is told in the log, never with an Event on the object.
+            fresh.retain(|r| !r.is_about_class());
             if !fresh.is_empty() {
                 // The receiver only goes away at shutdown.
                 let _ = self.rejections.send(fresh);
@@ -508,11 +601,19 @@ impl KubeSource {
     /// Builds the client, retrying with backoff until it works or shutdown fires.
     async fn connect(&self, shutdown: &mut ShutdownWatch) -> Option<Client> {
         let mut delay = Duration::from_millis(500);
+        let mut last = String::new();
         loop {
             match client(&self.options).await {
                 Ok(client) => return Some(client),
                 Err(e) => {
-                    tracing::error!(error = %e, retry_in = ?delay, "no Kubernetes client; not ready");
+                    // The whole error once; while it stays the same, a short reminder.
+                    let error = e.to_string();
+                    if error == last {
+                        tracing::error!(retry_in = ?delay, "still no Kubernetes client (the same error); not ready");
+                    } else {
+                        tracing::error!(%error, retry_in = ?delay, "no Kubernetes client; not ready");
+                        last = error;
+                    }
                     self.shared.metrics.source_error(SOURCE, "client");
                 }
             }

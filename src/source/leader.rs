@@ -31,18 +31,10 @@ use crate::dataplane::Shared;
 /// Why one election round failed; the round is retried after the renew period.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
-    #[error("reading Lease {name}: {source}")]
-    Get {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("writing Lease {name}: {source}")]
-    Write {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error("reading Lease {name}: {error}")]
+    Get { name: String, error: kube::Error },
+    #[error("writing Lease {name}: {error}")]
+    Write { name: String, error: kube::Error },
 }
 
 /// What the last read of the Lease showed, and when we first saw it.
@@ -100,9 +92,9 @@ impl LeaderElector {
             .api
             .get_opt(&name)
             .await
-            .map_err(|source| LeaderError::Get {
+            .map_err(|error| LeaderError::Get {
                 name: name.clone(),
-                source,
+                error,
             })?;
         let Some(mut lease) = current else {
             let lease = Lease {
@@ -116,7 +108,7 @@ impl LeaderElector {
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(e) if is_status(&e, 409) => Ok(false),
-                Err(source) => Err(LeaderError::Write { name, source }),
+                Err(error) => Err(LeaderError::Write { name, error }),
             };
         };
 
@@ -168,7 +160,7 @@ impl LeaderElector {
         {
             Ok(_) => Ok(true),
             Err(e) if is_status(&e, 409) => Ok(false),
-            Err(source) => Err(LeaderError::Write { name, source }),
+            Err(error) => Err(LeaderError::Write { name, error }),
         }
     }
 
@@ -181,9 +173,9 @@ impl LeaderElector {
             .api
             .get_opt(&name)
             .await
-            .map_err(|source| LeaderError::Get {
+            .map_err(|error| LeaderError::Get {
                 name: name.clone(),
-                source,
+                error,
             })?;
         let Some(mut lease) = current else {
             return Ok(());
@@ -205,7 +197,7 @@ impl LeaderElector {
         {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, 409) => Ok(()),
-            Err(source) => Err(LeaderError::Write { name, source }),
+            Err(error) => Err(LeaderError::Write { name, error }),
         }
     }
 

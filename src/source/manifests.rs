@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::dataplane::Shared;
 use crate::model::{Kind, Model, Object, ObjectKey};
 use crate::routing::FastMap;
-use crate::translate::{parse_documents, Document};
+use crate::translate::{parse_documents, Document, TranslateError};
 
 /// How long to wait for more file events before rescanning; editors and `kubectl`-style atomic
 /// writes produce bursts of events.
@@ -34,18 +34,13 @@ const SOURCE: &str = "manifests";
 /// Why the manifest directory could not be watched.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("manifest directory {path}: {source}")]
+    #[error("manifest directory {path}: {error}")]
     Dir {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot watch {path}: {source}")]
-    Watch {
-        path: PathBuf,
-        #[source]
-        source: notify::Error,
-    },
+    #[error("cannot watch {path}: {error}")]
+    Watch { path: PathBuf, error: notify::Error },
 }
 
 #[derive(Clone)]
@@ -61,6 +56,9 @@ fn content_hash(bytes: &[u8]) -> u64 {
     bytes.hash(&mut h);
     h.finish()
 }
+
+/// The rejections already logged, so that a recompile does not log them again.
+pub type Reported = HashSet<(String, String, &'static str, String)>;
 
 /// Which object: its kind and key.
 type ObjectId = (Kind, ObjectKey);
@@ -120,6 +118,27 @@ impl ManifestDir {
         &self.model
     }
 
+    /// The model of every object read so far.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The file whose version of the object is in the model.
+    pub fn file_of(&self, kind: Kind, key: &ObjectKey) -> Option<&Path> {
+        let paths = self.holders.get(&(kind, key.clone()))?;
+        paths.first().map(PathBuf::as_path)
+    }
+
+    /// Compiles and publishes the model, and logs the rejections not logged before (`reported`),
+    /// each with the file that holds the object.
+    pub fn publish(&self, shared: &Shared, reported: &mut Reported) {
+        let rejected = shared.publish_model(&self.model, true);
+        super::report_rejections(reported, &rejected, |r| {
+            self.file_of(r.kind, &r.key)
+                .map(|p| p.display().to_string())
+        });
+    }
+
     /// Re-reads only `changed` (files created, written, removed or renamed in) and returns the
     /// model. Much cheaper than [`ManifestDir::scan`] for one edit in a large directory.
     pub fn update(&mut self, dir: &Path, changed: &BTreeSet<PathBuf>, shared: &Shared) -> &Model {
@@ -153,10 +172,11 @@ impl ManifestDir {
             let paths = self.holders.entry(id.clone()).or_default();
             match paths.binary_search_by(|p| p.as_path().cmp(path)) {
                 Ok(_) => tracing::warn!(
-                    file = %path.display(),
-                    kind = %id.0,
-                    object = %id.1,
-                    "duplicate object in one file; the first one wins"
+                    "{} {} ({}): defined twice in the file; the first one is used, remove the \
+                     other",
+                    id.0,
+                    id.1,
+                    path.display()
                 ),
                 Err(at) => paths.insert(at, path.to_path_buf()),
             }
@@ -180,11 +200,11 @@ impl ManifestDir {
         };
         if let Some(other) = paths.get(1) {
             tracing::warn!(
-                file = %other.display(),
-                kind = %id.0,
-                object = %id.1,
-                first = %first.display(),
-                "duplicate object; the one in the first file wins"
+                "{} {} ({}): also defined in {}, which sorts first and wins; remove one",
+                id.0,
+                id.1,
+                other.display(),
+                first.display()
             );
         }
         let object = self
@@ -232,17 +252,19 @@ impl ManifestDir {
                 Document::Ignored => {}
                 Document::Rejected { identity, error } => {
                     shared.metrics.source_error(SOURCE, error.reason());
-                    let object = identity
-                        .as_ref()
-                        .map(|(_, k)| k.to_string())
-                        .unwrap_or_default();
-                    tracing::error!(
-                        file = %path.display(),
-                        kind = error.kind(),
-                        object = %object,
-                        reason = %error,
-                        "rejected; the last good version keeps serving"
-                    );
+                    match &error {
+                        TranslateError::Invalid { kind, key, reason } => tracing::error!(
+                            reason = %error.reason(),
+                            "{kind} {key} ({}) rejected (a last good version keeps serving): \
+                             {reason}",
+                            path.display()
+                        ),
+                        _ => tracing::error!(
+                            reason = %error.reason(),
+                            "{} rejected (its last good objects keep serving): {error}",
+                            path.display()
+                        ),
+                    }
                     match identity {
                         // Keep the last good version of exactly this object.
                         Some((kind, key)) => {
@@ -284,9 +306,9 @@ impl ManifestSource {
     /// Checks that the directory exists; called before the server starts so that a typo fails
     /// fast instead of serving nothing.
     pub fn new(dir: PathBuf, shared: Arc<Shared>) -> Result<Self, ManifestError> {
-        std::fs::read_dir(&dir).map_err(|source| ManifestError::Dir {
+        std::fs::read_dir(&dir).map_err(|error| ManifestError::Dir {
             path: dir.clone(),
-            source,
+            error,
         })?;
         Ok(Self { dir, shared })
     }
@@ -308,15 +330,13 @@ impl ManifestSource {
 
         let mut dir = ManifestDir::default();
         let mut reported = HashSet::new();
-        let mut publish = |model: &Model| {
-            let rejected = self.shared.publish_model(model, true);
-            super::report_rejections(&mut reported, &rejected);
-        };
-        publish(dir.scan(&self.dir, &self.shared));
+        let mut publish = |dir: &ManifestDir| dir.publish(&self.shared, &mut reported);
+        dir.scan(&self.dir, &self.shared);
+        publish(&dir);
         ready();
-        let _watcher = watcher.map_err(|source| ManifestError::Watch {
+        let _watcher = watcher.map_err(|error| ManifestError::Watch {
             path: self.dir.clone(),
-            source,
+            error,
         })?;
         tracing::info!(dir = %self.dir.display(), "manifests loaded; watching for changes");
 
@@ -362,11 +382,13 @@ impl ManifestSource {
                 Some(set) if set.is_empty() => {}
                 Some(set) => {
                     self.shared.metrics.source_event(SOURCE, "update");
-                    publish(dir.update(&self.dir, &set, &self.shared));
+                    dir.update(&self.dir, &set, &self.shared);
+                    publish(&dir);
                 }
                 None => {
                     self.shared.metrics.source_event(SOURCE, "rescan");
-                    publish(dir.scan(&self.dir, &self.shared));
+                    dir.scan(&self.dir, &self.shared);
+                    publish(&dir);
                 }
             }
         }

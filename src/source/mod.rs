@@ -17,9 +17,13 @@ use crate::routing::Rejected;
 
 /// Logs the rejections that are new since the last compile, so that a recompile does not repeat
 /// the same warning forever. Returns the new ones (the cluster source turns them into Events).
+///
+/// Each line names the object, then the file that holds it when `file_of` knows one, then the
+/// message, which names the field and what to do: `Ingress shop/web (web.yaml): spec.rules[0]...`.
 pub fn report_rejections(
     seen: &mut HashSet<(String, String, &'static str, String)>,
     rejected: &[Rejected],
+    file_of: impl Fn(&Rejected) -> Option<String>,
 ) -> Vec<Rejected> {
     let mut now = HashSet::with_capacity(rejected.len());
     let mut fresh = Vec::new();
@@ -31,11 +35,13 @@ pub fn report_rejections(
             r.message.clone(),
         );
         if !seen.contains(&id) {
+            let file = file_of(r).map(|f| format!(" ({f})")).unwrap_or_default();
             tracing::warn!(
-                kind = %r.kind,
-                object = %r.key,
-                reason = r.reason,
-                "{}", r.message
+                reason = %r.reason,
+                "{} {}{file}: {}",
+                r.kind,
+                r.key,
+                r.message
             );
             fresh.push(r.clone());
         }

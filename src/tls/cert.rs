@@ -14,23 +14,25 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     #[error("tls.crt is not valid PEM: {0}")]
-    CertPem(#[source] rustls::pki_types::pem::Error),
-    #[error("tls.crt holds no CERTIFICATE block")]
+    CertPem(rustls::pki_types::pem::Error),
+    #[error(
+        "tls.crt holds no PEM CERTIFICATE block; it must hold the certificate chain, leaf first"
+    )]
     NoCertificate,
     #[error("tls.crt: certificate {index} of the chain is not valid X.509: {reason}")]
     BadCertificate { index: usize, reason: String },
     #[error("tls.key holds no private key (PKCS#1, PKCS#8 or SEC1 PEM expected)")]
     NoKey,
     #[error("tls.key is not valid PEM: {0}")]
-    KeyPem(#[source] rustls::pki_types::pem::Error),
+    KeyPem(rustls::pki_types::pem::Error),
     #[error("tls.key: unsupported private key: {0}")]
-    UnsupportedKey(#[source] rustls::Error),
+    UnsupportedKey(rustls::Error),
     #[error("tls.key does not match the certificate in tls.crt")]
     KeyMismatch,
     #[error("tls.crt: {0}")]
-    Inconsistent(#[source] rustls::Error),
+    Inconsistent(rustls::Error),
     #[error("cannot generate the self-signed certificate: {0}")]
-    Generate(#[source] rcgen::Error),
+    Generate(rcgen::Error),
 }
 
 impl CertError {

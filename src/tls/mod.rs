@@ -37,21 +37,19 @@ pub enum DefaultCert {
 /// Why the default certificate could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("default certificate {cert} / {key}: {source}")]
+    #[error("default certificate {cert} / {key}: {error}")]
     Invalid {
         cert: PathBuf,
         key: PathBuf,
-        #[source]
-        source: CertError,
+        error: CertError,
     },
     #[error("generating the default certificate: {0}")]
-    Generate(#[source] CertError),
+    Generate(CertError),
 }
 
 /// What the compile step needs to build a [`CertStore`].
@@ -83,16 +81,16 @@ impl TlsOptions {
             },
             DefaultCert::Files { cert, key } => {
                 let read = |path: &Path| {
-                    std::fs::read(path).map_err(|source| TlsError::Read {
+                    std::fs::read(path).map_err(|error| TlsError::Read {
                         path: path.to_owned(),
-                        source,
+                        error,
                     })
                 };
-                let loaded = LoadedCert::from_pem(&read(cert)?, &read(key)?).map_err(|source| {
+                let loaded = LoadedCert::from_pem(&read(cert)?, &read(key)?).map_err(|error| {
                     TlsError::Invalid {
                         cert: cert.clone(),
                         key: key.clone(),
-                        source,
+                        error,
                     }
                 })?;
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();

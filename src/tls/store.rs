@@ -202,7 +202,9 @@ impl CertStore {
                 kind: Kind::Secret,
                 key: key.clone(),
                 reason,
-                message: format!("{message}; its hosts keep their last good certificate"),
+                message: format!(
+                    "{message}; its hosts keep their last good certificate, or get the default one"
+                ),
             });
         }
         let result = parsed.result.clone().map_err(drop);
