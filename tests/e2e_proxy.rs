@@ -194,7 +194,12 @@ async fn websocket_upgrade_passes_through() {
         .expect("read");
     let head = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    // After the upgrade, bytes flow both ways through the proxy.
+    // After the upgrade, bytes flow both ways through the proxy. Pingora 0.9.1 writes the 101 to
+    // the client before it switches the client side to tunnel mode; bytes that arrive in between
+    // are taken as data after the request and the connection is closed (seen in about 1 of 10
+    // runs under load, on main before Portico's engine too). A short pause keeps this test about
+    // Portico; the race is noted for Pingora.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     s.write_all(b"ping-through-portico").await.expect("write");
     let mut got = Vec::new();
     while got.len() < 20 {

@@ -24,7 +24,8 @@ use pingora_timeout::timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{chunk_line, ChunkedDecoder, LAST_CHUNK};
-use super::parse::{self, Field, Framing, Kind, Parsed, RequestHead, ResponseHead};
+use super::encode;
+use super::parse::{self, Framing, Kind, Parsed, RequestHead, ResponseHead};
 use crate::dataplane::DataPlane;
 use crate::model::BackendProtocol;
 use crate::request::edge::HeaderDeadline;
@@ -84,22 +85,6 @@ enum Failure {
     Client { status: u16, reason: &'static str },
     /// A response was partly sent: the connection can only be closed.
     Broken,
-}
-
-/// A response's framing towards the client.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Out {
-    None,
-    Length(u64),
-    Chunked,
-    Close,
-}
-
-fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("")
 }
 
 impl Engine {
@@ -245,7 +230,7 @@ impl Engine {
     async fn refused(&self, stream: &mut Stream, answer: &Answer, conn: &Conn) {
         let started = Instant::now();
         let mut out = Vec::with_capacity(256);
-        self.answer_head(answer, true, &mut out);
+        encode::answer_head(answer, true, &self.policy.server_header, &mut out);
         out.extend_from_slice(answer.body.as_bytes());
         let _ = timeout(self.policy.upstream.write_timeout, stream.write_all(&out)).await;
         let metrics = self.policy.metrics_for(None, None);
@@ -265,19 +250,28 @@ impl Engine {
     }
 
     /// The head of one of the policy's own answers.
-    fn answer_head(&self, answer: &Answer, close: bool, out: &mut Vec<u8>) {
-        status_line(answer.status, reason(answer.status).as_bytes(), out);
-        self.server(out);
-        if let Some(location) = &answer.location {
-            field(b"Location", location.as_bytes(), out);
-        }
-        if !answer.body.is_empty() {
-            field(b"Content-Type", b"text/plain; charset=utf-8", out);
-        }
-        length_field(answer.body.len() as u64, out);
-        self.date(out);
-        connection(!close, out);
-        out.extend_from_slice(b"\r\n");
+    /// The request head for the upstream, with the policy's forwarding fields.
+    fn upstream_head(&self, head: &RequestHead, raw: &Bytes, conn: &Conn, out: &mut Vec<u8>) {
+        let host = head
+            .authority
+            .or(head.host)
+            .and_then(|s| {
+                HeaderValue::from_maybe_shared(raw.slice(s.start as usize..s.end as usize)).ok()
+            })
+            .unwrap_or(HeaderValue::from_static(""));
+        let prior = |name: &'static str| {
+            head.fields
+                .iter()
+                .find(|f| {
+                    f.kind == Kind::Forwarding
+                        && f.name.get(raw).eq_ignore_ascii_case(name.as_bytes())
+                })
+                .and_then(|f| HeaderValue::from_bytes(f.value.get(raw)).ok())
+        };
+        let forwarded = self
+            .policy
+            .forwarded(conn.client, conn.tls, conn.local_port, host, prior);
+        encode::request_head(head, raw, &forwarded, out);
     }
 
     /// One request: decide, answer or proxy, record.
@@ -370,7 +364,7 @@ impl Engine {
     ) -> Next {
         let close = answer.close || head.close || closing || head.framing != Framing::None;
         let mut out = Vec::with_capacity(256 + answer.body.len());
-        self.answer_head(answer, close, &mut out);
+        encode::answer_head(answer, close, &self.policy.server_header, &mut out);
         if head.method.get(raw) != b"HEAD" {
             out.extend_from_slice(answer.body.as_bytes());
             outcome.sent = answer.body.len();
@@ -490,52 +484,6 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// The request head for the upstream: origin-form, HTTP/1.1, the client's fields in their
-    /// order and case without the hop-by-hop ones, then the forwarding fields.
-    fn upstream_head(&self, head: &RequestHead, raw: &Bytes, conn: &Conn, out: &mut Vec<u8>) {
-        out.extend_from_slice(head.method.get(raw));
-        out.push(b' ');
-        let origin = head.origin.get(raw);
-        out.extend_from_slice(if origin.is_empty() { b"/" } else { origin });
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for f in &head.fields {
-            match f.kind {
-                Kind::HopByHop | Kind::Connection | Kind::Forwarding | Kind::Expect => {}
-                // Sent after the forwarding fields, where Pingora's engine puts it.
-                Kind::TransferEncoding => {}
-                _ => field(f.name.get(raw), f.value.get(raw), out),
-            }
-        }
-        let host_span = head.authority.or(head.host);
-        let host = host_span
-            .and_then(|s| {
-                HeaderValue::from_maybe_shared(raw.slice(s.start as usize..s.end as usize)).ok()
-            })
-            .unwrap_or(HeaderValue::from_static(""));
-        if head.host.is_none() && head.authority.is_some() {
-            field(b"Host", host.as_bytes(), out);
-        }
-        let prior = |name: &'static str| {
-            head.fields
-                .iter()
-                .find(|f| {
-                    f.kind == Kind::Forwarding
-                        && f.name.get(raw).eq_ignore_ascii_case(name.as_bytes())
-                })
-                .and_then(|f| HeaderValue::from_bytes(f.value.get(raw)).ok())
-        };
-        for (name, value) in
-            self.policy
-                .forwarded(conn.client, conn.tls, conn.local_port, host, prior)
-        {
-            field(name.as_bytes(), value.as_bytes(), out);
-        }
-        if head.framing == Framing::Chunked {
-            field(b"Transfer-Encoding", b"chunked", out);
-        }
-        out.extend_from_slice(b"\r\n");
     }
 
     /// One attempt against one endpoint. `Ok` when a response reached the client.
@@ -674,7 +622,12 @@ impl Engine {
                 let forward = head.version == 1 && !(parsed.status == 100 && head.expect_continue);
                 if forward {
                     let mut interim = Vec::with_capacity(parsed.len + 32);
-                    self.interim_head(&parsed, &ubuf[..parsed.len], &mut interim);
+                    encode::interim_head(
+                        &parsed,
+                        &ubuf[..parsed.len],
+                        &self.policy.server_header,
+                        &mut interim,
+                    );
                     client_write(client, &interim, self.policy.upstream.write_timeout).await?;
                 }
                 ubuf.advance(parsed.len);
@@ -821,25 +774,19 @@ impl Engine {
         endpoint: &Endpoint,
         outcome: &mut Outcome,
     ) -> Result<(bool, Next), Failure> {
-        let client_11 = head.version == 1;
-        let out_framing = match response.framing {
-            Framing::None => Out::None,
-            Framing::Length(n) => Out::Length(n),
-            Framing::Chunked | Framing::Close if client_11 => Out::Chunked,
-            Framing::Chunked | Framing::Close => Out::Close,
-        };
-        let keep = keep_client && out_framing != Out::Close;
+        let out_framing = encode::out_framing(response.framing, head.version == 1);
+        let keep = keep_client && out_framing != encode::Out::Close;
         let head_bytes = response.len;
         let rhead = ubuf.split_to(head_bytes).freeze();
         let mut out = Vec::with_capacity(rhead.len() + 256 + ubuf.len().min(BODY_BUFFER) + 32);
-        self.client_head(
+        let hsts = self.policy.hsts(plane, Some(routed.route), conn.tls);
+        encode::response_head(
             response,
             &rhead,
             out_framing,
             keep,
-            plane,
-            routed,
-            conn,
+            &self.policy.server_header,
+            hsts.map(|h| &**h),
             &mut out,
         );
         let write = self.policy.upstream.write_timeout;
@@ -881,13 +828,7 @@ impl Engine {
                     let consumed = decoder
                         .decode(&ubuf, &mut |data| {
                             sent += data.len();
-                            if out_framing == Out::Chunked {
-                                chunk_line(data.len(), &mut out);
-                                out.extend_from_slice(data);
-                                out.extend_from_slice(b"\r\n");
-                            } else {
-                                out.extend_from_slice(data);
-                            }
+                            encode::body_piece(out_framing, data, &mut out);
                         })
                         .map_err(|e| {
                             tracing::warn!(upstream = %endpoint.addr, reason = e.0, "invalid chunked response");
@@ -896,9 +837,7 @@ impl Engine {
                     outcome.sent += sent;
                     if decoder.is_done() {
                         reusable &= consumed == ubuf.len();
-                        if out_framing == Out::Chunked {
-                            out.extend_from_slice(LAST_CHUNK);
-                        }
+                        encode::body_end(out_framing, &mut out);
                         client_write(client, &out, write).await?;
                         break;
                     }
@@ -917,16 +856,8 @@ impl Engine {
             Framing::Close => {
                 reusable = false;
                 loop {
-                    if !ubuf.is_empty() {
-                        outcome.sent += ubuf.len();
-                        if out_framing == Out::Chunked {
-                            chunk_line(ubuf.len(), &mut out);
-                            out.extend_from_slice(&ubuf);
-                            out.extend_from_slice(b"\r\n");
-                        } else {
-                            out.extend_from_slice(&ubuf);
-                        }
-                    }
+                    outcome.sent += ubuf.len();
+                    encode::body_piece(out_framing, &ubuf, &mut out);
                     if !out.is_empty() {
                         client_write(client, &out, write).await?;
                         out.clear();
@@ -939,131 +870,14 @@ impl Engine {
                         _ => return Err(Failure::Broken),
                     }
                 }
-                if out_framing == Out::Chunked {
-                    client_write(client, LAST_CHUNK, write).await?;
+                encode::body_end(out_framing, &mut out);
+                if !out.is_empty() {
+                    client_write(client, &out, write).await?;
                 }
             }
         }
         let next = if keep { Next::KeepAlive } else { Next::Close };
         Ok((reusable, next))
-    }
-
-    /// The response head for the client.
-    #[allow(clippy::too_many_arguments)]
-    fn client_head(
-        &self,
-        response: &ResponseHead,
-        rhead: &[u8],
-        framing: Out,
-        keep: bool,
-        plane: &DataPlane,
-        routed: &Routed,
-        conn: &Conn,
-        out: &mut Vec<u8>,
-    ) {
-        status_line(response.status, response.reason.get(rhead), out);
-        // The backend's fields in their order, with Pingora's engine's edits: `Date` and `Server`
-        // replaced where they stand, then what is missing appended (Server, HSTS, Date,
-        // framing, Connection), so that both engines send the same bytes.
-        let pass_server = self.policy.server_header.pass_upstream;
-        let (mut server_done, mut date_done, mut framing_done) = (pass_server, false, false);
-        for f in &response.fields {
-            match f.kind {
-                Kind::HopByHop | Kind::Connection => {}
-                Kind::Date => {
-                    if !date_done {
-                        self.date(out);
-                        date_done = true;
-                    }
-                }
-                Kind::Server if !pass_server => {
-                    if !server_done {
-                        self.server(out);
-                        server_done = true;
-                    }
-                }
-                Kind::ContentLength => match framing {
-                    Out::Length(_) | Out::None if !framing_done => {
-                        copy(f, rhead, out);
-                        framing_done = true;
-                    }
-                    _ => {}
-                },
-                Kind::TransferEncoding => match framing {
-                    Out::Chunked if !framing_done => {
-                        field(b"Transfer-Encoding", b"chunked", out);
-                        framing_done = true;
-                    }
-                    Out::None => copy(f, rhead, out),
-                    _ => {}
-                },
-                _ => copy(f, rhead, out),
-            }
-        }
-        if !server_done {
-            self.server(out);
-        }
-        if !response.hsts {
-            if let Some(hsts) = self.policy.hsts(plane, Some(routed.route), conn.tls) {
-                field(b"Strict-Transport-Security", hsts.as_bytes(), out);
-            }
-        }
-        if !date_done {
-            self.date(out);
-        }
-        if !framing_done {
-            match framing {
-                Out::Length(n) => length_field(n, out),
-                Out::Chunked => field(b"Transfer-Encoding", b"chunked", out),
-                Out::None | Out::Close => {}
-            }
-        }
-        connection(keep, out);
-        out.extend_from_slice(b"\r\n");
-    }
-
-    /// An interim (1xx) response for the client: the backend's fields and `Server`, no `Date`.
-    fn interim_head(&self, response: &ResponseHead, rhead: &[u8], out: &mut Vec<u8>) {
-        status_line(response.status, response.reason.get(rhead), out);
-        let pass_server = self.policy.server_header.pass_upstream;
-        for f in &response.fields {
-            match f.kind {
-                Kind::HopByHop
-                | Kind::Connection
-                | Kind::ContentLength
-                | Kind::TransferEncoding => {}
-                Kind::Server if !pass_server => {}
-                _ => copy(f, rhead, out),
-            }
-        }
-        if !pass_server {
-            self.server(out);
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-
-    fn server(&self, out: &mut Vec<u8>) {
-        let server = &self.policy.server_header.value;
-        if !server.is_empty() {
-            field(b"Server", server.as_bytes(), out);
-        }
-    }
-
-    fn date(&self, out: &mut Vec<u8>) {
-        field(
-            b"Date",
-            pingora_core::protocols::http::date::get_cached_date().as_bytes(),
-            out,
-        );
-    }
-}
-
-/// `Connection`, on every response, as nginx and Pingora send it.
-fn connection(keep: bool, out: &mut Vec<u8>) {
-    if keep {
-        field(b"Connection", b"keep-alive", out);
-    } else {
-        field(b"Connection", b"close", out);
     }
 }
 
@@ -1084,31 +898,6 @@ fn replay(raw: &Bytes, buf: &mut BytesMut) -> Bytes {
     all.extend_from_slice(buf);
     buf.clear();
     all.freeze()
-}
-
-fn status_line(status: u16, reason: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    let mut code = itoa::Buffer::new();
-    out.extend_from_slice(code.format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn copy(f: &Field, head: &[u8], out: &mut Vec<u8>) {
-    field(f.name.get(head), f.value.get(head), out);
-}
-
-fn length_field(n: u64, out: &mut Vec<u8>) {
-    let mut b = itoa::Buffer::new();
-    field(b"Content-Length", b.format(n).as_bytes(), out);
 }
 
 async fn up_write(up: &mut Stream, data: &[u8], limit: Duration) -> Result<(), Failure> {

@@ -2,6 +2,7 @@
 //!
 //! - [`parse`]: request and response heads (httparse, then the RFC 9112 framing checks);
 //! - [`body`]: the chunked decoder and encoder;
+//! - [`encode`]: heads and body framing as the engine writes them;
 //! - [`conn`]: the connection loop: keep-alive, pipelining, the upstream exchange.
 //!
 //! It runs inside Pingora's `ServerApp` (listeners, TLS, lifecycle) and takes upstream
@@ -11,6 +12,7 @@
 
 pub mod body;
 pub mod conn;
+pub mod encode;
 pub mod parse;
 
 pub use conn::Engine;
