@@ -125,10 +125,11 @@ impl Engine {
                 }
             };
             let closing = *shutdown.borrow();
-            match self
-                .exchange(&mut stream, &mut buf, head, raw, &conn, closing)
-                .await
-            {
+            // Boxed: the exchange's state (upstream stream, buffers, timers) is allocated for the
+            // request and freed after it, so that an idle connection's task stays small.
+            let exchange =
+                Box::pin(self.exchange(&mut stream, &mut buf, head, raw, &conn, closing));
+            match exchange.await {
                 Next::KeepAlive if !closing => {}
                 Next::Fallback(prefix) => {
                     let limits = &self.policy.limits;

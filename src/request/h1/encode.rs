@@ -51,9 +51,10 @@ pub fn request_head(head: &RequestHead, raw: &[u8], forwarded: &Forwarded, out: 
         }
     }
     if head.host.is_none() {
-        if let Some(a) = head.authority {
-            field(b"Host", a.get(raw), out);
-        }
+        // HTTP/1.1 requires Host; without an authority it is empty (RFC 9110 7.2). An HTTP/1.0
+        // client may have sent none.
+        let authority = head.authority.map(|a| a.get(raw)).unwrap_or_default();
+        field(b"Host", authority, out);
     }
     for (name, value) in forwarded {
         field(name.as_bytes(), value.as_bytes(), out);
