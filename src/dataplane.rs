@@ -91,6 +91,13 @@ impl Shared {
         })
     }
 
+    /// The generation of the newest snapshot, published or being published: a request whose
+    /// snapshot is older looks the current one up before it picks an endpoint.
+    #[inline]
+    pub fn latest_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The snapshot for one request. One atomic load and one reference count increment.
     #[inline]
     pub fn load(&self) -> Arc<DataPlane> {

@@ -187,7 +187,7 @@ impl ProxyHttp for PingoraApp {
             .policy
             .pick(plane, routed, &ctx.attempts.tried)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "empty pool"))?;
-        ctx.attempts.current = Some((endpoint.addr, endpoint.index));
+        ctx.attempts.current = Some((endpoint.addr, endpoint.health.clone()));
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(endpoint.peer()))
     }
@@ -249,10 +249,8 @@ impl ProxyHttp for PingoraApp {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let idempotent = session.req_header().method.is_idempotent();
-        if let (Some(plane), Some(route)) = (ctx.plane.as_ref(), ctx.route) {
-            if self.policy.upstream_failed(plane, route, &mut ctx.attempts) && idempotent {
-                e.set_retry(true);
-            }
+        if self.policy.upstream_failed(&mut ctx.attempts) && idempotent {
+            e.set_retry(true);
         }
         e
     }
@@ -269,11 +267,10 @@ impl ProxyHttp for PingoraApp {
         let upstream_fault = *e.esource() == pingora_core::ErrorSource::Upstream;
         // A pooled connection that the upstream closed meanwhile is not the endpoint's fault.
         let stale_pooled = client_reused && !ctx.attempts.responded;
-        let may_retry = match (ctx.plane.as_ref(), ctx.route) {
-            (Some(plane), Some(route)) if upstream_fault && !stale_pooled => {
-                self.policy.upstream_failed(plane, route, &mut ctx.attempts)
-            }
-            _ => !ctx.attempts.responded,
+        let may_retry = if upstream_fault && !stale_pooled {
+            self.policy.upstream_failed(&mut ctx.attempts)
+        } else {
+            !ctx.attempts.responded
         };
         let idempotent = session.req_header().method.is_idempotent();
         let body_intact = !session.as_ref().retry_buffer_truncated();
@@ -332,10 +329,7 @@ impl ProxyHttp for PingoraApp {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(plane), Some(route)) = (ctx.plane.as_ref(), ctx.route) {
-            self.policy
-                .upstream_answered(plane, route, &mut ctx.attempts);
-        }
+        self.policy.upstream_answered(&mut ctx.attempts);
         if let Some(t) = ctx.upstream_started.take() {
             self.policy
                 .metrics_for(ctx.plane.as_deref(), ctx.route)
@@ -390,7 +384,7 @@ impl ProxyHttp for PingoraApp {
             status,
             bytes: sent,
             took,
-            upstream: ctx.attempts.current.map(|(a, _)| a),
+            upstream: ctx.attempts.current.as_ref().map(|(a, _)| *a),
             route: Policy::route(plane, ctx.route),
             error: e.map(|e| e.etype().as_str()).unwrap_or(""),
         });

@@ -225,8 +225,8 @@ pub enum Decision {
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// Index in the pool, for the endpoint's health record.
-    pub index: usize,
+    /// The endpoint's passive health record.
+    pub health: Arc<EndpointHealth>,
     pub protocol: BackendProtocol,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -270,8 +270,8 @@ impl Endpoint {
 pub struct Attempts {
     /// Endpoints tried so far (allocated only when a first attempt fails).
     pub tried: Vec<SocketAddr>,
-    /// The current endpoint.
-    pub current: Option<(SocketAddr, usize)>,
+    /// The current endpoint and its health record.
+    pub current: Option<(SocketAddr, Arc<EndpointHealth>)>,
     /// The upstream answered: from here on a failure is never retried.
     pub responded: bool,
 }
@@ -344,7 +344,10 @@ impl Policy {
 
     /// Picks the endpoint for the next attempt: healthy endpoints not tried yet; failing that,
     /// any endpoint not tried yet; failing that, any (a pool whose endpoints all failed still
-    /// gets a chance). `None` when the pool is empty in this snapshot.
+    /// gets a chance). `None` when the pool is empty.
+    ///
+    /// The pool is the newest snapshot's, not the request's: an endpoint removed by a snapshot
+    /// published while the request waited (for its body, or before a retry) is never chosen.
     pub fn pick(
         &self,
         plane: &DataPlane,
@@ -352,7 +355,17 @@ impl Policy {
         tried: &[SocketAddr],
     ) -> Option<Endpoint> {
         let route = plane.routes.routes().get(routed.route)?;
-        let pool = plane.pools.get(routed.pool)?;
+        let latest;
+        let pool = if self.shared.latest_generation() == plane.generation {
+            plane.pools.get(routed.pool)?
+        } else {
+            latest = self.shared.load();
+            let old = plane.pools.get(routed.pool)?;
+            latest
+                .pools
+                .iter()
+                .find(|p| p.service == old.service && p.port == old.port)?
+        };
         let now = now_ms();
         let index = pool
             .pick(|u| u.health.is_available(now) && !tried.contains(&u.addr))
@@ -362,7 +375,7 @@ impl Policy {
         let limits = &route.limits;
         Some(Endpoint {
             addr: upstream.addr,
-            index,
+            health: upstream.health.clone(),
             protocol: route.backend_protocol,
             connect_timeout: limits
                 .connect_timeout
@@ -373,36 +386,26 @@ impl Policy {
         })
     }
 
-    fn health(plane: &DataPlane, route: usize, endpoint: usize) -> Option<&EndpointHealth> {
-        let route = plane.routes.routes().get(route)?;
-        let pool = plane.pools.get(route.pool)?;
-        Some(&pool.endpoints().get(endpoint)?.health)
-    }
-
     /// Records a failure of the current endpoint (passive health, ejection); true if another
     /// attempt is allowed by the attempt budget.
-    pub fn upstream_failed(&self, plane: &DataPlane, route: usize, a: &mut Attempts) -> bool {
-        if let Some((addr, index)) = a.current {
-            if let Some(h) = Self::health(plane, route, index) {
-                if let Some(time) = h.record_failure(now_ms()) {
-                    tracing::warn!(upstream = %addr, ejected_for = ?time, "endpoint ejected after repeated failures");
-                }
+    pub fn upstream_failed(&self, a: &mut Attempts) -> bool {
+        if let Some((addr, health)) = &a.current {
+            if let Some(time) = health.record_failure(now_ms()) {
+                tracing::warn!(upstream = %addr, ejected_for = ?time, "endpoint ejected after repeated failures");
             }
-            a.tried.push(addr);
+            a.tried.push(*addr);
         }
         !a.responded && a.tried.len() < self.limits.upstream_attempts
     }
 
     /// Records that the current endpoint answered.
-    pub fn upstream_answered(&self, plane: &DataPlane, route: usize, a: &mut Attempts) {
+    pub fn upstream_answered(&self, a: &mut Attempts) {
         if a.responded {
             return;
         }
         a.responded = true;
-        if let Some((_, index)) = a.current {
-            if let Some(h) = Self::health(plane, route, index) {
-                h.record_success();
-            }
+        if let Some((_, health)) = &a.current {
+            health.record_success();
         }
     }
 

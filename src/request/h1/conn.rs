@@ -421,7 +421,7 @@ impl Engine {
                     .answer(client, head, raw, &answer, closing, outcome)
                     .await;
             };
-            attempts.current = Some((endpoint.addr, endpoint.index));
+            attempts.current = Some((endpoint.addr, endpoint.health.clone()));
             outcome.upstream = Some(endpoint.addr);
             let result = self
                 .attempt(
@@ -451,8 +451,7 @@ impl Engine {
                         stale_retries += 1;
                         true
                     } else {
-                        self.policy
-                            .upstream_failed(plane, routed.route, &mut attempts)
+                        self.policy.upstream_failed(&mut attempts)
                     };
                     if retry && may_resend && buffered.is_some() {
                         continue;
@@ -636,7 +635,7 @@ impl Engine {
             }
             break parsed;
         };
-        self.policy.upstream_answered(plane, routed.route, attempts);
+        self.policy.upstream_answered(attempts);
         metrics.observe_upstream_response(sent_at.elapsed());
         if let Some(n) = buffered {
             buf.advance(n);
