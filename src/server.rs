@@ -133,6 +133,7 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         Arc::new(h1::Engine {
             policy: policy.clone(),
             connector: TransportConnector::new(Some(ConnectorOptions::from_server_conf(&conf))),
+            pool_size: conf.upstream_keepalive_pool_size,
             fallback: pingora.clone(),
         })
     });

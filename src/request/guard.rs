@@ -167,16 +167,10 @@ pub fn check(req: &RequestHeader, limits: &Limits) -> Result<(), Refusal> {
 /// Refuses a bare LF or bare CR, or a NUL, anywhere in a raw request head (RFC 9112 2.2):
 /// httparse accepts a bare LF as a line end, which a proxy in front of a stricter server must not.
 pub fn check_line_ends(head: &[u8]) -> Result<(), Refusal> {
-    for (i, &b) in head.iter().enumerate() {
-        let bad = match b {
-            b'\n' => i == 0 || head[i - 1] != b'\r',
-            b'\r' => head.get(i + 1) != Some(&b'\n'),
-            0 => true,
-            _ => false,
-        };
-        if bad {
-            return Err(refuse(400, "bare CR or LF, or NUL, in the request head"));
-        }
+    let bare_lf = memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r');
+    let bare_cr = memchr::memchr_iter(b'\r', head).any(|i| head.get(i + 1) != Some(&b'\n'));
+    if bare_lf || bare_cr || memchr::memchr(0, head).is_some() {
+        return Err(refuse(400, "bare CR or LF, or NUL, in the request head"));
     }
     Ok(())
 }

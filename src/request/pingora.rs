@@ -228,13 +228,12 @@ impl ProxyHttp for PingoraApp {
             .server_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.port());
-        let forwarded = self.policy.forwarded(
-            ctx.client,
-            ctx.tls,
-            local_port,
-            host_value(downstream)?,
-            |name| downstream.headers.get(name).cloned(),
-        );
+        let client = self.policy.client_addr(ctx.client, local_port);
+        let forwarded = self
+            .policy
+            .forwarded(&client, ctx.tls, host_value(downstream)?, |name| {
+                downstream.headers.get(name).cloned()
+            });
         for (name, value) in forwarded {
             upstream_request.insert_header(name, value)?;
         }

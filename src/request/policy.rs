@@ -276,6 +276,17 @@ pub struct Attempts {
     pub responded: bool,
 }
 
+/// The client's address as the forwarding fields carry it.
+#[derive(Clone, Debug)]
+pub struct ClientAddr {
+    /// The client IP, for `X-Forwarded-For` and `X-Real-IP`.
+    pub ip: HeaderValue,
+    /// The listener's port, for `X-Forwarded-Port`.
+    pub port: HeaderValue,
+    /// The client is a trusted proxy: its own forwarding fields are kept.
+    pub trusted: bool,
+}
+
 /// The forwarding headers for an upstream request, in the order they are sent.
 pub type Forwarded = [(&'static str, HeaderValue); 5];
 
@@ -414,6 +425,17 @@ impl Policy {
         client.is_some_and(|ip| self.trusted_proxies.iter().any(|c| c.contains(ip)))
     }
 
+    /// What the forwarding fields need of a client connection, computed once per connection.
+    pub fn client_addr(&self, client: Option<IpAddr>, local_port: Option<u16>) -> ClientAddr {
+        ClientAddr {
+            ip: client.map(ip_value).unwrap_or(HeaderValue::from_static("")),
+            port: local_port
+                .map(HeaderValue::from)
+                .unwrap_or(HeaderValue::from_static("")),
+            trusted: self.trusts(client),
+        }
+    }
+
     /// `X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
     /// `X-Forwarded-Port` for the upstream request.
     ///
@@ -422,15 +444,13 @@ impl Policy {
     /// for a trusted client); `host` is the request's host as sent.
     pub fn forwarded(
         &self,
-        client: Option<IpAddr>,
+        client: &ClientAddr,
         tls: bool,
-        local_port: Option<u16>,
         host: HeaderValue,
         prior: impl Fn(&'static str) -> Option<HeaderValue>,
     ) -> Forwarded {
-        let trusted = self.trusts(client);
-        let kept = |name| if trusted { prior(name) } else { None };
-        let ip = client.map(ip_value).unwrap_or(HeaderValue::from_static(""));
+        let kept = |name| if client.trusted { prior(name) } else { None };
+        let ip = client.ip.clone();
         let xff = match kept("x-forwarded-for") {
             Some(prev) => {
                 let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
@@ -447,11 +467,7 @@ impl Policy {
             "http"
         }));
         let host = kept("x-forwarded-host").unwrap_or(host);
-        let port = kept("x-forwarded-port").unwrap_or_else(|| {
-            local_port
-                .map(HeaderValue::from)
-                .unwrap_or(HeaderValue::from_static(""))
-        });
+        let port = kept("x-forwarded-port").unwrap_or_else(|| client.port.clone());
         [
             ("x-forwarded-for", xff),
             ("x-real-ip", ip),

@@ -19,20 +19,20 @@ use pingora_core::apps::ServerApp;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use pingora_core::upstreams::peer::Peer;
 use pingora_timeout::timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{chunk_line, ChunkedDecoder, LAST_CHUNK};
 use super::encode;
 use super::parse::{self, Framing, Kind, Parsed, RequestHead, ResponseHead};
+use super::pool;
 use crate::dataplane::DataPlane;
 use crate::model::BackendProtocol;
 use crate::request::edge::HeaderDeadline;
 use crate::request::guard::Refusal;
 use crate::request::pingora::PingoraApp;
 use crate::request::policy::{
-    idempotent, Answer, Attempts, Decision, Endpoint, LogEntry, Policy, Routed,
+    idempotent, Answer, Attempts, ClientAddr, Decision, Endpoint, LogEntry, Policy, Routed,
 };
 
 /// The first buffer for a request head (nginx: `client_header_buffer_size 1k`).
@@ -45,8 +45,10 @@ const BODY_BUFFER: usize = 16 * 1024;
 /// Portico's HTTP/1 engine; one instance serves every HTTP/1 connection.
 pub struct Engine {
     pub policy: Arc<Policy>,
-    /// Upstream connections: Pingora's connector and pool.
+    /// Makes upstream connections (Pingora's connector); idle ones wait in [`pool`].
     pub connector: TransportConnector,
+    /// Most idle upstream connections per worker thread.
+    pub pool_size: usize,
     /// Pingora's HTTP proxy, for what this engine does not take.
     pub fallback: Arc<pingora_proxy::HttpProxy<PingoraApp>>,
 }
@@ -55,7 +57,8 @@ pub struct Engine {
 struct Conn {
     tls: bool,
     client: Option<IpAddr>,
-    local_port: Option<u16>,
+    /// The forwarding fields' view of the client, computed once.
+    addr: ClientAddr,
 }
 
 /// What the connection does after a request.
@@ -92,18 +95,20 @@ impl Engine {
     /// never handed back to Pingora's accept loop).
     pub async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let digest = stream.get_socket_digest();
+        let client = digest
+            .as_ref()
+            .and_then(|d| d.peer_addr())
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let local_port = digest
+            .as_ref()
+            .and_then(|d| d.local_addr())
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port());
         let conn = Conn {
             tls: stream.get_ssl_digest().is_some(),
-            client: digest
-                .as_ref()
-                .and_then(|d| d.peer_addr())
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            local_port: digest
-                .as_ref()
-                .and_then(|d| d.local_addr())
-                .and_then(|a| a.as_inet())
-                .map(|a| a.port()),
+            client,
+            addr: self.policy.client_addr(client, local_port),
         };
         let mut shutdown = shutdown.clone();
         let mut buf = BytesMut::new();
@@ -189,7 +194,7 @@ impl Engine {
                     let ready = tokio::select! {
                         biased;
                         _ = shutdown.changed() => return Ok(None),
-                        r = timeout(wait, stream.read(&mut [])) => r,
+                        r = within(wait, stream.read(&mut [])) => r,
                     };
                     match ready {
                         Ok(Ok(_)) => {}
@@ -205,10 +210,10 @@ impl Engine {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => return Ok(None),
-                    r = timeout(wait, stream.read_buf(buf)) => r,
+                    r = within(wait, stream.read_buf(buf)) => r,
                 }
             } else {
-                timeout(wait, stream.read_buf(buf)).await
+                within(wait, stream.read_buf(buf)).await
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
@@ -233,7 +238,7 @@ impl Engine {
         let mut out = Vec::with_capacity(256);
         encode::answer_head(answer, true, &self.policy.server_header, &mut out);
         out.extend_from_slice(answer.body.as_bytes());
-        let _ = timeout(self.policy.upstream.write_timeout, stream.write_all(&out)).await;
+        let _ = within(self.policy.upstream.write_timeout, stream.write_all(&out)).await;
         let metrics = self.policy.metrics_for(None, None);
         metrics.observe(&http::Method::GET, answer.status, started.elapsed(), 0, 0);
         self.policy.log(&LogEntry {
@@ -269,9 +274,7 @@ impl Engine {
                 })
                 .and_then(|f| HeaderValue::from_bytes(f.value.get(raw)).ok())
         };
-        let forwarded = self
-            .policy
-            .forwarded(conn.client, conn.tls, conn.local_port, host, prior);
+        let forwarded = self.policy.forwarded(&conn.addr, conn.tls, host, prior);
         encode::request_head(head, raw, &forwarded, out);
     }
 
@@ -371,7 +374,7 @@ impl Engine {
             outcome.sent = answer.body.len();
         }
         outcome.status = answer.status;
-        match timeout(self.policy.upstream.write_timeout, stream.write_all(&out)).await {
+        match within(self.policy.upstream.write_timeout, stream.write_all(&out)).await {
             Ok(Ok(())) if !close => Next::KeepAlive,
             _ => Next::Close,
         }
@@ -404,7 +407,7 @@ impl Engine {
             // sends the body on as it arrives.
             let go_on = b"HTTP/1.1 100 Continue\r\n\r\n";
             if !matches!(
-                timeout(self.policy.upstream.write_timeout, client.write_all(go_on)).await,
+                within(self.policy.upstream.write_timeout, client.write_all(go_on)).await,
                 Ok(Ok(()))
             ) {
                 return Next::Close;
@@ -504,10 +507,17 @@ impl Engine {
         closing: bool,
         outcome: &mut Outcome,
     ) -> Result<Next, Failure> {
-        let peer = endpoint.peer();
         let metrics = self.policy.metrics_for(Some(plane), Some(routed.route));
         let connect_started = Instant::now();
-        let (mut up, reused) = match self.connector.get_stream(&peer).await {
+        let connected = match pool::take(endpoint.addr) {
+            Some(s) => Ok((s, true)),
+            None => self
+                .connector
+                .new_stream(&endpoint.peer())
+                .await
+                .map(|s| (s, false)),
+        };
+        let (mut up, reused) = match connected {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(upstream = %endpoint.addr, error = %e, "upstream connect failed");
@@ -536,9 +546,9 @@ impl Engine {
                 let mut v = Vec::with_capacity(upstream_head.len() + n);
                 v.extend_from_slice(upstream_head);
                 v.extend_from_slice(&buf[..n]);
-                timeout(endpoint.write_timeout, up.write_all(&v)).await
+                within(endpoint.write_timeout, up.write_all(&v)).await
             }
-            _ => timeout(endpoint.write_timeout, up.write_all(upstream_head)).await,
+            _ => within(endpoint.write_timeout, up.write_all(upstream_head)).await,
         };
         match write {
             Ok(Ok(())) => {}
@@ -593,7 +603,7 @@ impl Engine {
                 if ubuf.len() == ubuf.capacity() {
                     ubuf.reserve(ubuf.len().max(RESPONSE_BUFFER));
                 }
-                match timeout(endpoint.read_timeout, up.read_buf(&mut ubuf)).await {
+                match within(endpoint.read_timeout, up.read_buf(&mut ubuf)).await {
                     Ok(Ok(0)) | Ok(Err(_)) => {
                         return Err(Failure::Upstream {
                             status: 502,
@@ -662,8 +672,7 @@ impl Engine {
             )
             .await?;
         if reusable {
-            self.connector
-                .release_stream(up, peer.reuse_hash(), Some(endpoint.idle_timeout));
+            pool::put(endpoint.addr, up, endpoint.idle_timeout, self.pool_size);
         }
         Ok(next)
     }
@@ -736,7 +745,7 @@ impl Engine {
                         }
                     }
                     buf.reserve(BODY_BUFFER);
-                    match timeout(read_timeout, client.read_buf(buf)).await {
+                    match within(read_timeout, client.read_buf(buf)).await {
                         Ok(Ok(0)) | Ok(Err(_)) => {
                             return Err(Failure::Client {
                                 status: 400,
@@ -812,7 +821,7 @@ impl Engine {
                 while left > 0 {
                     let want = (left as usize).min(BODY_BUFFER);
                     ubuf.clear();
-                    let n = match timeout(read, read_some(up, &mut ubuf, want)).await {
+                    let n = match within(read, read_some(up, &mut ubuf, want)).await {
                         Ok(Ok(n)) if n > 0 => n,
                         _ => return Err(Failure::Broken),
                     };
@@ -847,7 +856,7 @@ impl Engine {
                     }
                     ubuf.clear();
                     ubuf.reserve(BODY_BUFFER);
-                    match timeout(read, up.read_buf(&mut ubuf)).await {
+                    match within(read, up.read_buf(&mut ubuf)).await {
                         Ok(Ok(n)) if n > 0 => {}
                         _ => return Err(Failure::Broken),
                     }
@@ -864,7 +873,7 @@ impl Engine {
                     }
                     ubuf.clear();
                     ubuf.reserve(BODY_BUFFER);
-                    match timeout(read, up.read_buf(&mut ubuf)).await {
+                    match within(read, up.read_buf(&mut ubuf)).await {
                         Ok(Ok(0)) => break,
                         Ok(Ok(_)) => {}
                         _ => return Err(Failure::Broken),
@@ -901,7 +910,7 @@ fn replay(raw: &Bytes, buf: &mut BytesMut) -> Bytes {
 }
 
 async fn up_write(up: &mut Stream, data: &[u8], limit: Duration) -> Result<(), Failure> {
-    match timeout(limit, up.write_all(data)).await {
+    match within(limit, up.write_all(data)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Failure::Upstream {
             status: 502,
@@ -915,7 +924,7 @@ async fn up_write(up: &mut Stream, data: &[u8], limit: Duration) -> Result<(), F
 }
 
 async fn client_write(client: &mut Stream, data: &[u8], limit: Duration) -> Result<(), Failure> {
-    match timeout(limit, async {
+    match within(limit, async {
         client.write_all(data).await?;
         client.flush().await
     })
@@ -931,7 +940,7 @@ async fn client_read(
     into: &mut [u8],
     limit: Duration,
 ) -> Result<usize, Failure> {
-    match timeout(limit, client.read(into)).await {
+    match within(limit, client.read(into)).await {
         Ok(Ok(0)) | Ok(Err(_)) => Err(Failure::Client {
             // A half-closed client still reads the answer; a gone one does not care.
             status: 400,
@@ -951,4 +960,17 @@ async fn read_some(up: &mut Stream, buf: &mut BytesMut, want: usize) -> std::io:
     let n = up.read(&mut buf[..want]).await?;
     buf.truncate(n);
     Ok(n)
+}
+
+/// Runs `fut` under `limit`, arming a timer only if it does not finish at once: a write to a
+/// socket with room, or a read of bytes already there, costs no timer.
+async fn within<F: std::future::Future>(
+    limit: Duration,
+    fut: F,
+) -> Result<F::Output, pingora_timeout::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    if let std::task::Poll::Ready(out) = futures::poll!(fut.as_mut()) {
+        return Ok(out);
+    }
+    timeout(limit, fut).await
 }
