@@ -75,6 +75,7 @@ need_bare() {
 
 # PORTICO_ARGS: extra arguments for every Portico the scripts start (e.g.
 # PORTICO_ARGS="--http1-engine pingora"), split on whitespace into PORTICO_EXTRA.
+# shellcheck disable=SC2034 # used by the scripts that source this file
 read -r -a PORTICO_EXTRA <<<"${PORTICO_ARGS:-}"
 
 # setup_work NAME: WORK is a new directory /tmp/portico-NAME.XXXXXX holding a copy of $PORTICO as
