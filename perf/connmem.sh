@@ -135,9 +135,13 @@ stop_proxy() {
 }
 
 # latency_pair LABEL: the latency client (new connections) and then wrk (keep-alive), on CPU 0;
-# appends "LABEL requests ok errors p50 p99 max wrk_rps wrk_p99 wrk_errors" to $WORK/lat.txt.
+# appends "LABEL requests ok errors p50 p99 max wrk_rps wrk_p99 wrk_errors proxy_cpu% cpu0%" to
+# $WORK/lat.txt (the proxy's CPU in % of one core and how busy CPU 0 was, over both).
 latency_pair() {
-    local l w rps p99 errs
+    local l w rps p99 errs c0 c1 j0 j1 t0 t1 usage
+    c0=$(cpu_ticks "$PID")
+    j0=$(cpu_jiffies 0)
+    t0=$(date +%s.%N)
     l=$(timeout $((SECONDS_PER_RUN + 30)) "${PIN_LOAD[@]}" "${CLIENT[@]}" latency 127.0.0.1 "$PORT" \
         --rate "$RATE" --seconds "$SECONDS_PER_RUN") || l="0 0 0 0 0 0"
     w=$(timeout $((SECONDS_PER_RUN + 30)) "${PIN_LOAD[@]}" wrk -t1 -c16 -d"${SECONDS_PER_RUN}s" \
@@ -147,8 +151,15 @@ latency_pair() {
         if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) }
         else { sub(/s$/, "", v); v *= 1000 } print v }' <<<"$w")
     errs=$(awk '/Socket errors:/ { gsub(",", ""); e += $4 + $6 + $8 + $10 } /Non-2xx/ { e += $NF } END { print e + 0 }' <<<"$w")
-    echo "$1 $l ${rps:-0} ${p99:-0} $errs" >>"$WORK/lat.txt"
-    log "    $1: new connections (requests ok errors p50 p99 max ms): $l; wrk c16: ${rps:-0} req/s, p99 ${p99:-0} ms, errors $errs"
+    t1=$(date +%s.%N)
+    j1=$(cpu_jiffies 0)
+    c1=$(cpu_ticks "$PID")
+    usage=$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v t0="$t0" -v t1="$t1" -v j0="$j0" -v j1="$j1" 'BEGIN {
+        split(j0, a, " "); split(j1, b, " ")
+        printf "%.0f %.0f", 100 * t / hz / (t1 - t0), (b[2] > a[2]) ? 100 * (b[1] - a[1]) / (b[2] - a[2]) : 0 }')
+    echo "$1 $l ${rps:-0} ${p99:-0} $errs $usage" >>"$WORK/lat.txt"
+    log "    $1: new connections (requests ok errors p50 p99 max ms): $l; wrk c16: ${rps:-0} req/s," \
+        "p99 ${p99:-0} ms, errors $errs; proxy CPU, CPU 0 busy (%): $usage"
 }
 
 # held KIND: opens CONNS connections of KIND (idle or partial) and holds them; sets HOLD_PID and
@@ -233,7 +244,7 @@ echo "Latency of normal requests without and during a $CONNS-connection slow-hea
 echo "at $RATE/s for $SECONDS_PER_RUN s (Python asyncio client, connect to end of response), and wrk on 16 keep-alive"
 echo "connections for $SECONDS_PER_RUN s"
 echo
-echo "| proxy | flood | new conn p50 ms | p99 ms | max ms | errors | wrk c16 req/s | wrk p99 ms | wrk errors |"
-echo "|---|---|---|---|---|---|---|---|---|"
-awk '{ printf "| %s | %s | %.3f | %.3f | %.3f | %d of %d | %.0f | %.3f | %d |\n",
-    $1, ($2 == "flood" ? "yes" : "no"), $6, $7, $8, $5, $3, $9, $10, $11 }' "$WORK/lat.txt"
+echo "| proxy | flood | new conn p50 ms | p99 ms | max ms | errors | wrk c16 req/s | wrk p99 ms | wrk errors | proxy CPU % | CPU 0 % |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+awk '{ printf "| %s | %s | %.3f | %.3f | %.3f | %d of %d | %.0f | %.3f | %d | %d | %d |\n",
+    $1, ($2 == "flood" ? "yes" : "no"), $6, $7, $8, $5, $3, $9, $10, $11, $12, $13 }' "$WORK/lat.txt"
