@@ -8,16 +8,18 @@
 #
 # One nginx backend answers /small (15 bytes). Each proxy (one worker pinned to CPU 1; the
 # clients and the backend on CPU 0; header timeouts 60 s and keep-alive timeouts 300 s in all)
-# is warmed up, then measured in three steps, by the clients of perf/connmem.py (Python asyncio):
-# 1. no flood: latency of normal requests, each on a new connection, RATE a second for SECONDS
-#    (p50, p99, max), and wrk on 16 keep-alive connections for SECONDS (requests/s, p99);
-# 2. idle keep-alive: CONNS connections that each made one request (at most 16 in flight, so
+# is measured twice, each time as a new process, warmed up first, by the clients of
+# perf/connmem.py (Python asyncio):
+# 1. idle keep-alive: CONNS connections that each made one request (at most 16 in flight, so
 #    that few upstream connections open) and stay open; RSS growth of the proxy (VmRSS of its
 #    processes) / CONNS, in KiB per connection; then they close and the RSS is read again;
-# 3. header still arriving: CONNS connections that each sent the first part of a request header
-#    (request line, Host, User-Agent and an open `X-Slow: ` field) and then nothing; KiB per
-#    connection as in 2, and, while they are held (a slow-header flood), the latency measures of
-#    step 1 again. The clients count the held connections that the proxy closed or answered.
+# 2. no flood: latency of normal requests, each on a new connection, RATE a second for
+#    SECONDS_PER_RUN (p50, p99, max), and wrk on 16 keep-alive connections for SECONDS_PER_RUN
+#    (requests/s, p99); then header still arriving: CONNS connections that each sent the first
+#    part of a request header (request line, Host, User-Agent and an open `X-Slow: ` field) and
+#    then nothing; KiB per connection as in 1, and, while they are held (a slow-header flood),
+#    the latency measures again. The clients count the held connections that the proxy closed or
+#    answered.
 #
 # Knobs (environment): CONNS (default 10000, at most `ulimit -n` less 500), PROXIES (default
 # "portico nginx haproxy"), RATE (default 200) and SECONDS_PER_RUN (default 5) for the latency client,
@@ -132,6 +134,9 @@ stop_proxy() {
     done
     kill -9 "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
+    local p keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$PID" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
 }
 
 # latency_pair LABEL: the latency client (new connections) and then wrk (keep-alive), on CPU 0;
@@ -195,13 +200,14 @@ LOAD_BEFORE=$(loadavg)
 log "connmem: $CONNS connections per measure, one worker per proxy on CPU 1, clients on CPU 0; load average $LOAD_BEFORE"
 for proxy in $PROXIES; do
     log "$proxy"
-    start_proxy "$proxy"
-    # Warm-up: fault in the request path.
-    "${PIN_LOAD[@]}" "${CLIENT[@]}" latency 127.0.0.1 "$PORT" --rate 500 --seconds 1 >/dev/null
-    "${PIN_LOAD[@]}" wrk -t1 -c16 -d1s "http://127.0.0.1:$PORT/small" >/dev/null 2>&1
-    latency_pair "$proxy no-flood"
-
+    # Each measure on a new proxy process: an allocator keeps what the connections of a previous
+    # measure freed, and would hand it to the next measure's connections.
     for kind in idle partial; do
+        start_proxy "$proxy"
+        # Warm-up: fault in the request path.
+        "${PIN_LOAD[@]}" "${CLIENT[@]}" latency 127.0.0.1 "$PORT" --rate 500 --seconds 1 >/dev/null
+        "${PIN_LOAD[@]}" wrk -t1 -c16 -d1s "http://127.0.0.1:$PORT/small" >/dev/null 2>&1
+        if [[ $kind == partial ]]; then latency_pair "$proxy no-flood"; fi
         sleep 1
         r0=$(rss_kib "$PID")
         held "$kind"
@@ -216,8 +222,8 @@ for proxy in $PROXIES; do
         log "    $kind: $opened connections open ($failed failed, ${secs} s to open); RSS $r0 -> $r1 KiB" \
             "($(awk -v a="$r0" -v b="$r1" -v n="$opened" 'BEGIN { printf "%.2f", n ? (b - a) / n : 0 }') KiB each)," \
             "$r2 KiB after they closed; ${closed:-0} closed by the proxy while held"
+        stop_proxy
     done
-    stop_proxy
 done
 
 # --- summary -----------------------------------------------------------------------------------
