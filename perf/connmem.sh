@@ -21,7 +21,8 @@
 #    the latency measures again. The clients count the held connections that the proxy closed or
 #    answered.
 #
-# Knobs (environment): CONNS (default 10000, at most `ulimit -n` less 500), PROXIES (default
+# Knobs (environment): CONNS (default 10000, at most `ulimit -n` less 500; HAProxy, which needs
+# two descriptors per connection it accepts, gets at most half that less 250), PROXIES (default
 # "portico nginx haproxy"), RATE (default 200) and SECONDS_PER_RUN (default 5) for the latency client,
 # PORTICO_ARGS, PORTICO (a binary to use instead of building one), KEEP=1 keeps the work directory.
 set -euo pipefail
@@ -95,7 +96,8 @@ EOF
         start_nginx "$WORK/nginx" "${PIN_PROXY[@]}"
         ;;
     haproxy)
-        HAPROXY_MAXCONN=$((CONNS + 1000)) haproxy_conf "$WORK/haproxy" 1 "127.0.0.1:$BE" "127.0.0.1:$PORT"
+        # HAProxy refuses to start when 2 × maxconn exceeds its file descriptor limit.
+        HAPROXY_MAXCONN=$(((FDS - 100) / 2)) haproxy_conf "$WORK/haproxy" 1 "127.0.0.1:$BE" "127.0.0.1:$PORT"
         start_haproxy "$WORK/haproxy" "${PIN_PROXY[@]}"
         ;;
     portico)
@@ -167,13 +169,13 @@ latency_pair() {
         "p99 ${p99:-0} ms, errors $errs; proxy CPU, CPU 0 busy (%): $usage"
 }
 
-# held KIND: opens CONNS connections of KIND (idle or partial) and holds them; sets HOLD_PID and
+# held KIND: opens N connections of KIND (idle or partial) and holds them; sets HOLD_PID and
 # HOLD_OUT, and waits until they are all open (the client prints `ready`).
 held() {
     HOLD_OUT=$WORK/hold.$1.out
     local conc=16
     if [[ $1 == partial ]]; then conc=256; fi
-    "${PIN_LOAD[@]}" "${CLIENT[@]}" hold 127.0.0.1 "$PORT" --kind "$1" --conns "$CONNS" \
+    "${PIN_LOAD[@]}" "${CLIENT[@]}" hold 127.0.0.1 "$PORT" --kind "$1" --conns "$N" \
         --concurrency "$conc" --max-seconds 120 >"$HOLD_OUT" 2>"$WORK/hold.$1.err" &
     HOLD_PID=$!
     for _ in $(seq 1 1200); do
@@ -199,7 +201,11 @@ MEM=$WORK/mem.txt
 LOAD_BEFORE=$(loadavg)
 log "connmem: $CONNS connections per measure, one worker per proxy on CPU 1, clients on CPU 0; load average $LOAD_BEFORE"
 for proxy in $PROXIES; do
-    log "$proxy"
+    N=$CONNS
+    # HAProxy's maxconn is half its file descriptor limit (see start_proxy); leave room for the
+    # latency clients.
+    if [[ $proxy == haproxy ]] && ((N > (FDS - 100) / 2 - 200)); then N=$(((FDS - 100) / 2 - 200)); fi
+    log "$proxy: $N connections per measure"
     # Each measure on a new proxy process: an allocator keeps what the connections of a previous
     # measure freed, and would hand it to the next measure's connections.
     for kind in idle partial; do
@@ -228,25 +234,25 @@ done
 
 # --- summary -----------------------------------------------------------------------------------
 echo
-echo "Memory per client connection: RSS growth of the proxy (all its processes) over $CONNS connections,"
+echo "Memory per client connection: RSS growth of the proxy (all its processes) over that many connections,"
 echo "one worker each; load average at the start $LOAD_BEFORE, at the end $(loadavg)"
 echo
-echo "| proxy | idle keep-alive KiB/conn | header arriving KiB/conn | RSS before → idle → closed (MiB) | RSS before → partial → closed (MiB) | failed | closed by proxy while held |"
-echo "|---|---|---|---|---|---|---|"
+echo "| proxy | connections | idle keep-alive KiB/conn | header arriving KiB/conn | RSS before → idle → closed (MiB) | RSS before → partial → closed (MiB) | failed | closed by proxy while held |"
+echo "|---|---|---|---|---|---|---|---|"
 awk '
     { p = $1; if (!(p in seen)) { seen[p] = 1; order[++n] = p }
       kib[p, $2] = $3 ? ($6 - $5) / $3 : 0
       rss[p, $2] = sprintf("%.1f → %.1f → %.1f", $5 / 1024, $6 / 1024, $7 / 1024)
-      failed[p] += $4; closed[p] += $8 }
+      failed[p] += $4; closed[p] += $8; conns[p] = $3 }
     END {
         for (i = 1; i <= n; i++) {
             p = order[i]
-            printf "| %s | %.2f | %.2f | %s | %s | %d | %d |\n", p, kib[p, "idle"], kib[p, "partial"],
+            printf "| %s | %d | %.2f | %.2f | %s | %s | %d | %d |\n", p, conns[p], kib[p, "idle"], kib[p, "partial"],
                 rss[p, "idle"], rss[p, "partial"], failed[p], closed[p]
         }
     }' "$MEM"
 echo
-echo "Latency of normal requests without and during a $CONNS-connection slow-header flood: new connections"
+echo "Latency of normal requests without and during a slow-header flood (the connections above): new connections"
 echo "at $RATE/s for $SECONDS_PER_RUN s (Python asyncio client, connect to end of response), and wrk on 16 keep-alive"
 echo "connections for $SECONDS_PER_RUN s"
 echo
