@@ -2,10 +2,11 @@
 # Instructions per proxied request, counted by callgrind: deterministic, so a change to the
 # request path shows up as a number that does not depend on how busy the machine is.
 #
-#   perf/callgrind.sh                 # nginx, bare Pingora and Portico; keep-alive GETs
+#   perf/callgrind.sh                 # nginx, HAProxy, nginx-lua, bare Pingora, Portico
 #   N1=500 N2=2500 perf/callgrind.sh  # request counts of the two runs
 #   PROXIES="portico" perf/callgrind.sh
 #   PORTICO=/path/to/portico BARE=/path/to/bare_pingora perf/callgrind.sh
+#   PORTICO_ARGS="--http1-engine pingora" perf/callgrind.sh   # extra Portico arguments
 #
 # Each proxy runs under `valgrind --tool=callgrind` with one worker, in front of the same nginx
 # backend on loopback (a 15-byte body), twice: once for N1 and once for N2 keep-alive requests
@@ -13,25 +14,28 @@
 # (instructions of run 2 - run 1) / (N2 - N1) is the cost of one request. The proxies:
 # - nginx: Debian's nginx as a reverse proxy (one process, upstream keep-alive, the same
 #   X-Forwarded-* headers Portico sets);
+# - haproxy: Debian's HAProxy (one process, one thread, the same headers, upstream keep-alive);
+# - nginx-lua: nginx with Lua in the phases ingress-nginx uses (rewrite_by_lua, balancer_by_lua
+#   round robin, a log_by_lua counter; one process, upstream keep-alive); LuaJIT writes machine
+#   code, so valgrind runs it with --smc-check=all-non-file;
 # - bare: perf/bare_pingora.rs, Pingora's proxy with nothing of Portico's (the floor under it);
-# - portico: the release build, `--threads 1 --access-log off`.
+# - portico: the release build, `--threads 1 --access-log off` plus PORTICO_ARGS.
 # With KEEP=1 the callgrind files stay in the work directory for `callgrind_annotate`.
 set -euo pipefail
 
 N1=${N1:-1000}
 N2=${N2:-4000}
-PROXIES=${PROXIES:-"nginx bare portico"}
+PROXIES=${PROXIES:-"nginx haproxy nginx-lua bare portico"}
 # shellcheck source=perf/lib.sh
 source "$(dirname "$0")/lib.sh"
 
+has() { [[ " $PROXIES " == *" $1 "* ]]; }
 need_tools nginx:nginx-light valgrind:valgrind curl:curl ss:iproute2 jq:jq
+if has haproxy; then need_tools haproxy:haproxy; fi
+if has nginx-lua; then need_nginx_lua; fi
 need_oha
-need_portico
-if [[ -z "${BARE:-}" && " $PROXIES " == *" bare "* ]]; then
-    log "building perf/bare_pingora.rs (release)"
-    (cd "$PERF_REPO" && cargo build --release --quiet --example bare_pingora)
-    BARE=${CARGO_TARGET_DIR:-$PERF_REPO/target}/release/examples/bare_pingora
-fi
+if has portico; then need_portico; else PORTICO=${PORTICO:-/bin/true}; fi
+if has bare; then need_bare; fi
 setup_work callgrind
 
 BE=$(free_port)
@@ -39,6 +43,8 @@ PO=$(free_port)
 PA=$(free_port)
 NG=$(free_port)
 BP=$(free_port)
+HA=$(free_port)
+NL=$(free_port)
 
 backend_conf "$WORK/backend" <<EOF
 keepalive_requests 10000000;
@@ -80,6 +86,30 @@ http {
 }
 EOF
 
+# nginx-lua: the same, with Lua in ingress-nginx's phases.
+mkdir -p "$WORK/nginx-lua"
+nginx_lua_location_directives backend >"$WORK/nginx-lua/location.inc"
+cat >"$WORK/nginx-lua/nginx.conf" <<EOF
+$(nginx_lua_modules)
+master_process off;
+worker_processes 1;
+pid $WORK/nginx-lua/nginx.pid;
+error_log $WORK/nginx-lua/error.log error;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+$(nginx_lua_http backend "127.0.0.1:$BE")
+    server {
+        listen 127.0.0.1:$NL;
+        location / { include $WORK/nginx-lua/location.inc; }
+    }
+}
+EOF
+
+# HAProxy: one process, one thread.
+haproxy_conf "$WORK/haproxy" 1 "127.0.0.1:$BE" "127.0.0.1:$HA"
+
 # Starts one proxy under callgrind writing to $1; sets PORT to where it listens.
 start_proxy() {
     local proxy=$1 out=$2 log=$3
@@ -89,6 +119,15 @@ start_proxy() {
         PORT=$NG
         "${cg[@]}" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' >"$log" 2>&1 &
         ;;
+    nginx-lua)
+        PORT=$NL
+        "${cg[@]}" --smc-check=all-non-file "$NGINX" -p "$WORK/nginx-lua" \
+            -c "$WORK/nginx-lua/nginx.conf" -g 'daemon off;' >"$log" 2>&1 &
+        ;;
+    haproxy)
+        PORT=$HA
+        "${cg[@]}" "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg" >"$log" 2>&1 &
+        ;;
     bare)
         PORT=$BP
         "${cg[@]}" "$BARE" "127.0.0.1:$BP" "127.0.0.1:$BE" 1 >"$log" 2>&1 &
@@ -97,7 +136,7 @@ start_proxy() {
         PORT=$PO
         "${cg[@]}" "$WORK/portico" --manifests "$WORK/manifests" --http-listen "127.0.0.1:$PO" \
             --https-listen off --admin-listen "127.0.0.1:$PA" --threads 1 --access-log off \
-            >"$log" 2>&1 &
+            "${PORTICO_EXTRA[@]}" >"$log" 2>&1 &
         ;;
     esac
     PID=$!
@@ -117,8 +156,13 @@ run() {
     local ok
     ok=$(jq -r '.statusCodeDistribution["200"] // 0' "$WORK/oha.$proxy.$n.json")
     [[ $ok == "$n" ]] || { log "$proxy: $ok of $n requests answered 200"; exit 1; }
-    # nginx stops gracefully on SIGQUIT, Pingora at once on SIGINT; callgrind writes either way.
-    if [[ $proxy == nginx ]]; then kill -QUIT "$PID"; else kill -INT "$PID"; fi
+    # nginx stops gracefully on SIGQUIT, HAProxy at once on SIGTERM, Pingora on SIGINT; callgrind
+    # writes either way.
+    case $proxy in
+    nginx | nginx-lua) kill -QUIT "$PID" ;;
+    haproxy) kill -TERM "$PID" ;;
+    *) kill -INT "$PID" ;;
+    esac
     wait "$PID" || true
     awk '/^(summary|totals):/ { print $2; exit }' "$out"
 }

@@ -9,21 +9,41 @@ PERF_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # log MESSAGE...: one line on stderr.
 log() { printf '%s\n' "$*" >&2; }
 
-# need_tools COMMAND:PACKAGE...: apt-get installs the PACKAGEs whose COMMAND is missing (with sudo
-# unless root), then sets NGINX to the nginx binary (nginx-light's lives in /usr/sbin, which is not
-# on every PATH).
+# apt_install PACKAGE...: apt-get installs the PACKAGEs (with sudo unless root).
+apt_install() {
+    local sudo=""
+    [[ $(id -u) == 0 ]] || sudo=sudo
+    log "installing $*"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# need_tools COMMAND:PACKAGE...: apt-get installs the PACKAGEs whose COMMAND is missing, then sets
+# NGINX and HAPROXY to their binaries (Debian puts both in /usr/sbin, which is not on every PATH).
 need_tools() {
-    local pair sudo="" need=()
+    local pair cmd need=()
     for pair in "$@"; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || [[ ${pair%%:*} == nginx && -x /usr/sbin/nginx ]] ||
-            need+=("${pair#*:}")
+        cmd=${pair%%:*}
+        command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] || need+=("${pair#*:}")
     done
-    if ((${#need[@]})); then
-        [[ $(id -u) == 0 ]] || sudo=sudo
-        log "installing ${need[*]}"
-        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-    fi
+    if ((${#need[@]})); then apt_install "${need[@]}"; fi
     NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+    HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+}
+
+# need_debs PACKAGE...: apt-get installs the Debian PACKAGEs that are not installed (for those
+# that bring no command, such as nginx modules).
+need_debs() {
+    local p need=()
+    for p in "$@"; do
+        [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == *" installed" ]] || need+=("$p")
+    done
+    if ((${#need[@]})); then apt_install "${need[@]}"; fi
+}
+
+# need_nginx_lua: nginx with the Lua module and lua-resty-core (Debian's ngx_http_lua, LuaJIT).
+need_nginx_lua() {
+    need_tools nginx:nginx-light
+    need_debs libnginx-mod-http-ndk libnginx-mod-http-lua lua-resty-core
 }
 
 # need_oha: installs oha with cargo if it is missing.
@@ -43,6 +63,21 @@ need_portico() {
     PORTICO=${CARGO_TARGET_DIR:-$PERF_REPO/target}/release/portico
 }
 
+# need_bare: BARE is the bare Pingora proxy (perf/bare_pingora.rs) to run; when it is unset, a
+# release build of this repository's example (built now).
+need_bare() {
+    [[ -n "${BARE:-}" ]] && return
+    log "building perf/bare_pingora.rs (release)"
+    sh "$PERF_REPO/.ci/setup"
+    (cd "$PERF_REPO" && cargo build --release --quiet --example bare_pingora)
+    BARE=${CARGO_TARGET_DIR:-$PERF_REPO/target}/release/examples/bare_pingora
+}
+
+# PORTICO_ARGS: extra arguments for every Portico the scripts start (e.g.
+# PORTICO_ARGS="--http1-engine pingora"), split on whitespace into PORTICO_EXTRA.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+read -r -a PORTICO_EXTRA <<<"${PORTICO_ARGS:-}"
+
 # setup_work NAME: WORK is a new directory /tmp/portico-NAME.XXXXXX holding a copy of $PORTICO as
 # $WORK/portico (a shared target directory may be rebuilt by someone else during the run). The
 # processes added to PIDS are stopped on exit, and WORK removed unless KEEP is set.
@@ -56,10 +91,17 @@ setup_work() {
 }
 
 # cleanup: SIGINT to every process in PIDS (a fast shutdown for both Portico and nginx; SIGTERM
-# would drain Portico for 10 s), up to 2 s for them to go, then SIGKILL; removes WORK unless KEEP.
+# would drain Portico for 10 s) but SIGTERM to HAProxy (which ignores SIGINT in the foreground
+# mode), up to 2 s for them to go, then SIGKILL; removes WORK unless KEEP.
 cleanup() {
     local p alive
-    for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do
+        if [[ $(cat "/proc/$p/comm" 2>/dev/null) == haproxy ]]; then
+            kill -TERM "$p" 2>/dev/null || true
+        else
+            kill -INT "$p" 2>/dev/null || true
+        fi
+    done
     for _ in $(seq 1 20); do
         alive=0
         for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
@@ -153,6 +195,147 @@ cpu_ticks() {
         t=$((t + f[13] + f[14]))
     done
     echo "$t"
+}
+
+# rss_kib PID: resident memory, in KiB, of PID and its children (threads share their process's).
+rss_kib() {
+    local t=0 p v
+    for p in $(proc_pids "$1"); do
+        v=$(awk '/^VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || true)
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+
+# cpu_jiffies CPU: "busy total" clock ticks that CPU number CPU has spent since boot (/proc/stat;
+# busy is everything but idle and iowait). Two readings give how busy it was in between.
+cpu_jiffies() {
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+
+# loadavg: the 1, 5 and 15 minute load averages.
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# --- HAProxy -------------------------------------------------------------------------------------
+
+# haproxy_conf DIR THREADS BACKEND HTTP_ADDR [HTTPS_ADDR PEM]: writes DIR/haproxy.cfg, an HAProxy
+# (no logs, THREADS threads) that proxies HTTP_ADDR (and HTTPS_ADDR, terminating TLS with PEM,
+# certificate and key in one file) to BACKEND (ADDRESS:PORT) the way Portico does: client and
+# upstream keep-alive, Host kept, the same five X-Forwarded-* headers. HAPROXY_MAXCONN (default
+# 4096) bounds its client connections.
+haproxy_conf() {
+    local dir=$1 threads=$2 backend=$3 http=$4 https=${5:-} pem=${6:-}
+    mkdir -p "$dir"
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread $threads
+    maxconn ${HAPROXY_MAXCONN:-4096}
+    pidfile $dir/haproxy.pid
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-request 60s
+    timeout http-keep-alive 300s
+    http-reuse safe
+frontend fe
+    bind $http backlog 4096
+${https:+    bind $https ssl crt $pem alpn http/1.1 backlog 4096
+}    http-request set-header X-Forwarded-For %[src]
+    http-request set-header X-Real-IP %[src]
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Port %[dst_port]
+    default_backend be
+backend be
+    server s1 $backend
+EOF
+}
+
+# start_haproxy DIR [COMMAND...]: runs HAProxy with DIR/haproxy.cfg in the background, one process
+# in the foreground mode (-db; no master), under COMMAND if given; its pid is appended to PIDS.
+start_haproxy() {
+    local dir=$1
+    shift
+    "$@" "$HAPROXY" -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
+    PIDS+=($!)
+}
+
+# --- nginx with Lua in ingress-nginx's phases ----------------------------------------------------
+
+# nginx_lua_modules: the load_module lines (main context) of the Lua module.
+nginx_lua_modules() {
+    echo "load_module /usr/lib/nginx/modules/ndk_http_module.so;"
+    echo "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"
+}
+
+# nginx_lua_http UPSTREAM ADDRESS:PORT...: http-context directives: the Lua state (what
+# ingress-nginx keeps per backend: its endpoints and a round-robin cursor; a request counter per
+# status) and the upstream UPSTREAM whose peer balancer_by_lua picks, round robin over the
+# ADDRESS:PORTs, with upstream keep-alive as in the plain nginx configurations.
+nginx_lua_http() {
+    local name=$1 a eps=""
+    shift
+    for a in "$@"; do eps+="{ \"${a%:*}\", ${a##*:} }, "; done
+    cat <<EOF
+lua_package_path "/usr/share/lua/5.1/?.lua;;";
+init_by_lua_block {
+    require "resty.core"
+    package.loaded.bench = {
+        backends = { ["$name"] = { endpoints = { $eps}, next = 1 } },
+        requests = {},
+    }
+}
+upstream $name {
+    server 0.0.0.1; # a placeholder: balancer_by_lua sets the peer
+    balancer_by_lua_block {
+        local b = ngx.ctx.backend
+        local e = b.endpoints[b.next]
+        b.next = b.next % #b.endpoints + 1
+        local ok, err = require("ngx.balancer").set_current_peer(e[1], e[2])
+        if not ok then
+            ngx.log(ngx.ERR, "set_current_peer: ", err)
+            return ngx.exit(500)
+        end
+    }
+    keepalive 1024;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+}
+EOF
+}
+
+# nginx_lua_location_directives UPSTREAM: location directives: rewrite_by_lua finds the request's
+# backend (ingress-nginx's balancer.rewrite), log_by_lua counts the request by status (its
+# monitor), and the proxy directives of nginx_proxy_directives.
+nginx_lua_location_directives() {
+    cat <<EOF
+set \$proxy_upstream_name "$1";
+rewrite_by_lua_block {
+    local b = require("bench").backends[ngx.var.proxy_upstream_name]
+    if not b then
+        return ngx.exit(503)
+    end
+    ngx.ctx.backend = b
+}
+log_by_lua_block {
+    local r = require("bench").requests
+    local s = ngx.status
+    r[s] = (r[s] or 0) + 1
+}
+EOF
+    nginx_proxy_directives "$1"
+}
+
+# nginx_lua_count_location: a location that prints log_by_lua's count of 200s (one worker's).
+nginx_lua_count_location() {
+    cat <<'EOF'
+location = /__lua_requests {
+    content_by_lua_block { ngx.say(require("bench").requests[200] or 0) }
+}
+EOF
 }
 
 # --- manifests ---------------------------------------------------------------------------------

@@ -1,47 +1,79 @@
 #!/usr/bin/env bash
-# Portico against nginx, side by side, on loopback, in one bounded run.
+# Portico against nginx, HAProxy, nginx with Lua and a bare Pingora proxy, side by side, on
+# loopback, in one bounded run (about 3 minutes with the defaults).
 #
-#   perf/load.sh                      # every case, wrk and oha, 5 s per run, 2 workers each
-#   DURATION=10 CASES="c16 c256" TOOLS=wrk perf/load.sh
+#   perf/load.sh                      # c16, c256, https; wrk; 5 s runs; one worker each, pinned
+#   PORTICO_ARGS="--http1-engine pingora" perf/load.sh          # extra Portico arguments
+#   PROXIES="nginx portico" CASES="c16" DURATION=3 perf/load.sh
+#   WORKERS=2 PIN=0 PROXIES="portico nginx" TOOLS="wrk oha" CASES="c1 c16 c256 body16k https" \
+#       perf/load.sh                  # the earlier two-worker Portico/nginx comparison
 #
-# A fast nginx backend serves a small body (/small, 15 bytes) and a 16 KiB one (/16k). Portico
-# (release build, `--access-log off`) and nginx-as-proxy (`access_log off`) proxy to it with the
-# same worker count, upstream keep-alive and the same X-Forwarded-* headers. Each case runs
-# Portico, nginx, Portico, nginx (A/B/A/B, ROUNDS pairs) after a short warm-up of each, and prints
-# requests/s, p50 and p99 latency, proxy CPU time per request (utime+stime of every process and
-# thread of the proxy, from /proc), proxy RSS and the Portico/nginx ratios. Portico's upstream
-# connection reuse comes from its /metrics.
+# One nginx backend serves a small body (/small, 15 bytes) and a 16 KiB one (/16k). Every proxy
+# forwards to it with the same worker count (WORKERS), upstream keep-alive, Host kept, the same
+# five X-Forwarded-* headers and no access log:
+# - nginx: Debian's nginx as a reverse proxy;
+# - haproxy: Debian's HAProxy 2.6 (nbthread WORKERS; http-reuse safe);
+# - nginx-lua: nginx with Lua in the phases ingress-nginx uses: rewrite_by_lua finds the backend,
+#   balancer_by_lua picks the peer round robin, log_by_lua counts the request; upstream keep-alive
+#   as in the plain nginx configuration;
+# - bare: perf/bare_pingora.rs, Pingora's proxy with nothing of Portico's (no TLS: not in https);
+# - portico: the release build, `--threads WORKERS --access-log off` plus PORTICO_ARGS.
+# With PIN=1 (the default for one worker on 2+ CPUs) each proxy runs on CPU 1 and wrk and the
+# backend on CPU 0, as in issue 11's measurements. Each case first warms every proxy up (1 s),
+# then runs ROUNDS rounds of every proxy in turn, the order rotated by one each round. Per run and
+# per case (means of the rounds) it prints requests/s, p50 and p99 latency, proxy CPU time per
+# request (utime+stime of every process and thread of the proxy, from /proc) and requests per
+# proxy CPU-second, their ratios to nginx, proxy RSS, how busy CPU 0 (the load generator) and the
+# proxy were, and which side was the bottleneck: `load` when CPU 0 was saturated (≥ 95 % busy)
+# and the proxy was not (< 90 % of a core), `proxy` for the reverse, `both`, or `neither` (other
+# load on the machine took the CPU). Portico's upstream connection reuse comes from its /metrics.
 #
-# Knobs (environment): DURATION (s per run, default 5), WORKERS (default: number of CPUs),
-# ROUNDS (A/B pairs, default 2), CASES (default "c1 c16 c256 body16k https"), TOOLS (default
-# "wrk oha"), PORTICO (a binary to use instead of building one), KEEP=1 keeps the work directory.
+# Knobs (environment): DURATION (s per run, default 5), WORKERS (default 1), PIN (default 1 when
+# WORKERS is 1), ROUNDS (default 2), CASES (default "c16 c256 https"; also c1 and body16k),
+# TOOLS (default wrk; also oha), PROXIES (default "nginx haproxy nginx-lua bare portico"),
+# PORTICO_ARGS, PORTICO and BARE (binaries to use instead of building them), KEEP=1 keeps the
+# work directory.
 set -euo pipefail
 
 DURATION=${DURATION:-5}
-WORKERS=${WORKERS:-$(nproc)}
+WORKERS=${WORKERS:-1}
 ROUNDS=${ROUNDS:-2}
-CASES=${CASES:-"c1 c16 c256 body16k https"}
-TOOLS=${TOOLS:-"wrk oha"}
+CASES=${CASES:-"c16 c256 https"}
+TOOLS=${TOOLS:-wrk}
+PROXIES=${PROXIES:-"nginx haproxy nginx-lua bare portico"}
 WARMUP=${WARMUP:-1}
+if [[ -z "${PIN:-}" ]]; then
+    PIN=0
+    if ((WORKERS == 1 && $(nproc) >= 2)); then PIN=1; fi
+fi
 HZ=$(getconf CLK_TCK)
 # shellcheck source=perf/lib.sh
 source "$(dirname "$0")/lib.sh"
 
+has() { [[ " $PROXIES " == *" $1 "* ]]; }
+
 # --- tools -------------------------------------------------------------------------------------
-need_tools nginx:nginx-light wrk:wrk jq:jq curl:curl openssl:openssl ss:iproute2
+need_tools nginx:nginx-light wrk:wrk jq:jq curl:curl openssl:openssl ss:iproute2 taskset:util-linux
+if has haproxy; then need_tools haproxy:haproxy; fi
+if has nginx-lua; then need_nginx_lua; fi
 if [[ " $TOOLS " == *" oha "* ]]; then need_oha; fi
-need_portico
+if has portico; then need_portico; else PORTICO=${PORTICO:-/bin/true}; fi
+if has bare; then need_bare; fi
 setup_work load
 
+# Where the proxies and where the load generator (wrk or oha, and the backend) run.
+PIN_PROXY=()
+PIN_LOAD=()
+if ((PIN)); then
+    PIN_PROXY=(taskset -c 1)
+    PIN_LOAD=(taskset -c 0)
+fi
+
+declare -A HTTP_PORT HTTPS_PORT PID_OF
 BE=$(free_port)
-NG=$(free_port)
-NGS=$(free_port)
-PO=$(free_port)
-POS=$(free_port)
-PA=$(free_port)
 
 # --- the backend -------------------------------------------------------------------------------
-mkdir -p "$WORK/www" "$WORK/nginx" "$WORK/manifests"
+mkdir -p "$WORK/www" "$WORK/manifests"
 head -c 16384 /dev/zero | tr '\0' 'x' >"$WORK/www/16k"
 backend_conf "$WORK/backend" <<EOF
 default_type text/plain;
@@ -54,54 +86,97 @@ server {
     location = /16k { }
 }
 EOF
-start_nginx "$WORK/backend"
+start_nginx "$WORK/backend" "${PIN_LOAD[@]}"
+BACKEND_PID=${PIDS[-1]}
 wait_port 127.0.0.1 "$BE"
 
 # --- TLS material (for the https case) -----------------------------------------------------------
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
     -addext "subjectAltName=DNS:localhost" \
     -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+cat "$WORK/tls.crt" "$WORK/tls.key" >"$WORK/tls.pem"
 
-# --- nginx as the proxy ------------------------------------------------------------------------
-# The headers Portico sets, so that both do the same work per request.
-nginx_proxy_directives backend >"$WORK/nginx/proxy.inc"
-cat >"$WORK/nginx/nginx.conf" <<EOF
+# --- nginx and nginx-lua -----------------------------------------------------------------------
+# nginx_proxy_conf NAME MAIN HTTP LOCATION: DIR=$WORK/NAME/nginx.conf, a proxy on a plain and a TLS
+# port (HTTP_PORT[NAME], HTTPS_PORT[NAME]); MAIN, HTTP and LOCATION are directives for the main
+# and http contexts and for `location /`.
+nginx_proxy_conf() {
+    local name=$1 dir=$WORK/$1
+    mkdir -p "$dir"
+    HTTP_PORT[$name]=$(free_port)
+    HTTPS_PORT[$name]=$(free_port)
+    printf '%s\n' "$4" >"$dir/location.inc"
+    cat >"$dir/nginx.conf" <<EOF
+$2
 worker_processes $WORKERS;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log error;
-worker_rlimit_nofile 65536;
-events { worker_connections 16384; }
+pid $dir/nginx.pid;
+error_log $dir/error.log error;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
 http {
     access_log off;
     keepalive_requests 10000000;
     keepalive_timeout 300s;
-    upstream backend {
+$3
+    server {
+        listen 127.0.0.1:${HTTP_PORT[$name]} backlog=4096;
+        location / { include $dir/location.inc; }
+        ${5:-}
+    }
+    server {
+        listen 127.0.0.1:${HTTPS_PORT[$name]} ssl backlog=4096;
+        ssl_certificate $WORK/tls.crt;
+        ssl_certificate_key $WORK/tls.key;
+        location / { include $dir/location.inc; }
+    }
+}
+EOF
+    start_nginx "$dir" "${PIN_PROXY[@]}"
+    PID_OF[$name]=${PIDS[-1]}
+}
+
+if has nginx; then
+    nginx_proxy_conf nginx "" "upstream backend {
         server 127.0.0.1:$BE;
         keepalive 1024;
         keepalive_requests 10000000;
         keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$NG backlog=4096;
-        location / { include $WORK/nginx/proxy.inc; }
-    }
-    server {
-        listen 127.0.0.1:$NGS ssl backlog=4096;
-        ssl_certificate $WORK/tls.crt;
-        ssl_certificate_key $WORK/tls.key;
-        location / { include $WORK/nginx/proxy.inc; }
-    }
-}
-EOF
-start_nginx "$WORK/nginx"
-NGINX_PID=${PIDS[-1]}
-wait_port 127.0.0.1 "$NG"
+    }" "$(nginx_proxy_directives backend)"
+fi
+if has nginx-lua; then
+    nginx_proxy_conf nginx-lua "$(nginx_lua_modules)" "$(nginx_lua_http backend "127.0.0.1:$BE")" \
+        "$(nginx_lua_location_directives backend)" "$(nginx_lua_count_location)"
+fi
+
+# --- HAProxy -----------------------------------------------------------------------------------
+if has haproxy; then
+    HTTP_PORT[haproxy]=$(free_port)
+    HTTPS_PORT[haproxy]=$(free_port)
+    haproxy_conf "$WORK/haproxy" "$WORKERS" "127.0.0.1:$BE" "127.0.0.1:${HTTP_PORT[haproxy]}" \
+        "127.0.0.1:${HTTPS_PORT[haproxy]}" "$WORK/tls.pem"
+    start_haproxy "$WORK/haproxy" "${PIN_PROXY[@]}"
+    PID_OF[haproxy]=${PIDS[-1]}
+fi
+
+# --- bare Pingora ------------------------------------------------------------------------------
+if has bare; then
+    HTTP_PORT[bare]=$(free_port)
+    cp "$BARE" "$WORK/bare_pingora"
+    "${PIN_PROXY[@]}" "$WORK/bare_pingora" "127.0.0.1:${HTTP_PORT[bare]}" "127.0.0.1:$BE" "$WORKERS" \
+        >"$WORK/bare.log" 2>&1 &
+    PIDS+=($!)
+    PID_OF[bare]=$!
+fi
 
 # --- Portico -----------------------------------------------------------------------------------
-b64() { base64 -w0 "$1"; }
-{
-    yaml_ingress_class
-    cat <<EOF
+PA=$(free_port)
+if has portico; then
+    HTTP_PORT[portico]=$(free_port)
+    HTTPS_PORT[portico]=$(free_port)
+    b64() { base64 -w0 "$1"; }
+    {
+        yaml_ingress_class
+        cat <<EOF
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -135,41 +210,52 @@ data:
   tls.key: $(b64 "$WORK/tls.key")
 ---
 EOF
-    yaml_service backend default "$BE"
-    echo ---
-    yaml_endpoint_slice backend default "$BE" 127.0.0.1
-} >"$WORK/manifests/bench.yaml"
-"$WORK/portico" --manifests "$WORK/manifests" --http-listen "127.0.0.1:$PO" \
-    --https-listen "127.0.0.1:$POS" --admin-listen "127.0.0.1:$PA" \
-    --threads "$WORKERS" --access-log off >"$WORK/portico.log" 2>&1 &
-PORTICO_PID=$!
-PIDS+=("$PORTICO_PID")
-wait_port 127.0.0.1 "$PO"
-wait_200 "http://127.0.0.1:$PO/small"
-for url in "http://127.0.0.1:$PO/small" "http://127.0.0.1:$NG/small" "http://127.0.0.1:$PO/16k"; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "$url")
-    [[ $code == 200 ]] || { log "$url answered $code"; exit 1; }
-done
+        yaml_service backend default "$BE"
+        echo ---
+        yaml_endpoint_slice backend default "$BE" 127.0.0.1
+    } >"$WORK/manifests/bench.yaml"
+    "${PIN_PROXY[@]}" "$WORK/portico" --manifests "$WORK/manifests" \
+        --http-listen "127.0.0.1:${HTTP_PORT[portico]}" \
+        --https-listen "127.0.0.1:${HTTPS_PORT[portico]}" --admin-listen "127.0.0.1:$PA" \
+        --threads "$WORKERS" --access-log off "${PORTICO_EXTRA[@]}" >"$WORK/portico.log" 2>&1 &
+    PIDS+=($!)
+    PID_OF[portico]=$!
+fi
 
-HTTPS_OK=0
+# --- every proxy answers -----------------------------------------------------------------------
+for proxy in $PROXIES; do
+    [[ -n "${PID_OF[$proxy]:-}" ]] || { log "unknown proxy $proxy"; exit 1; }
+    wait_200 "http://127.0.0.1:${HTTP_PORT[$proxy]}/small" || {
+        tail -5 "$WORK"/*.log "$WORK"/*/*.log 2>/dev/null >&2
+        exit 1
+    }
+    for path in /small /16k; do
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${HTTP_PORT[$proxy]}$path")
+        [[ $code == 200 ]] || { log "$proxy $path answered $code"; exit 1; }
+    done
+done
+if has nginx-lua; then
+    n=$(curl -s "http://127.0.0.1:${HTTP_PORT[nginx-lua]}/__lua_requests")
+    ((n >= 3)) || { log "nginx-lua: log_by_lua counted $n of 3 requests"; exit 1; }
+fi
+
+# https: every proxy with a TLS port that answers on it (Portico's may be missing on a build).
+declare -A HTTPS_OK
 if [[ " $CASES " == *" https "* ]]; then
-    code=$(curl -sk -o /dev/null -w '%{http_code}' --resolve "localhost:$POS:127.0.0.1" "https://localhost:$POS/small" || true)
-    if [[ $code == 200 ]]; then
-        HTTPS_OK=1
-    else
-        log "https: skipped, Portico's HTTPS listener does not answer on this build (got '$code')"
-    fi
+    for proxy in $PROXIES; do
+        [[ -n "${HTTPS_PORT[$proxy]:-}" ]] || continue
+        p=${HTTPS_PORT[$proxy]}
+        code=$(curl -sk -o /dev/null -w '%{http_code}' --resolve "localhost:$p:127.0.0.1" \
+            "https://localhost:$p/small" || true)
+        if [[ $code == 200 ]]; then
+            HTTPS_OK[$proxy]=1
+        else
+            log "https: $proxy skipped, its HTTPS listener does not answer (got '$code')"
+        fi
+    done
 fi
 
 # --- measuring ---------------------------------------------------------------------------------
-rss_kib() {
-    local t=0 p v
-    for p in $(proc_pids "$1"); do
-        v=$(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-        t=$((t + ${v:-0}))
-    done
-    echo "$t"
-}
 upstream_conns() { # "new reused" from Portico's /metrics
     curl -s "http://127.0.0.1:$PA/metrics" | awk '
         /^portico_upstream_connections_total\{reused="false"\}/ { n = $2 }
@@ -184,13 +270,18 @@ to_ms() { # "123.45us" | "1.2ms" | "1.1s" -> ms
         else { sub(/s$/, "", v); print v * 1000 } }'
 }
 
-# run_tool TOOL CONNS URL SECONDS -> "requests rps p50ms p99ms bad errors"
+# run_tool TOOL CONNS URL SECONDS -> "requests rps p50ms p99ms bad errors"; sets TOOL_TICKS to
+# the CPU time the tool used (clock ticks, from its shell's cutime+cstime).
 run_tool() {
-    local tool=$1 conns=$2 url=$3 secs=$4 out threads
-    threads=1
+    local tool=$1 conns=$2 url=$3 secs=$4 out
     case $tool in
     wrk)
-        out=$(timeout $((secs + 30)) wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "$url" 2>&1) || true
+        out=$(
+            timeout $((secs + 30)) "${PIN_LOAD[@]}" wrk -t1 -c"$conns" -d"${secs}s" --latency "$url" 2>&1 || true
+            read -r -a f <"/proc/$BASHPID/stat"
+            echo "TOOL_TICKS $((f[15] + f[16]))"
+        )
+        TOOL_TICKS=$(awk '$1 == "TOOL_TICKS" { print $2 }' <<<"$out")
         local reqs rps p50 p99 bad errs
         reqs=$(awk '/requests in/ {print $1}' <<<"$out")
         rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
@@ -201,7 +292,12 @@ run_tool() {
         echo "${reqs:-0} ${rps:-0} $p50 $p99 ${bad:-0} ${errs:-0}"
         ;;
     oha)
-        out=$(timeout $((secs + 30)) oha --no-tui --output-format json --insecure -w -z "${secs}s" -c "$conns" "$url" 2>/dev/null) || true
+        out=$(
+            timeout $((secs + 30)) "${PIN_LOAD[@]}" oha --no-tui --output-format json --insecure -w -z "${secs}s" -c "$conns" "$url" 2>/dev/null || true
+            read -r -a f <"/proc/$BASHPID/stat"
+            echo "TOOL_TICKS $((f[15] + f[16]))" >&2
+        ) 2>"$WORK/tool_ticks"
+        TOOL_TICKS=$(awk '$1 == "TOOL_TICKS" { print $2 }' "$WORK/tool_ticks")
         jq -r '[
             ([.statusCodeDistribution[]] | add // 0),
             .summary.requestsPerSec,
@@ -224,9 +320,8 @@ STEADY_ALL=0
 
 # measure CASE TOOL PROXY URL CONNS
 measure() {
-    local case=$1 tool=$2 proxy=$3 url=$4 conns=$5 pid c0 c1 m0 m1 r sp
-    if [[ $proxy == portico ]]; then pid=$PORTICO_PID; else pid=$NGINX_PID; fi
-    local steady=$WORK/steady.txt
+    local case=$1 tool=$2 proxy=$3 url=$4 conns=$5 pid=${PID_OF[$3]} c0 c1 m0 m1 r sp
+    local steady=$WORK/steady.txt j0 j1 t0 t1 b0 b1
     if [[ $proxy == portico ]]; then
         m0=$(upstream_conns)
         # Steady state: from 1 s after the start to 1 s before the end, away from the connection
@@ -237,13 +332,38 @@ measure() {
         sp=$!
     fi
     c0=$(cpu_ticks "$pid")
-    r=$(run_tool "$tool" "$conns" "$url" "$DURATION")
+    b0=$(cpu_ticks "$BACKEND_PID")
+    j0=$(cpu_jiffies 0)
+    t0=$(date +%s.%N)
+    run_tool "$tool" "$conns" "$url" "$DURATION" >"$WORK/run.txt"
+    r=$(<"$WORK/run.txt")
+    t1=$(date +%s.%N)
+    j1=$(cpu_jiffies 0)
+    b1=$(cpu_ticks "$BACKEND_PID")
     c1=$(cpu_ticks "$pid")
-    [[ $proxy == portico ]] && wait "$sp"
-    local reqs rps p50 p99 bad errs cpu_us rss
+    if [[ $proxy == portico ]]; then wait "$sp"; fi
+    local reqs rps p50 p99 bad errs rss stats cpu_us per_cpu_s cpu0 lg_pct proxy_pct bound
     read -r reqs rps p50 p99 bad errs <<<"$r"
     rss=$(rss_kib "$pid")
-    cpu_us=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", n ? t / hz / n * 1e6 : 0 }')
+    # CPU per request, requests per CPU-second, CPU 0 busy %, the load generator's (wrk and the
+    # backend) and the proxy's CPU in % of one core, and the bottleneck.
+    stats=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v n="$reqs" -v j0="$j0" -v j1="$j1" \
+        -v lg=$((TOOL_TICKS + b1 - b0)) -v pin="$PIN" \
+        -v wall="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" 'BEGIN {
+        split(j0, a, " "); split(j1, b, " ")
+        busy = (b[2] > a[2]) ? 100 * (b[1] - a[1]) / (b[2] - a[2]) : 0
+        pct = wall > 0 ? 100 * t / hz / wall : 0
+        lgp = wall > 0 ? 100 * lg / hz / wall : 0
+        bound = "-"
+        if (pin) {
+            if (busy >= 95 && pct >= 90) bound = "both"
+            else if (busy >= 95 && lgp >= 85) bound = "load"
+            else if (busy >= 95) bound = "load+other"
+            else if (pct >= 90) bound = "proxy"
+            else bound = "neither"
+        }
+        printf "%.1f %.0f %.0f %.0f %.0f %s\n", n ? t / hz / n * 1e6 : 0, t ? n / (t / hz) : 0, busy, lgp, pct, bound }')
+    read -r cpu_us per_cpu_s cpu0 lg_pct proxy_pct bound <<<"$stats"
     local extra=""
     if [[ $proxy == portico ]]; then
         m1=$(upstream_conns)
@@ -259,12 +379,21 @@ measure() {
         STEADY_ALL=$((STEADY_ALL + sn1 - sn0 + sr1 - sr0))
         extra=" upstream_new=$((n1 - n0)) upstream_reused=$((r1 - r0)) steady_new=$((sn1 - sn0)) steady_reused=$((sr1 - sr0))"
     fi
-    printf '  %-8s %-4s %-8s %9.0f req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %6s us/req  rss %6d KiB  non2xx %s  errors %s%s\n' \
-        "$case" "$tool" "$proxy" "$rps" "$p50" "$p99" "$cpu_us" "$rss" "$bad" "$errs" "$extra" >&2
-    echo "$case $tool $proxy $rps $p50 $p99 $cpu_us $rss $bad $errs" >>"$RESULTS"
+    printf '  %-7s %-4s %-9s %7.0f req/s  p50 %7.3f  p99 %7.3f ms  cpu %6s us/req %6s req/cpu-s  rss %6d KiB  non2xx %s  errors %s  cpu0 %3s%% (load gen %3s%%)  proxy %3s%%  bound %s%s\n' \
+        "$case" "$tool" "$proxy" "$rps" "$p50" "$p99" "$cpu_us" "$per_cpu_s" "$rss" "$bad" "$errs" \
+        "$cpu0" "$lg_pct" "$proxy_pct" "$bound" "$extra" >&2
+    echo "$case $tool $proxy $rps $p50 $p99 $cpu_us $per_cpu_s $rss $bad $errs $cpu0 $proxy_pct $bound $lg_pct" >>"$RESULTS"
 }
 
-log "$("$WORK/portico" --version 2>/dev/null | head -1) vs $("$NGINX" -v 2>&1 | sed 's/.*: //'); ${WORKERS} workers each; ${DURATION} s per run; $(nproc) CPUs"
+versions="nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///')"
+if has haproxy; then versions+=", HAProxy $("$HAPROXY" -v | awk 'NR == 1 { print $3 }')"; fi
+if has portico; then versions+=", $("$WORK/portico" --version 2>/dev/null | head -1)${PORTICO_ARGS:+ ($PORTICO_ARGS)}"; fi
+placement="not pinned"
+if ((PIN)); then placement="proxies on CPU 1, wrk and the backend on CPU 0"; fi
+LOAD_BEFORE=$(loadavg)
+log "$versions; $WORKERS worker(s) each, $placement; ${DURATION} s per run; $(nproc) CPUs; load average $LOAD_BEFORE"
+
+read -r -a ORDER <<<"$PROXIES"
 for case in $CASES; do
     https=0
     case $case in
@@ -275,57 +404,82 @@ for case in $CASES; do
     https) conns=16 path=/small https=1 ;;
     *) log "unknown case $case" && continue ;;
     esac
-    if ((https)) && ((!HTTPS_OK)); then continue; fi
-    for tool in $TOOLS; do
+    declare -A URL=()
+    for proxy in "${ORDER[@]}"; do
         if ((https)); then
             # wrk sends the URL's host as SNI; localhost resolves to 127.0.0.1 (checked above).
-            purl="https://localhost:$POS$path"
-            nurl="https://localhost:$NGS$path"
+            if [[ -n "${HTTPS_OK[$proxy]:-}" ]]; then
+                URL[$proxy]="https://localhost:${HTTPS_PORT[$proxy]}$path"
+            fi
         else
-            purl="http://127.0.0.1:$PO$path"
-            nurl="http://127.0.0.1:$NG$path"
+            URL[$proxy]="http://127.0.0.1:${HTTP_PORT[$proxy]}$path"
         fi
+    done
+    log "$case: load average $(loadavg)"
+    for tool in $TOOLS; do
         # Warm-up: open the upstream connections, fault in memory.
-        run_tool "$tool" "$conns" "$purl" "$WARMUP" >/dev/null
-        run_tool "$tool" "$conns" "$nurl" "$WARMUP" >/dev/null
-        for _ in $(seq 1 "$ROUNDS"); do
-            measure "$case" "$tool" portico "$purl" "$conns"
-            measure "$case" "$tool" nginx "$nurl" "$conns"
+        for proxy in "${ORDER[@]}"; do
+            if [[ -n "${URL[$proxy]:-}" ]]; then
+                run_tool "$tool" "$conns" "${URL[$proxy]}" "$WARMUP" >/dev/null
+            fi
+        done
+        for round in $(seq 1 "$ROUNDS"); do
+            n=${#ORDER[@]}
+            for i in $(seq 0 $((n - 1))); do
+                proxy=${ORDER[$(((i + round - 1) % n))]}
+                if [[ -n "${URL[$proxy]:-}" ]]; then
+                    measure "$case" "$tool" "$proxy" "${URL[$proxy]}" "$conns"
+                fi
+            done
         done
     done
 done
+LOAD_AFTER=$(loadavg)
 
 # --- summary -----------------------------------------------------------------------------------
 echo
-echo "Portico vs nginx: ${WORKERS} workers each, ${DURATION} s per run, ${ROUNDS} A/B pairs, means of the rounds; ratio = Portico/nginx"
+echo "$versions"
+echo "$WORKERS worker(s) each, $placement; ${DURATION} s per run, $ROUNDS rounds, means of the rounds;"
+echo "× nginx = the proxy's figure / nginx's (for req/CPU-s: efficiency, higher is better);"
+echo "bound, per round: load = CPU 0 saturated by the load generator (wrk + backend), load+other = CPU 0"
+echo "saturated, partly by other processes, proxy = the proxy's core saturated, both, or neither."
+echo "Load average at the start: $LOAD_BEFORE; at the end: $LOAD_AFTER"
 echo
-printf '| %-7s | %-4s | %-21s | %-5s | %-19s | %-19s | %-5s | %-17s | %-5s | %-15s | %s |\n' \
-    case tool "req/s Portico / nginx" ratio "p50 ms P / N" "p99 ms P / N" ratio "CPU us/req P / N" ratio "RSS MiB P / N" "errors P / N"
-echo "|---------|------|-----------------------|-------|---------------------|---------------------|-------|-------------------|-------|-----------------|------|"
+echo "| case | tool | proxy | req/s | × nginx | p50 ms | p99 ms | CPU µs/req | req/CPU-s | × nginx | RSS MiB | errors | CPU 0 % (load gen %) | proxy % | bound |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 awk '
-    { k = $1 " " $2; key[k] = 1; order[k] = order[k] ? order[k] : ++n; p = $3
-      rps[k, p] += $4; p50[k, p] += $5; p99[k, p] += $6; cpu[k, p] += $7
-      if ($8 > rss[k, p]) rss[k, p] = $8; err[k, p] += $9 + $10; cnt[k, p]++ }
+    { k = $1 " " $2 " " $3; if (!(k in cnt)) order[++n] = k; cnt[k]++
+      rps[k] += $4; p50[k] += $5; p99[k] += $6; cpu[k] += $7; eff[k] += $8
+      if ($9 > rss[k]) rss[k] = $9; err[k] += $10 + $11; c0[k] += $12; pp[k] += $13; lg[k] += $15
+      bound[k] = bound[k] (bound[k] == "" ? "" : ", ") $14 }
     END {
-        for (k in key) idx[order[k]] = k
         for (i = 1; i <= n; i++) {
-            k = idx[i]; split(k, a, " ")
-            P = "portico"; N = "nginx"
-            rp = rps[k, P] / cnt[k, P]; rn = rps[k, N] / cnt[k, N]
-            q5p = p50[k, P] / cnt[k, P]; q5n = p50[k, N] / cnt[k, N]
-            q9p = p99[k, P] / cnt[k, P]; q9n = p99[k, N] / cnt[k, N]
-            cp = cpu[k, P] / cnt[k, P]; cn = cpu[k, N] / cnt[k, N]
-            printf "| %-7s | %-4s | %9.0f / %-9.0f | %5.2f | %8.3f / %-8.3f | %8.3f / %-8.3f | %5.2f | %7.1f / %-7.1f | %5.2f | %6.1f / %-6.1f | %d / %d |\n",
-                a[1], a[2], rp, rn, (rn ? rp / rn : 0), q5p, q5n, q9p, q9n, (q9n ? q9p / q9n : 0),
-                cp, cn, (cn ? cp / cn : 0), rss[k, P] / 1024, rss[k, N] / 1024, err[k, P], err[k, N]
+            k = order[i]; split(k, a, " "); c = cnt[k]; ng = a[1] " " a[2] " nginx"
+            r = "-"; e = "-"
+            if (ng in cnt) {
+                r = sprintf("%.2f", (rps[k] / c) / (rps[ng] / cnt[ng]))
+                e = sprintf("%.2f", (eff[k] / c) / (eff[ng] / cnt[ng]))
+            }
+            printf "| %s | %s | %s | %.0f | %s | %.3f | %.3f | %.1f | %.0f | %s | %.1f | %d | %.0f (%.0f) | %.0f | %s |\n",
+                a[1], a[2], a[3], rps[k] / c, r, p50[k] / c, p99[k] / c, cpu[k] / c, eff[k] / c, e,
+                rss[k] / 1024, err[k], c0[k] / c, lg[k] / c, pp[k] / c, bound[k]
         }
     }' "$RESULTS"
-echo
-awk -v n="$REUSE_NEW" -v a="$REUSE_ALL" -v r="$REUSE_REQS" -v sn="$STEADY_NEW" -v sa="$STEADY_ALL" 'BEGIN {
-    printf "Portico upstream connections, whole measured runs: %d new for %d upstream requests (%d client requests): reuse %.3f%%\n",
-        n, a, r, (a ? 100 * (1 - n / a) : 0)
-    printf "Portico upstream connections, steady state (1 s after start to 1 s before end): %d new for %d upstream requests: reuse %.3f%%\n",
-        sn, sa, (sa ? 100 * (1 - sn / sa) : 0) }'
-if ((!HTTPS_OK)) && [[ " $CASES " == *" https "* ]]; then
-    echo "https: skipped (Portico's HTTPS listener did not answer on this build)"
+if awk '$14 ~ /^(load|both)/ { f = 1 } END { exit !f }' "$RESULTS"; then
+    echo
+    echo "The load generator (CPU 0) was saturated in the runs marked load, load+other or both: there, requests/s"
+    echo "understates the proxy; its CPU per request and requests per CPU-second still hold."
 fi
+if has portico; then
+    echo
+    awk -v n="$REUSE_NEW" -v a="$REUSE_ALL" -v r="$REUSE_REQS" -v sn="$STEADY_NEW" -v sa="$STEADY_ALL" 'BEGIN {
+        printf "Portico upstream connections, whole measured runs: %d new for %d upstream requests (%d client requests): reuse %.3f%%\n",
+            n, a, r, (a ? 100 * (1 - n / a) : 0)
+        printf "Portico upstream connections, steady state (1 s after start to 1 s before end): %d new for %d upstream requests: reuse %.3f%%\n",
+            sn, sa, (sa ? 100 * (1 - sn / sa) : 0) }'
+fi
+for proxy in $PROXIES; do
+    if [[ " $CASES " == *" https "* && -z "${HTTPS_OK[$proxy]:-}" ]]; then
+        echo "https: $proxy not measured (no HTTPS listener, or it did not answer)"
+    fi
+done
