@@ -355,9 +355,21 @@ impl ProxyHttp for Portico {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        // Pick from the newest snapshot, retries too: a removed endpoint is never chosen.
+        if let (Some(plane), Some(route)) = (&ctx.plane, ctx.route) {
+            if let Some((newer, route)) =
+                self.shared.reroute(plane, route, |t| route_of(t, session))
+            {
+                ctx.plane = Some(newer);
+                ctx.route =
+                    Some(route.ok_or_else(|| {
+                        Error::explain(ErrorType::HTTPStatus(404), "route removed")
+                    })?);
+            }
+        }
         let plane = ctx
             .plane
             .as_ref()
@@ -417,7 +429,7 @@ impl ProxyHttp for Portico {
 
     async fn connected_to_upstream(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         reused: bool,
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
@@ -425,6 +437,15 @@ impl ProxyHttp for Portico {
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Removed while the request was connecting: send nothing, retry on the newest snapshot.
+        if let (Some(plane), Some(route), Some(addr)) = (&ctx.plane, ctx.route, ctx.upstream) {
+            if !self
+                .shared
+                .still_serves(plane, route, addr, |t| route_of(t, session))
+            {
+                return Err(crate::dataplane::endpoint_removed(addr));
+            }
+        }
         let metrics = &self.shared.metrics;
         if reused {
             metrics.upstream_reused.inc();
@@ -469,6 +490,9 @@ impl ProxyHttp for Portico {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        if *e.etype() == crate::dataplane::ENDPOINT_REMOVED {
+            return e; // retried, not the endpoint's fault
+        }
         let mut e = e.more_context(format!("Peer: {peer}"));
         let upstream_fault = *e.esource() == pingora_core::ErrorSource::Upstream;
         // A pooled connection that the upstream closed meanwhile is not the endpoint's fault.
@@ -600,6 +624,14 @@ impl ProxyHttp for Portico {
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
         );
     }
+}
+
+/// The request's route in `table`, by its normalized host and path.
+fn route_of(table: &crate::routing::RouteTable, session: &Session) -> Option<usize> {
+    let req = session.req_header();
+    table
+        .lookup(&normalize_request_host(request_host(req)), req.uri.path())
+        .map(|r| r.id)
 }
 
 /// `X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host` and

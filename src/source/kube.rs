@@ -177,6 +177,19 @@ fn error_reason(e: &watcher::Error) -> &'static str {
     }
 }
 
+/// Traces the receipt of a watch event (see [`crate::dataplane::PROPAGATION`]).
+fn received<K: Watched>(o: &K, event: &'static str) {
+    tracing::debug!(
+        target: crate::dataplane::PROPAGATION,
+        stage = "watch",
+        event,
+        kind = %K::KIND,
+        object = %o.object_key(),
+        rv = o.meta().resource_version.as_deref().unwrap_or(""),
+        unix_us = crate::dataplane::unix_us(),
+    );
+}
+
 /// Runs one reflector until its channel closes. Never returns on errors: the watcher retries
 /// them itself, with the default (client-go) backoff.
 async fn reflect<K: Watched>(
@@ -196,10 +209,12 @@ async fn reflect<K: Watched>(
         let change = match event {
             Ok(watcher::Event::Apply(o)) => {
                 shared.metrics.source_event(SOURCE, K::KIND.as_str());
+                received(&o, "apply");
                 translated(&o, &shared)
             }
             Ok(watcher::Event::Delete(o)) => {
                 shared.metrics.source_event(SOURCE, K::KIND.as_str());
+                received(&o, "delete");
                 Change::Remove(K::KIND, o.object_key())
             }
             Ok(watcher::Event::Init) => {
@@ -487,6 +502,11 @@ impl Controller {
                     },
                 }
             }
+            tracing::debug!(
+                target: crate::dataplane::PROPAGATION,
+                stage = "debounced",
+                unix_us = crate::dataplane::unix_us(),
+            );
             self.flush();
         }
     }
@@ -716,7 +736,7 @@ mod tests {
 
     /// kube builds its rustls connector from whatever crypto provider the build enables; with
     /// Pingora's and kube's TLS in one binary that must still be exactly one (or a panic at the
-    /// first HTTPS cluster). The stand-in is plain HTTP, so check it here.
+    /// first HTTPS cluster). Checked here without a server; the stand-in (TLS) checks it end to end.
     #[tokio::test]
     async fn client_builds_for_an_https_cluster() {
         let dir = tempfile::tempdir().unwrap();
