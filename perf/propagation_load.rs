@@ -371,6 +371,8 @@ impl Wrk {
 
 /// One measured change.
 struct Sample {
+    /// When the write was started (µs since the epoch): its watch event comes after this.
+    started: u64,
     /// When the write returned (µs since the epoch).
     written: u64,
     /// When the poller first saw the change.
@@ -422,9 +424,7 @@ fn stages(samples: &[Sample], traces: &[Trace]) -> Stages {
                 .find(|e| e.stage == stage && e.unix_us >= t && f(e))
                 .cloned()
         };
-        let Some(w) = after("watch", x.written.saturating_sub(2_000), &|e| {
-            e.object == x.object
-        }) else {
+        let Some(w) = after("watch", x.started, &|e| e.object == x.object) else {
             continue;
         };
         let Some(d) = after("debounced", w.unix_us, &|_| true) else {
@@ -470,9 +470,10 @@ fn report(size: usize, mode: &str, what: &str, samples: &[Sample], traces: &[Tra
     );
 }
 
+/// Dropped in field order: Portico stops before the API server goes away.
 struct Bench {
-    server: apiserver::ApiServer,
     portico: Portico,
+    server: apiserver::ApiServer,
     backend_port: u16,
 }
 
@@ -492,6 +493,7 @@ impl Bench {
             } else {
                 vec![]
             };
+            let started = unix_us();
             self.server
                 .apply(slice("bench", "load", self.backend_port, &ips));
             let written = unix_us();
@@ -499,6 +501,7 @@ impl Bench {
             match poll_until(http, "load.example", want) {
                 Some(seen) => {
                     let s = Sample {
+                        started,
                         written,
                         seen,
                         object: "bench/load-1".into(),
@@ -524,6 +527,7 @@ impl Bench {
             let name = format!("new-{k}");
             let host = format!("{name}.example");
             for add in [true, false] {
+                let started = unix_us();
                 if add {
                     self.server.apply(ingress("bench", &name, &host, "live"));
                 } else {
@@ -534,6 +538,7 @@ impl Bench {
                 match poll_until(http, &host, if add { 200 } else { 404 }) {
                     Some(seen) => {
                         let s = Sample {
+                            started,
                             written,
                             seen,
                             object: format!("bench/{name}"),
@@ -580,11 +585,19 @@ fn run_size(rt: &tokio::runtime::Runtime, size: usize, slice_n: usize, ingress_n
     let kubeconfig = server.kubeconfig(dir.path());
     let portico = start_portico(&kubeconfig);
     let bench = Bench {
-        server,
         portico,
+        server,
         backend_port,
     };
-    assert_eq!(get(bench.portico.http, "live.example", "/"), Some(200));
+    // The proxy listener opens just after /readyz turns 200.
+    let start = Instant::now();
+    while get(bench.portico.http, "live.example", "/") != Some(200) {
+        assert!(
+            start.elapsed() < GIVE_UP,
+            "live.example does not answer 200"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let mut next_ingress = 0;
     for mode in ["idle", "load"] {
