@@ -433,7 +433,12 @@ fn stages(samples: &[Sample], traces: &[Trace]) -> Stages {
         let Some(p) = after("publish", d.unix_us, &|_| true) else {
             continue;
         };
-        let Some(u) = after("first_use", p.unix_us, &|e| e.generation >= p.generation) else {
+        // A request may load the new snapshot between the swap and the publish trace: match
+        // the generation, not the time.
+        let Some(u) = traces
+            .iter()
+            .find(|e| e.stage == "first_use" && e.generation == p.generation)
+        else {
             continue;
         };
         s.watch.push(ms(x.written, w.unix_us));
