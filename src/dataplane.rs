@@ -2,6 +2,12 @@
 //!
 //! A request loads the current [`DataPlane`] once and uses only it, so it never sees new routes
 //! with old pools. Publishing is a single `ArcSwap::store`; readers never block.
+//!
+//! How long a change takes to reach requests is traced at DEBUG under the target
+//! [`PROPAGATION`]: the source logs when it receives a watch event and when its debounce ends,
+//! this module when it publishes a generation and when a request first loads it. Each event
+//! carries `unix_us` (wall clock, microseconds) so that a benchmark in another process can line
+//! them up with its own clock (`perf/propagation_load.rs`).
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +25,17 @@ use crate::routing::{CompileOptions, FastMap, PoolSpec, Rejected, Route, RouteTa
 use crate::tls::{CertStore, TlsOptions};
 use crate::upstream::{EndpointHealth, Pool};
 use std::net::SocketAddr;
+
+/// The tracing target of the propagation timestamps.
+pub const PROPAGATION: &str = "portico::propagation";
+
+/// Microseconds since the Unix epoch, for the propagation timestamps.
+pub fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_micros() as u64
+}
 
 /// One immutable snapshot of everything the request path reads.
 #[derive(Debug, Default)]
@@ -58,6 +75,8 @@ pub struct Shared {
     draining: AtomicBool,
     stopped_accepting: AtomicBool,
     generation: AtomicU64,
+    /// The newest generation a request has loaded (for the first-use trace).
+    used: AtomicU64,
     pub metrics: Arc<Metrics>,
     pub options: CompileOptions,
     /// Route metric handles by label set; touched only by the control plane when publishing.
@@ -84,6 +103,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             stopped_accepting: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            used: AtomicU64::new(0),
             metrics,
             options,
             tls,
@@ -98,10 +118,48 @@ impl Shared {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The snapshot for one request. One atomic load and one reference count increment.
+    /// The snapshot for one request. One atomic load and one reference count increment, and a
+    /// read of a counter that changes once per publish.
     #[inline]
     pub fn load(&self) -> Arc<DataPlane> {
+        let plane = self.current.load_full();
+        if plane.generation > self.used.load(Ordering::Relaxed) {
+            self.first_use(plane.generation);
+        }
+        plane
+    }
+
+    /// The current snapshot, for the control plane (publishing, health checks): not a use.
+    #[inline]
+    pub fn current(&self) -> Arc<DataPlane> {
         self.current.load_full()
+    }
+
+    #[cold]
+    fn first_use(&self, generation: u64) {
+        if self.used.fetch_max(generation, Ordering::Relaxed) < generation {
+            tracing::debug!(
+                target: PROPAGATION,
+                stage = "first_use",
+                generation,
+                unix_us = unix_us(),
+            );
+        }
+    }
+
+    /// Stores a new snapshot and traces the publish (before the old snapshot is dropped).
+    fn store(&self, plane: DataPlane, started: Instant, what: &'static str) {
+        let generation = plane.generation;
+        let old = self.current.swap(Arc::new(plane));
+        tracing::debug!(
+            target: PROPAGATION,
+            stage = "publish",
+            generation,
+            what,
+            took_us = started.elapsed().as_micros() as u64,
+            unix_us = unix_us(),
+        );
+        retire(old);
     }
 
     /// Compiles the model and publishes the result; returns the rejected objects.
@@ -113,7 +171,7 @@ impl Shared {
     /// the previous snapshot served for its hosts. Sources call this from one task at a time.
     pub fn publish_model(&self, model: &Model, complete: bool) -> Vec<Rejected> {
         let started = Instant::now();
-        let previous = self.load();
+        let previous = self.current();
         let mut compiled = compile_reusing(
             model,
             &self.options,
@@ -149,7 +207,7 @@ impl Shared {
             certs: Arc::new(certs),
             route_metrics: Arc::new(route_metrics),
         };
-        self.current.store(Arc::new(plane));
+        self.store(plane, started, "model");
         self.metrics.record_compile(
             generation,
             started.elapsed(),
@@ -168,7 +226,8 @@ impl Shared {
     /// The cost follows the change, not the cluster: only the affected namespaces' slices are
     /// read and only the rebuilt pools' gauges are set.
     pub fn publish_endpoints(&self, model: &Model, services: &[ObjectKey]) {
-        let current = self.load();
+        let started = Instant::now();
+        let current = self.current();
         let wanted: HashSet<(&str, &str)> = services
             .iter()
             .map(|s| (s.namespace.as_str(), s.name.as_str()))
@@ -211,7 +270,7 @@ impl Shared {
             }
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        self.current.store(Arc::new(DataPlane {
+        let plane = DataPlane {
             generation,
             routes: current.routes.clone(),
             pools,
@@ -220,7 +279,8 @@ impl Shared {
             tls: current.tls.clone(),
             certs: current.certs.clone(),
             route_metrics: current.route_metrics.clone(),
-        }));
+        };
+        self.store(plane, started, "endpoints");
         self.metrics.generation.set(generation as i64);
     }
 
@@ -293,6 +353,61 @@ impl Shared {
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
+}
+
+/// Hands a replaced snapshot to the `portico-retire` thread, which drops it once nothing else
+/// holds it. Dropping a snapshot of 10,000 Ingresses takes milliseconds; without this, the last
+/// in-flight request that used it would pay for that on a proxy worker, or the control plane
+/// before its next publish.
+fn retire(old: Arc<DataPlane>) {
+    use std::sync::mpsc;
+    static RETIRE: std::sync::OnceLock<Option<mpsc::Sender<Arc<DataPlane>>>> =
+        std::sync::OnceLock::new();
+    let tx = RETIRE.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Arc<DataPlane>>();
+        std::thread::Builder::new()
+            .name("portico-retire".into())
+            .spawn(move || {
+                let mut held: Vec<Arc<DataPlane>> = Vec::new();
+                loop {
+                    let wait = if held.is_empty() {
+                        Duration::from_secs(3600)
+                    } else {
+                        Duration::from_millis(20)
+                    };
+                    match rx.recv_timeout(wait) {
+                        Ok(plane) => held.push(plane),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    // Requests still using a snapshot keep it; the last reference is this one.
+                    held.retain(|p| Arc::strong_count(p) > 1);
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = tx {
+        // If the thread is gone, `send` hands the snapshot back and it is dropped here.
+        let _ = tx.send(old);
+    }
+}
+
+/// The error type of a request whose endpoint was removed while it connected.
+pub const ENDPOINT_REMOVED: pingora_core::ErrorType =
+    pingora_core::ErrorType::Custom("EndpointRemoved");
+
+/// The error for a request whose endpoint was removed while it connected: nothing was sent, so
+/// it is retried (whatever the method) on the current snapshot, and the endpoint's health is not
+/// blamed.
+pub fn endpoint_removed(addr: SocketAddr) -> Box<pingora_core::Error> {
+    let mut e = pingora_core::Error::explain(
+        ENDPOINT_REMOVED,
+        format!("endpoint {addr} was removed while connecting"),
+    )
+    .into_up();
+    e.set_retry(true);
+    e
 }
 
 fn known_health<'p>(

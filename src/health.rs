@@ -73,7 +73,7 @@ pub struct HealthChecker {
 
 impl HealthChecker {
     async fn check_due(&self, last_run: &mut HashMap<SocketAddr, Instant>) {
-        let plane = self.shared.load();
+        let plane = self.shared.current();
         let mut probes = Vec::new();
         let mut checked = std::collections::HashSet::new();
         for (spec, pool) in plane.pool_specs.iter().zip(plane.pools.iter()) {

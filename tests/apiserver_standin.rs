@@ -57,6 +57,73 @@ async fn client_from_kubeconfig(server: &ApiServer) -> (Client, tempfile::TempDi
     (Client::try_from(cfg).expect("client"), dir)
 }
 
+/// The stand-in speaks TLS with its own CA, as a real API server does: kube verifies it through
+/// the kubeconfig's `certificate-authority-data`, a client that does not trust the CA fails the
+/// handshake, plain HTTP gets nothing, and an HTTP/2 client gets HTTP/2 while kube's own client,
+/// which offers no ALPN, stays on HTTP/1.1.
+#[tokio::test]
+async fn tls_with_its_own_ca_and_http2_for_clients_that_ask() {
+    bounded(async {
+        let server = ApiServer::start().await;
+        server.apply(svc("a", "default"));
+        assert!(server.url().starts_with("https://127.0.0.1:"));
+        let kubeconfig = server.kubeconfig_yaml();
+        assert!(kubeconfig.contains("certificate-authority-data: "));
+        assert!(!kubeconfig.contains("insecure-skip-tls-verify"));
+
+        let (client, _dir) = client_from_kubeconfig(&server).await;
+        let api: Api<Service> = Api::namespaced(client, "default");
+        assert_eq!(api.get("a").await.expect("kube over TLS").name_any(), "a");
+        let kube_request = server.requests().into_iter().last().expect("recorded");
+        assert_eq!(kube_request.path, "/api/v1/namespaces/default/services/a");
+        assert_eq!(kube_request.version, http::Version::HTTP_11);
+
+        // The system roots do not know this CA.
+        let stranger = reqwest::Client::new()
+            .get(format!("{}/version", server.url()))
+            .send()
+            .await;
+        assert!(
+            stranger.is_err(),
+            "an untrusted CA was accepted: {stranger:?}"
+        );
+        // Plain HTTP on the TLS port is not served.
+        let plain = reqwest::Client::new()
+            .get(format!("http://{}/version", server.addr()))
+            .send()
+            .await;
+        assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
+
+        let h1 = server
+            .http_client()
+            .get(format!("{}/version", server.url()))
+            .send()
+            .await
+            .expect("HTTP/1.1 over TLS");
+        assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+        assert_eq!(h1.status(), 200);
+        let ca = reqwest::Certificate::from_pem(server.ca_pem().as_bytes()).expect("CA");
+        let h2 = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .http2_prior_knowledge()
+            .build()
+            .expect("client")
+            .get(format!(
+                "{}/api/v1/namespaces/default/services/a",
+                server.url()
+            ))
+            .send()
+            .await
+            .expect("HTTP/2 over TLS");
+        assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+        let body: Value = h2.json().await.expect("json");
+        assert_eq!(body["metadata"]["name"], "a");
+        let last = server.requests().into_iter().last().expect("recorded");
+        assert_eq!(last.version, http::Version::HTTP_2);
+    })
+    .await;
+}
+
 fn svc(name: &str, ns: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Service",
@@ -870,7 +937,7 @@ async fn http(
     ctype: Option<&str>,
     body: &str,
 ) -> (u16, Value) {
-    let client = reqwest::Client::new();
+    let client = server.http_client();
     let mut req = client.request(method.parse().unwrap(), format!("{}{}", server.url(), path));
     if let Some(ct) = ctype {
         req = req.header("content-type", ct);
@@ -906,7 +973,7 @@ async fn watch_wire_format_bookmarks_and_timeout() {
             server.url()
         );
         let started = std::time::Instant::now();
-        let resp = reqwest::get(&url).await.unwrap();
+        let resp = server.http_client().get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["transfer-encoding"], "chunked");
         server.apply(svc("b", "default"));
@@ -927,7 +994,7 @@ async fn watch_wire_format_bookmarks_and_timeout() {
 
         // Without allowWatchBookmarks there are none.
         let url = format!("{}/api/v1/services?watch=true&timeoutSeconds=1", server.url());
-        let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let body = server.http_client().get(&url).send().await.unwrap().text().await.unwrap();
         assert_eq!(body.lines().count(), 2);
         assert!(!body.contains("BOOKMARK"));
 
@@ -935,7 +1002,7 @@ async fn watch_wire_format_bookmarks_and_timeout() {
         let rv = server.resource_version();
         server.delete("v1", "Service", "default", "a");
         let url = format!("{}/api/v1/namespaces/default/services?watch=true&resourceVersion={rv}&timeoutSeconds=1", server.url());
-        let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let body = server.http_client().get(&url).send().await.unwrap().text().await.unwrap();
         let ev: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
         assert_eq!(ev["type"], "DELETED");
         assert_eq!(ev["object"]["metadata"]["resourceVersion"], (rv + 1).to_string());
@@ -943,7 +1010,7 @@ async fn watch_wire_format_bookmarks_and_timeout() {
         // From a compacted resourceVersion: one ERROR event with 410 Expired.
         server.compact();
         let url = format!("{}/api/v1/namespaces/default/services?watch=true&resourceVersion={rv}", server.url());
-        let resp = reqwest::get(&url).await.unwrap();
+        let resp = server.http_client().get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         let body = resp.text().await.unwrap();
         let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -1072,17 +1139,19 @@ async fn list_options_validation_matches_the_real_server() {
         // state (no synthetic ADDED); a version from the future skips the
         // events up to it.
         let now = server.resource_version();
-        let quiet = reqwest::get(format!(
+        let quiet = server.http_client().get(format!(
             "{}{base}?watch=1&sendInitialEvents=false&resourceVersionMatch=NotOlderThan&timeoutSeconds=1",
             server.url()
         ))
+        .send()
         .await
         .unwrap();
-        let ahead = reqwest::get(format!(
+        let ahead = server.http_client().get(format!(
             "{}{base}?watch=1&resourceVersion={}&timeoutSeconds=1",
             server.url(),
             now + 1
         ))
+        .send()
         .await
         .unwrap();
         server.apply(svc("c", "default")); // now + 1
@@ -1501,7 +1570,7 @@ async fn drop_watches_aborts_the_connection_mid_stream() {
             "{}/api/v1/namespaces/default/services?watch=true",
             server.url()
         );
-        let mut resp = reqwest::get(&url).await.unwrap();
+        let mut resp = server.http_client().get(&url).send().await.unwrap();
         let first = resp.chunk().await.unwrap().expect("the ADDED event");
         assert!(String::from_utf8_lossy(&first).contains("\"ADDED\""));
         assert!(server.wait_for_watches(1, T).await);

@@ -202,6 +202,14 @@ impl ProxyHttp for PingoraApp {
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Removed while the request was connecting: send nothing, pick again (any method).
+        if let (Some(plane), Some(routed), Some((addr, _))) =
+            (&ctx.plane, &ctx.routed, &ctx.attempts.current)
+        {
+            if !self.policy.still_serves(plane, routed, *addr) {
+                return Err(crate::dataplane::endpoint_removed(*addr));
+            }
+        }
         let metrics = &self.policy.shared.metrics;
         if reused {
             metrics.upstream_reused.inc();
@@ -262,6 +270,9 @@ impl ProxyHttp for PingoraApp {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        if *e.etype() == crate::dataplane::ENDPOINT_REMOVED {
+            return e; // retried, and not the endpoint's fault
+        }
         let mut e = e.more_context(format!("Peer: {peer}"));
         let upstream_fault = *e.esource() == pingora_core::ErrorSource::Upstream;
         // A pooled connection that the upstream closed meanwhile is not the endpoint's fault.

@@ -397,6 +397,25 @@ impl Policy {
         })
     }
 
+    /// Whether `addr`, picked for a request that routed with `plane`, is still an endpoint of its
+    /// pool in the newest snapshot. Checked once the upstream connection is ready, so that a
+    /// request that was connecting (or waiting for a pooled connection) when the endpoint was
+    /// removed sends nothing to it and picks again. One atomic load while nothing was published.
+    pub fn still_serves(&self, plane: &DataPlane, routed: &Routed, addr: SocketAddr) -> bool {
+        if self.shared.latest_generation() == plane.generation {
+            return true;
+        }
+        let latest = self.shared.load();
+        let Some(old) = plane.pools.get(routed.pool) else {
+            return false;
+        };
+        latest
+            .pools
+            .iter()
+            .find(|p| p.service == old.service && p.port == old.port)
+            .is_some_and(|p| p.endpoints().iter().any(|u| u.addr == addr))
+    }
+
     /// Records a failure of the current endpoint (passive health, ejection); true if another
     /// attempt is allowed by the attempt budget.
     pub fn upstream_failed(&self, a: &mut Attempts) -> bool {

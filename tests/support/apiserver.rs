@@ -1,12 +1,25 @@
 //! # A stand-in for the Kubernetes API server (test support only)
 //!
-//! **This is not a Kubernetes API server.** It is an in-process HTTP/1.1 server
-//! (hyper 1, bound to `127.0.0.1` on an ephemeral port) that speaks the
-//! Kubernetes REST wire protocol closely enough for kube-rs 5.0 (`Api`,
+//! **This is not a Kubernetes API server.** It is an in-process HTTPS server
+//! (rustls and hyper 1, bound to `127.0.0.1` on an ephemeral port) that speaks
+//! the Kubernetes REST wire protocol closely enough for kube-rs 5.0 (`Api`,
 //! `watcher`, `reflector`, `metadata_watcher`, `events::Recorder`) to run
 //! against it unmodified, through an ordinary kubeconfig (see
 //! [`ApiServer::kubeconfig`]). It exists because no real API server can be
 //! installed where Portico's tests run.
+//!
+//! ## Transport
+//!
+//! TLS, as a real API server: each server generates its own CA (rcgen) and a
+//! serving certificate signed by it for `127.0.0.1` and `localhost`. The
+//! kubeconfig carries the CA as `certificate-authority-data` (no
+//! `insecure-skip-tls-verify`), so kube-rs verifies the server exactly as it
+//! does in a cluster, through its own rustls connector. ALPN offers `h2` and
+//! `http/1.1` and the connection is served by hyper's automatic HTTP/1 / HTTP/2
+//! builder. kube-rs 5.0 builds its connector with HTTP/1 only (no ALPN), so it
+//! speaks HTTP/1.1 over TLS here, as it does against a real API server; an
+//! HTTP/2 client (ALPN `h2`) gets HTTP/2. Other clients trust the CA through
+//! [`ApiServer::ca_pem`], or use [`ApiServer::http_client`] (HTTP/1.1).
 //!
 //! ## What it models
 //!
@@ -92,8 +105,14 @@
 //!
 //! ## What it does NOT model
 //!
-//! * Authentication, authorization (RBAC), admission, TLS: any or no bearer
-//!   token is accepted over plain `http://`.
+//! * Authentication, authorization (RBAC), admission: any or no bearer token
+//!   is accepted; no client certificates are asked for. The CA never rotates
+//!   and the serving certificate is not checked for expiry in tests.
+//! * The API server's own costs: no etcd round trip (a write is visible to
+//!   watches as soon as [`ApiServer::apply`] returns, where a real server
+//!   answers the write after etcd commits and its watch cache fans the event
+//!   out), no watch cache, no priority and fairness, no HTTP/2 flow control
+//!   tuning, and it shares the test's process and CPU.
 //! * Schema validation and defaulting: any JSON object is accepted as long as
 //!   it has a valid name; field types are not checked, defaults are not filled
 //!   in (except `status.phase: Active` on namespaces and an empty
@@ -115,7 +134,7 @@
 //!   semantics beyond the periodic bookmarks; pages are exact (a real server
 //!   may return short pages with selectors).
 //! * Protobuf, Table output (`as=Table`), aggregated discovery, OpenAPI,
-//!   `/log`, `/exec`, `/scale`, `/eviction` and other subresources, HTTP/2,
+//!   `/log`, `/exec`, `/scale`, `/eviction` and other subresources,
 //!   `fieldValidation`, `resourceVersion` on GET.
 
 use std::borrow::Cow;
@@ -447,6 +466,8 @@ pub struct RecordedRequest {
     pub body: String,
     /// Status code of the response; 0 while still being handled.
     pub status: u16,
+    /// The HTTP version the client spoke (HTTP/1.1 or HTTP/2).
+    pub version: http::Version,
 }
 
 impl RecordedRequest {
@@ -539,6 +560,81 @@ struct Shared {
     state: Mutex<State>,
     bookmark_ms: AtomicU64,
     conns: Mutex<Vec<JoinHandle<()>>>,
+    tls: Tls,
+}
+
+/// The server's CA and its TLS configuration; the same across restarts.
+struct Tls {
+    ca_pem: String,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl Tls {
+    /// A fresh CA and a serving certificate for `127.0.0.1` and `localhost` signed by it.
+    fn generate() -> Tls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
+        };
+        fn fail<T>(e: rcgen::Error) -> T {
+            panic!("stand-in API server: certificate: {e}")
+        }
+        let ca_key = KeyPair::generate().unwrap_or_else(fail);
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(fail);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "portico-standin-ca");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).unwrap_or_else(fail);
+        let key = KeyPair::generate().unwrap_or_else(fail);
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(fail);
+        leaf.distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        leaf.subject_alt_names = vec![
+            SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])),
+            SanType::DnsName("localhost".try_into().unwrap_or_else(fail)),
+            SanType::DnsName("kubernetes.default.svc".try_into().unwrap_or_else(fail)),
+        ];
+        let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap_or_else(fail);
+        let chain = vec![cert.der().clone(), ca_cert.der().clone()];
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .unwrap_or_else(|e| panic!("stand-in API server: TLS configuration: {e}"));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Tls {
+            ca_pem: ca_cert.pem(),
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        }
+    }
+}
+
+/// Standard base64 (RFC 4648, with padding), for `certificate-authority-data`.
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -2370,6 +2466,7 @@ async fn serve_request(
             accept: header_str(&parts.headers, header::ACCEPT),
             body: String::from_utf8_lossy(&body).into_owned(),
             status: 0,
+            version: parts.version,
         });
         st.requests.len() - 1
     };
@@ -2960,14 +3057,19 @@ async fn accept_loop(listener: TcpListener, sh: Arc<Shared>, addr: SocketAddr) {
         };
         let _ = stream.set_nodelay(true);
         let sh2 = sh.clone();
+        let acceptor = sh.tls.acceptor.clone();
         let conn = tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(stream).await else {
+                return; // a failed handshake: the client gave up or distrusts the CA
+            };
             let svc = hyper::service::service_fn(move |req| {
                 let sh = sh2.clone();
                 async move { Ok::<_, Infallible>(serve_request(sh, addr, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
         });
         let mut conns = lock(&sh.conns);
         conns.retain(|h| !h.is_finished());
@@ -2989,6 +3091,7 @@ impl ApiServer {
             state: Mutex::new(State::new()),
             bookmark_ms: AtomicU64::new(DEFAULT_BOOKMARK_INTERVAL.as_millis() as u64),
             conns: Mutex::new(Vec::new()),
+            tls: Tls::generate(),
         });
         let server = ApiServer {
             shared,
@@ -3015,9 +3118,25 @@ impl ApiServer {
         *lock(&self.addr)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        format!("https://{}", self.addr())
+    }
+
+    /// The PEM of the CA that signed the server's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.shared.tls.ca_pem
+    }
+
+    /// A reqwest client that trusts the server's CA and speaks HTTP/1.1, as kube-rs does.
+    pub fn http_client(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.ca_pem().as_bytes())
+            .expect("stand-in API server: CA PEM parses");
+        reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .http1_only()
+            .build()
+            .expect("stand-in API server: reqwest client builds")
     }
 
     /// Whether the server is accepting connections.
@@ -3027,7 +3146,8 @@ impl ApiServer {
             .is_some_and(|h| !h.is_finished())
     }
 
-    /// A kubeconfig (YAML) for this server: plain `http://`, a dummy token.
+    /// A kubeconfig (YAML) for this server: `https://`, its CA as
+    /// `certificate-authority-data`, a dummy token.
     pub fn kubeconfig_yaml(&self) -> String {
         format!(
             "apiVersion: v1\n\
@@ -3036,7 +3156,7 @@ impl ApiServer {
              - name: portico-standin\n  \
                cluster:\n    \
                  server: {url}\n    \
-                 insecure-skip-tls-verify: true\n\
+                 certificate-authority-data: {ca}\n\
              users:\n\
              - name: portico-standin\n  \
                user:\n    \
@@ -3048,7 +3168,8 @@ impl ApiServer {
                  user: portico-standin\n    \
                  namespace: default\n\
              current-context: portico-standin\n",
-            url = self.url()
+            url = self.url(),
+            ca = base64(self.ca_pem().as_bytes()),
         )
     }
 

@@ -88,6 +88,9 @@ enum Failure {
     Client { status: u16, reason: &'static str },
     /// A response was partly sent: the connection can only be closed.
     Broken,
+    /// The endpoint was removed by a snapshot published while the request connected: nothing
+    /// was sent, so it picks again, whatever the method.
+    Removed,
 }
 
 impl Engine {
@@ -415,6 +418,7 @@ impl Engine {
         }
         let mut attempts = Attempts::default();
         let mut stale_retries = 0;
+        let mut removed_retries = 0;
         let mut upstream_head = Vec::with_capacity(raw.len() + 256);
         self.upstream_head(head, raw, conn, &mut upstream_head);
         loop {
@@ -481,6 +485,16 @@ impl Engine {
                     }
                     return Next::Close;
                 }
+                Failure::Removed if removed_retries < 3 => {
+                    removed_retries += 1;
+                    continue;
+                }
+                Failure::Removed => {
+                    let answer = Answer::error(503, "no usable endpoint for this backend\n");
+                    return self
+                        .answer(client, head, raw, &answer, closing, outcome)
+                        .await;
+                }
                 Failure::Broken => {
                     outcome.error = "connection broken mid-response";
                     return Next::Close;
@@ -532,6 +546,10 @@ impl Engine {
                 });
             }
         };
+        if !self.policy.still_serves(plane, routed, endpoint.addr) {
+            // Removed while this request connected: nothing was sent; pick again.
+            return Err(Failure::Removed);
+        }
         if reused {
             self.policy.shared.metrics.upstream_reused.inc();
         } else {
