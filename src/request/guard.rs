@@ -167,9 +167,16 @@ pub fn check(req: &RequestHeader, limits: &Limits) -> Result<(), Refusal> {
 /// Refuses a bare LF or bare CR, or a NUL, anywhere in a raw request head (RFC 9112 2.2):
 /// httparse accepts a bare LF as a line end, which a proxy in front of a stricter server must not.
 pub fn check_line_ends(head: &[u8]) -> Result<(), Refusal> {
-    let bare_lf = memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r');
-    let bare_cr = memchr::memchr_iter(b'\r', head).any(|i| head.get(i + 1) != Some(&b'\n'));
-    if bare_lf || bare_cr || memchr::memchr(0, head).is_some() {
+    // As many CRs as LFs, and every LF after a CR: no bare CR, no bare LF.
+    let lfs = memchr::memchr_iter(b'\n', head);
+    let crs = memchr::memchr_iter(b'\r', head).count();
+    let mut n = 0;
+    let mut bare_lf = false;
+    for i in lfs {
+        n += 1;
+        bare_lf |= i == 0 || head[i - 1] != b'\r';
+    }
+    if bare_lf || crs != n || memchr::memchr(0, head).is_some() {
         return Err(refuse(400, "bare CR or LF, or NUL, in the request head"));
     }
     Ok(())

@@ -525,9 +525,9 @@ impl Engine {
         let connect_started = Instant::now();
         let connected = match pool::take(endpoint.addr) {
             Some(s) => Ok((s, true)),
-            None => self
-                .connector
-                .new_stream(&endpoint.peer())
+            // Boxed: connecting (L4 and TLS states) is an 8 KiB future, needed only for a new
+            // connection; inline, every request's future would carry (and copy) it.
+            None => Box::pin(self.connector.new_stream(&endpoint.peer()))
                 .await
                 .map(|s| (s, false)),
         };
