@@ -9,8 +9,11 @@
 //! hop-by-hop fields removed, so that no byte the checks did not see reaches the other side.
 //! Bodies stream through bounded buffers; chunked bodies are decoded and encoded again.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -21,6 +24,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_timeout::timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Sleep;
 
 use super::body::{chunk_line, ChunkedDecoder, LAST_CHUNK};
 use super::encode;
@@ -115,9 +119,10 @@ impl Engine {
         };
         let mut shutdown = shutdown.clone();
         let mut buf = BytesMut::new();
+        let mut timers = Timers::new();
         loop {
             let (head, raw) = match self
-                .read_head(&mut stream, &mut buf, &conn, &mut shutdown)
+                .read_head(&mut stream, &mut buf, &conn, &mut timers, &mut shutdown)
                 .await
             {
                 Ok(Some(h)) => h,
@@ -135,8 +140,15 @@ impl Engine {
             let closing = *shutdown.borrow();
             // Boxed: the exchange's state (upstream stream, buffers, timers) is allocated for the
             // request and freed after it, so that an idle connection's task stays small.
-            let exchange =
-                Box::pin(self.exchange(&mut stream, &mut buf, head, raw, &conn, closing));
+            let exchange = Box::pin(self.exchange(
+                &mut stream,
+                &mut buf,
+                head,
+                raw,
+                &conn,
+                &mut timers,
+                closing,
+            ));
             match exchange.await {
                 Next::KeepAlive if !closing => {}
                 Next::Fallback(prefix) => {
@@ -164,6 +176,7 @@ impl Engine {
         stream: &mut Stream,
         buf: &mut BytesMut,
         conn: &Conn,
+        timers: &mut Timers,
         shutdown: &mut ShutdownWatch,
     ) -> Result<Option<(RequestHead, Bytes)>, Refusal> {
         let limits = &self.policy.limits;
@@ -197,11 +210,11 @@ impl Engine {
                     let ready = tokio::select! {
                         biased;
                         _ = shutdown.changed() => return Ok(None),
-                        r = within(wait, stream.read(&mut [])) => r,
+                        r = until(timers.idle.as_mut(), wait, stream.read(&mut [])) => r,
                     };
                     match ready {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(_)) | Err(_) => return Ok(None),
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return Ok(None),
                     }
                 }
                 buf.reserve(HEAD_BUFFER);
@@ -282,6 +295,7 @@ impl Engine {
     }
 
     /// One request: decide, answer or proxy, record.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         stream: &mut Stream,
@@ -289,6 +303,7 @@ impl Engine {
         head: RequestHead,
         raw: Bytes,
         conn: &Conn,
+        timers: &mut Timers,
         closing: bool,
     ) -> Next {
         let method = head.method.get(&raw);
@@ -299,8 +314,8 @@ impl Engine {
         let started = Instant::now();
         let plane = self.policy.shared.load();
         let host = std::str::from_utf8(head.host(&raw)).unwrap_or("");
-        let path = std::str::from_utf8(head.path.get(&raw)).unwrap_or("/");
         let origin = std::str::from_utf8(head.origin.get(&raw)).unwrap_or("/");
+        let path = origin.get(..head.path.len()).unwrap_or(origin);
         let declared = match head.framing {
             Framing::Length(n) => Some(n),
             _ => None,
@@ -330,6 +345,7 @@ impl Engine {
                     &head,
                     &raw,
                     conn,
+                    timers,
                     &plane,
                     &routed,
                     closing,
@@ -392,6 +408,7 @@ impl Engine {
         head: &RequestHead,
         raw: &Bytes,
         conn: &Conn,
+        timers: &mut Timers,
         plane: &DataPlane,
         routed: &Routed,
         closing: bool,
@@ -440,6 +457,7 @@ impl Engine {
                     buffered,
                     &endpoint,
                     conn,
+                    timers,
                     plane,
                     routed,
                     &mut attempts,
@@ -515,6 +533,7 @@ impl Engine {
         buffered: Option<usize>,
         endpoint: &Endpoint,
         conn: &Conn,
+        timers: &mut Timers,
         plane: &DataPlane,
         routed: &Routed,
         attempts: &mut Attempts,
@@ -556,8 +575,8 @@ impl Engine {
             self.policy.shared.metrics.upstream_new.inc();
         }
         // Observed for pooled connections too (about zero), as the Pingora engine does.
-        metrics.observe_upstream_connect(connect_started.elapsed());
         let sent_at = Instant::now();
+        metrics.observe_upstream_connect(sent_at - connect_started);
         // The head, and a buffered body with it: one write.
         let write = match buffered {
             Some(n) if n > 0 => {
@@ -621,7 +640,13 @@ impl Engine {
                 if ubuf.len() == ubuf.capacity() {
                     ubuf.reserve(ubuf.len().max(RESPONSE_BUFFER));
                 }
-                match within(endpoint.read_timeout, up.read_buf(&mut ubuf)).await {
+                let read = until(
+                    timers.upstream.as_mut(),
+                    endpoint.read_timeout,
+                    up.read_buf(&mut ubuf),
+                )
+                .await;
+                match read.ok_or(()) {
                     Ok(Ok(0)) | Ok(Err(_)) => {
                         return Err(Failure::Upstream {
                             status: 502,
@@ -982,13 +1007,51 @@ async fn read_some(up: &mut Stream, buf: &mut BytesMut, want: usize) -> std::io:
 
 /// Runs `fut` under `limit`, arming a timer only if it does not finish at once: a write to a
 /// socket with room, or a read of bytes already there, costs no timer.
-async fn within<F: std::future::Future>(
-    limit: Duration,
-    fut: F,
-) -> Result<F::Output, pingora_timeout::Elapsed> {
+async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output, pingora_timeout::Elapsed> {
     let mut fut = std::pin::pin!(fut);
     if let std::task::Poll::Ready(out) = futures::poll!(fut.as_mut()) {
         return Ok(out);
     }
     timeout(limit, fut).await
+}
+
+/// The connection's timers for the waits that are nearly always pending: the idle keep-alive
+/// wait and the wait for an upstream response. Each is reset to a later deadline per use, which
+/// tokio does with an atomic store (the registered entry is extended), so these waits register
+/// no timer per request.
+struct Timers {
+    idle: Pin<Box<Sleep>>,
+    upstream: Pin<Box<Sleep>>,
+}
+
+impl Timers {
+    fn new() -> Self {
+        Self {
+            idle: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            upstream: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        }
+    }
+}
+
+/// Waits for `fut` at most `limit` on `timer`; `None` when the time ran out.
+async fn until<F: Future>(
+    mut timer: Pin<&mut Sleep>,
+    limit: Duration,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    if let Poll::Ready(out) = futures::poll!(fut.as_mut()) {
+        return Some(out);
+    }
+    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
 }
