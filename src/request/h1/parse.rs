@@ -398,6 +398,11 @@ fn split_target(
         return Err(refuse(400, "invalid request target"));
     }
     let after = &rest[auth_len..];
+    // The path of an absolute-form target goes upstream as the origin-form: it must be one (a
+    // fragment, or a query without a path, would become an invalid request line).
+    if !(after.is_empty() || after[0] == b'/') {
+        return Err(refuse(400, "invalid request target"));
+    }
     let origin = Span::of(head, after);
     let path_len = after.iter().position(|&b| b == b'?').unwrap_or(after.len());
     let path = Span::of(head, &after[..path_len]);
@@ -501,6 +506,10 @@ pub fn parse_response(
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
         return Err(BadResponse("malformed status line"));
     };
+    if status < 100 {
+        // httparse reads any three digits; `051` is no status code (RFC 9110 15).
+        return Err(BadResponse("invalid status code"));
+    }
     let reason = Span::of(head, resp.reason.unwrap_or("").as_bytes());
     let mut fields = Vec::with_capacity(resp.headers.len() + 1);
     let mut content_length: Option<u64> = None;
@@ -648,6 +657,9 @@ mod tests {
             ("GET http://a@b/ HTTP/1.1\r\nHost: b\r\n\r\n", 400),
             ("GET http://b/ HTTP/1.1\r\nHost: c\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nExpect: y 100-continue\r\n\r\n", 417),
+            // Found by the h1_client fuzz target: a fragment after an absolute-form authority.
+            ("GET http://a#.example HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET http://a?x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         ];
         for (req, status) in cases {
             assert_eq!(parse(req).err(), Some(status), "{req:?}");
@@ -728,6 +740,11 @@ mod tests {
         assert_eq!(
             r("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n", false),
             Err("partial")
+        );
+        // Found by the h1_upstream fuzz target: a status code under 100.
+        assert_eq!(
+            r("HTTP/1.1 051 E\r\n\r\n", false),
+            Err("invalid status code")
         );
     }
 }
