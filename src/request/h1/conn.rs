@@ -36,7 +36,8 @@ use crate::request::edge::HeaderDeadline;
 use crate::request::guard::Refusal;
 use crate::request::pingora::PingoraApp;
 use crate::request::policy::{
-    idempotent, Answer, Attempts, ClientAddr, Decision, Endpoint, LogEntry, Policy, Routed,
+    idempotent, AccessLog, Answer, Attempts, ClientAddr, Decision, Endpoint, LogEntry, Policy,
+    Routed,
 };
 
 /// The first buffer for a request head (nginx: `client_header_buffer_size 1k`).
@@ -210,7 +211,7 @@ impl Engine {
                     let ready = tokio::select! {
                         biased;
                         _ = shutdown.changed() => return Ok(None),
-                        r = until(timers.idle.as_mut(), wait, stream.read(&mut [])) => r,
+                        r = until(timers.idle.as_mut(), None, wait, stream.read(&mut [])) => r,
                     };
                     match ready {
                         Some(Ok(_)) => {}
@@ -360,18 +361,20 @@ impl Engine {
         self.policy
             .metrics_for(Some(&plane), outcome.route)
             .observe(&m, outcome.status, took, outcome.read, outcome.sent);
-        self.policy.log(&LogEntry {
-            client: conn.client,
-            method: std::str::from_utf8(method).unwrap_or(""),
-            host,
-            path,
-            status: outcome.status,
-            bytes: outcome.sent,
-            took,
-            upstream: outcome.upstream,
-            route: Policy::route(Some(&plane), outcome.route),
-            error: outcome.error,
-        });
+        if self.policy.access_log != AccessLog::Off {
+            self.policy.log(&LogEntry {
+                client: conn.client,
+                method: m.as_str(),
+                host,
+                path,
+                status: outcome.status,
+                bytes: outcome.sent,
+                took,
+                upstream: outcome.upstream,
+                route: Policy::route(Some(&plane), outcome.route),
+                error: outcome.error,
+            });
+        }
         next
     }
 
@@ -542,7 +545,7 @@ impl Engine {
     ) -> Result<Next, Failure> {
         let metrics = self.policy.metrics_for(Some(plane), Some(routed.route));
         let connect_started = Instant::now();
-        let connected = match pool::take(endpoint.addr) {
+        let connected = match pool::take(endpoint.addr, connect_started) {
             Some(s) => Ok((s, true)),
             // Boxed: connecting (L4 and TLS states) is an 8 KiB future, needed only for a new
             // connection; inline, every request's future would carry (and copy) it.
@@ -642,6 +645,7 @@ impl Engine {
                 }
                 let read = until(
                     timers.upstream.as_mut(),
+                    Some(sent_at),
                     endpoint.read_timeout,
                     up.read_buf(&mut ubuf),
                 )
@@ -715,7 +719,13 @@ impl Engine {
             )
             .await?;
         if reusable {
-            pool::put(endpoint.addr, up, endpoint.idle_timeout, self.pool_size);
+            pool::put(
+                endpoint.addr,
+                up,
+                sent_at,
+                endpoint.idle_timeout,
+                self.pool_size,
+            );
         }
         Ok(next)
     }
@@ -1034,8 +1044,10 @@ impl Timers {
 }
 
 /// Waits for `fut` at most `limit` on `timer`; `None` when the time ran out.
+/// `from` is when the wait began, if the caller read the clock already.
 async fn until<F: Future>(
     mut timer: Pin<&mut Sleep>,
+    from: Option<Instant>,
     limit: Duration,
     fut: F,
 ) -> Option<F::Output> {
@@ -1043,7 +1055,10 @@ async fn until<F: Future>(
     if let Poll::Ready(out) = futures::poll!(fut.as_mut()) {
         return Some(out);
     }
-    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+    let from = from.unwrap_or_else(Instant::now);
+    timer
+        .as_mut()
+        .reset(tokio::time::Instant::from_std(from) + limit);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));

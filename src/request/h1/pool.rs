@@ -27,8 +27,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 struct Idle {
     addr: SocketAddr,
     stream: Stream,
-    since: Instant,
-    timeout: Duration,
+    /// When its idle timeout ends.
+    expires: Instant,
 }
 
 struct Stack {
@@ -51,15 +51,14 @@ fn usable(stream: &mut Stream) -> bool {
         .is_none()
 }
 
-/// Takes an idle connection to `addr`, most recently used first. Must be called from within
-/// the runtime (the readiness check polls the socket).
-pub fn take(addr: SocketAddr) -> Option<Stream> {
-    let now = Instant::now();
+/// Takes an idle connection to `addr`, most recently used first; `now` is the caller's clock
+/// reading. Must be called from within the runtime (the readiness check polls the socket).
+pub fn take(addr: SocketAddr, now: Instant) -> Option<Stream> {
     STACK.with(|s| {
         let mut s = s.borrow_mut();
         while let Some(i) = s.idle.iter().rposition(|c| c.addr == addr) {
             let mut c = s.idle.remove(i);
-            if now.duration_since(c.since) < c.timeout && usable(&mut c.stream) {
+            if now < c.expires && usable(&mut c.stream) {
                 return Some(c.stream);
             }
         }
@@ -68,15 +67,15 @@ pub fn take(addr: SocketAddr) -> Option<Stream> {
 }
 
 /// Keeps a connection whose last response was complete, with nothing read past it, for reuse
-/// within `timeout`. Beyond `capacity` idle connections on this thread, the oldest is closed.
-pub fn put(addr: SocketAddr, stream: Stream, timeout: Duration, capacity: usize) {
-    let now = Instant::now();
+/// within `timeout` of `now` (the caller's last clock reading, at most a request old). Beyond
+/// `capacity` idle connections on this thread, the oldest is closed.
+pub fn put(addr: SocketAddr, stream: Stream, now: Instant, timeout: Duration, capacity: usize) {
     STACK.with(|s| {
         let mut s = s.borrow_mut();
         if now.duration_since(s.swept) >= SWEEP_EVERY {
             s.swept = now;
             s.idle
-                .retain_mut(|c| now.duration_since(c.since) < c.timeout && usable(&mut c.stream));
+                .retain_mut(|c| now < c.expires && usable(&mut c.stream));
         }
         if s.idle.len() >= capacity.max(1) {
             s.idle.remove(0);
@@ -84,8 +83,7 @@ pub fn put(addr: SocketAddr, stream: Stream, timeout: Duration, capacity: usize)
         s.idle.push(Idle {
             addr,
             stream,
-            since: now,
-            timeout,
+            expires: now + timeout,
         });
     });
 }
