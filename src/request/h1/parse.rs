@@ -179,6 +179,16 @@ pub fn parse_request(
     scanned: usize,
     limits: &Limits,
 ) -> Result<Parsed<RequestHead>, Refusal> {
+    parse_request_n::<MAX_HEADERS>(buf, scanned, limits)
+}
+
+/// [`parse_request`] with room for `N` header fields (the fuzz targets check the engine's
+/// upstream heads, which carry the forwarding fields too, with more room than a client gets).
+pub fn parse_request_n<const N: usize>(
+    buf: &[u8],
+    scanned: usize,
+    limits: &Limits,
+) -> Result<Parsed<RequestHead>, Refusal> {
     let Some(len) = head_end(buf, scanned) else {
         if buf.len() > limits.max_header_size {
             // A request line alone over the limit is a long URI, as nginx answers it.
@@ -190,7 +200,7 @@ pub fn parse_request(
         }
         // An incomplete head may already be invalid (HTTP/0.9, a bad request line): say so now,
         // rather than wait for an empty line that will never come.
-        let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
         let mut req = httparse::Request::new(&mut []);
         return match httparse::ParserConfig::default().parse_request_with_uninit_headers(
             &mut req,
@@ -204,7 +214,7 @@ pub fn parse_request(
         };
     };
     let head = &buf[..len];
-    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
     let mut req = httparse::Request::new(&mut []);
     match httparse::ParserConfig::default().parse_request_with_uninit_headers(
         &mut req,
@@ -486,6 +496,16 @@ pub fn parse_response(
     scanned: usize,
     head_request: bool,
 ) -> Result<Parsed<ResponseHead>, BadResponse> {
+    parse_response_n::<MAX_HEADERS>(buf, scanned, head_request)
+}
+
+/// [`parse_response`] with room for `N` header fields (for the fuzz targets' checks of what the
+/// engine sends clients: the backend's fields plus Portico's own).
+pub fn parse_response_n<const N: usize>(
+    buf: &[u8],
+    scanned: usize,
+    head_request: bool,
+) -> Result<Parsed<ResponseHead>, BadResponse> {
     let Some(len) = head_end(buf, scanned) else {
         if buf.len() > MAX_RESPONSE_HEAD {
             return Err(BadResponse("response head too large"));
@@ -493,7 +513,7 @@ pub fn parse_response(
         return Ok(Parsed::Partial);
     };
     let head = &buf[..len];
-    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
     let mut resp = httparse::Response::new(&mut []);
     match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut resp,

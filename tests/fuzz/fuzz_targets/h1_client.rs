@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use portico::request::guard::Limits;
 use portico::request::h1::body::{chunk_line, ChunkedDecoder, LAST_CHUNK};
 use portico::request::h1::encode;
-use portico::request::h1::parse::{parse_request, Framing, Parsed};
+use portico::request::h1::parse::{parse_request, parse_request_n, Framing, Parsed};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         let raw = &rest[..head.len];
         let mut up = Vec::new();
         encode::request_head(&head, raw, &forwarded, &mut up);
-        match parse_request(&up, 0, &upstream_limits) {
+        match parse_request_n::<128>(&up, 0, &upstream_limits) {
             Ok(Parsed::Complete(u)) => {
                 assert_eq!(u.len, up.len(), "upstream head: {:?}", String::from_utf8_lossy(&up));
                 assert_eq!(u.framing, head.framing);

@@ -9,7 +9,7 @@
 use libfuzzer_sys::fuzz_target;
 use portico::request::h1::body::ChunkedDecoder;
 use portico::request::h1::encode::{self, Out};
-use portico::request::h1::parse::{parse_response, Framing, Parsed};
+use portico::request::h1::parse::{parse_response, parse_response_n, Framing, Parsed};
 use portico::request::policy::ServerHeader;
 
 fuzz_target!(|data: &[u8]| {
@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
             encode::body_end(framing, &mut out);
         }
     }
-    let client = match parse_response(&out, 0, head_request) {
+    let client = match parse_response_n::<128>(&out, 0, head_request) {
         Ok(Parsed::Complete(r)) => r,
         other => panic!(
             "the client's head does not parse ({other:?}): {:?}",
