@@ -133,7 +133,9 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         Arc::new(h1::Engine {
             policy: policy.clone(),
             connector: TransportConnector::new(Some(ConnectorOptions::from_server_conf(&conf))),
-            pool_size: conf.upstream_keepalive_pool_size,
+            // Idle upstream connections kept per worker thread: ingress-nginx's
+            // upstream-keepalive-connections default (per worker), and at least Pingora's pool.
+            pool_size: conf.upstream_keepalive_pool_size.max(320),
             fallback: pingora.clone(),
         })
     });
