@@ -591,11 +591,3 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
     };
     HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static(""))
 }
-
-/// Whether a method is idempotent (RFC 9110 9.2.2): such a request may be sent again.
-pub fn idempotent(method: &[u8]) -> bool {
-    matches!(
-        method,
-        b"GET" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"TRACE"
-    )
-}

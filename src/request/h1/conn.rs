@@ -36,8 +36,7 @@ use crate::request::edge::HeaderDeadline;
 use crate::request::guard::Refusal;
 use crate::request::pingora::PingoraApp;
 use crate::request::policy::{
-    idempotent, AccessLog, Answer, Attempts, ClientAddr, Decision, Endpoint, LogEntry, Policy,
-    Routed,
+    AccessLog, Answer, Attempts, ClientAddr, Decision, Endpoint, LogEntry, Policy, Routed,
 };
 
 /// The first buffer for a request head (nginx: `client_header_buffer_size 1k`).
@@ -418,7 +417,8 @@ impl Engine {
         outcome: &mut Outcome,
     ) -> Next {
         let method = head.method.get(raw);
-        let may_resend = idempotent(method);
+        // RFC 9110 9.2.2, as the Pingora engine decides it.
+        let may_resend = http::Method::from_bytes(method).is_ok_and(|m| m.is_idempotent());
         // A body that is already buffered whole is sent with the head, and again on a retry.
         let buffered = match head.framing {
             Framing::None => Some(0),

@@ -287,7 +287,7 @@ pub fn parse_request_n<const N: usize>(
                         // A Connection option may not remove what frames or routes the request
                         // (hop-by-hop abuse, as against Akamai in 2022 and CVE-2026-26365).
                         if matches!(
-                            kind_of_token(token),
+                            self::kind(token),
                             Kind::Host | Kind::ContentLength | Kind::TransferEncoding
                         ) {
                             return Err(refuse(400, "Connection names a framing field"));
@@ -417,10 +417,6 @@ fn split_target(
     let path_len = after.iter().position(|&b| b == b'?').unwrap_or(after.len());
     let path = Span::of(head, &after[..path_len]);
     Ok((origin, path, Some(authority)))
-}
-
-fn kind_of_token(token: &[u8]) -> Kind {
-    kind(token)
 }
 
 /// Marks the fields that `Connection` names as hop-by-hop (RFC 9110 7.6.1).

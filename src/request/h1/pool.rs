@@ -87,8 +87,3 @@ pub fn put(addr: SocketAddr, stream: Stream, now: Instant, timeout: Duration, ca
         });
     });
 }
-
-/// Idle connections kept by this thread, for tests.
-pub fn idle_here() -> usize {
-    STACK.with(|s| s.borrow().idle.len())
-}
