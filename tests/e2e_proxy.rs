@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::{ingress, Pods, Portico, INGRESS_CLASS};
 use portico::echo::{fnv1a, FNV_OFFSET};
+use portico::request::policy::Http1Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn one_route(trusted: Option<&str>) -> (Portico, Pods) {
@@ -174,43 +175,94 @@ async fn large_bodies_stream_both_ways() {
 }
 }
 
+/// Upgrades one connection to a WebSocket through the proxy, sends `first` with the request
+/// (bytes of the new protocol the client did not wait to send) and `rest` after the 101, and
+/// reads both back from the echoing backend; then half-closes and expects the close to come back.
+async fn upgrade_and_echo(p: &Portico, first: &[u8], rest: &[u8]) -> Result<(), String> {
+    let mut s = tokio::net::TcpStream::connect(p.http)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut request =
+        b"GET /ws HTTP/1.1\r\nHost: echo.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+    request.extend_from_slice(first);
+    s.write_all(&request).await.map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1024];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .map_err(|_| "no 101 in time")?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!(
+                "closed before the 101: {:?}",
+                String::from_utf8_lossy(&got)
+            ));
+        }
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    got.drain(..head_end);
+    s.write_all(rest).await.map_err(|e| e.to_string())?;
+    let want: Vec<u8> = [first, rest].concat();
+    while got.len() < want.len() {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .map_err(|_| "no echo in time")?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!(
+                "closed after {} of {} echoed bytes",
+                got.len(),
+                want.len()
+            ));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, want);
+    // The client's end of stream reaches the backend, whose close comes back.
+    s.shutdown().await.map_err(|e| e.to_string())?;
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .map_err(|_| "the close did not come back")?
+        .map_err(|e| e.to_string())?;
+    assert_eq!(n, 0, "bytes after the echo");
+    Ok(())
+}
+
 both_engines! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_passes_through() {
     let (p, _pods) = one_route(None).await;
-    let mut s = tokio::net::TcpStream::connect(p.http)
-        .await
-        .expect("connect");
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: echo.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .expect("write");
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("101 in time")
-        .expect("read");
-    let head = String::from_utf8_lossy(&buf[..n]).to_string();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    // After the upgrade, bytes flow both ways through the proxy. Pingora 0.9.1 writes the 101 to
-    // the client before it switches the client side to tunnel mode; bytes that arrive in between
-    // are taken as data after the request and the connection is closed (seen in about 1 of 10
-    // runs under load, on main before Portico's engine too). A short pause keeps this test about
-    // Portico; the race is noted for Pingora.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    s.write_all(b"ping-through-portico").await.expect("write");
-    let mut got = Vec::new();
-    while got.len() < 20 {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("echo in time")
-            .expect("read");
-        assert!(n > 0, "closed early");
-        got.extend_from_slice(&buf[..n]);
+    if common::engine() == Http1Engine::Portico {
+        for _ in 0..20 {
+            upgrade_and_echo(&p, b"early-bytes", b"ping-through-portico")
+                .await
+                .expect("upgrade");
+        }
+        return;
     }
-    assert_eq!(&got, b"ping-through-portico");
+    // Pingora 0.9.1's proxy can end an upgraded connection right after the 101: its upstream
+    // half takes the end of the (empty) request body, when it arrives after the 101, as the end
+    // of the tunnel (proxy_h1.rs, `request_done && was_upgraded()`). Seen in about 1 in 20
+    // attempts under load. Portico's own engine, the default, does not have that race; on
+    // Pingora's, this asserts that upgrades work, allowing for that known race.
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        match upgrade_and_echo(&p, b"", b"ping-through-portico").await {
+            Ok(()) => return,
+            Err(e) => failures.push(e),
+        }
+    }
+    panic!("no upgrade got through Pingora's engine: {failures:?}");
 }
 }
 

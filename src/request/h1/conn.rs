@@ -307,8 +307,8 @@ impl Engine {
         closing: bool,
     ) -> Next {
         let method = head.method.get(&raw);
-        // Upgrades and tunnels belong to Pingora's proxy (it switches only on a 101).
-        if head.upgrade || method == b"CONNECT" {
+        // CONNECT tunnels belong to Pingora's proxy (which refuses them).
+        if method == b"CONNECT" {
             return Next::Fallback(replay(&raw, buf));
         }
         let started = Instant::now();
@@ -668,11 +668,19 @@ impl Engine {
             };
             if (100..200).contains(&parsed.status) {
                 if parsed.status == 101 {
-                    // This engine never asks for an upgrade.
-                    return Err(Failure::Upstream {
-                        status: 502,
-                        stale: false,
-                    });
+                    if !head.upgrade {
+                        // A switch nobody asked for.
+                        return Err(Failure::Upstream {
+                            status: 502,
+                            stale: false,
+                        });
+                    }
+                    self.policy.upstream_answered(attempts);
+                    metrics.observe_upstream_response(sent_at.elapsed());
+                    outcome.status = 101;
+                    return self
+                        .switch(client, buf, up, ubuf, &parsed, endpoint, outcome)
+                        .await;
                 }
                 // Interim responses (103 Early Hints) go on to HTTP/1.1 clients (RFC 9110 15.2),
                 // except a 100 when Portico already sent its own.
@@ -728,6 +736,46 @@ impl Engine {
             );
         }
         Ok(next)
+    }
+
+    /// After a 101: sends it on, then carries bytes both ways until both sides have closed or
+    /// neither sent anything for the endpoint's read timeout (nginx's `proxy_read_timeout` for
+    /// upgraded connections). An end of stream from one side is passed on as a write shutdown
+    /// to the other (half-close), as nginx does.
+    #[allow(clippy::too_many_arguments)]
+    async fn switch(
+        &self,
+        client: &mut Stream,
+        buf: &mut BytesMut,
+        mut up: Stream,
+        mut ubuf: BytesMut,
+        response: &ResponseHead,
+        endpoint: &Endpoint,
+        outcome: &mut Outcome,
+    ) -> Result<Next, Failure> {
+        let write = self.policy.upstream.write_timeout;
+        let rhead = ubuf.split_to(response.len);
+        let mut out = Vec::with_capacity(rhead.len() + 64 + ubuf.len());
+        encode::switching_head(response, &rhead, &self.policy.server_header, &mut out);
+        out.extend_from_slice(&ubuf);
+        outcome.sent += ubuf.len();
+        client_write(client, &out, write).await?;
+        drop((out, rhead, ubuf));
+        // What the client sent after its request already belongs to the new protocol.
+        if !buf.is_empty() {
+            if up_write(&mut up, buf, endpoint.write_timeout)
+                .await
+                .is_err()
+            {
+                return Ok(Next::Close);
+            }
+            outcome.read += buf.len();
+            buf.clear();
+        }
+        let (to_client, to_upstream) = tunnel(client, &mut up, endpoint.read_timeout, write).await;
+        outcome.sent += to_client as usize;
+        outcome.read += to_upstream as usize;
+        Ok(Next::Close)
     }
 
     /// Streams a request body that was not buffered whole to the upstream. Returns its length.
@@ -951,6 +999,54 @@ impl Answer {
             self.body.trim_end()
         }
     }
+}
+
+/// Carries bytes between an upgraded client connection and its upstream until both directions
+/// have ended, a write fails or stalls past `write`, or nothing moved for `idle`. Returns the
+/// bytes sent to the client and to the upstream.
+async fn tunnel(
+    client: &mut Stream,
+    up: &mut Stream,
+    idle: Duration,
+    write: Duration,
+) -> (u64, u64) {
+    let mut from_client = vec![0u8; BODY_BUFFER];
+    let mut from_up = vec![0u8; BODY_BUFFER];
+    let (mut client_open, mut up_open) = (true, true);
+    let (mut to_client, mut to_upstream) = (0u64, 0u64);
+    let quiet = tokio::time::sleep(idle);
+    tokio::pin!(quiet);
+    while client_open || up_open {
+        tokio::select! {
+            r = client.read(&mut from_client), if client_open => match r {
+                Ok(n) if n > 0 => {
+                    if !matches!(within(write, up.write_all(&from_client[..n])).await, Ok(Ok(()))) {
+                        break;
+                    }
+                    to_upstream += n as u64;
+                }
+                _ => {
+                    client_open = false;
+                    let _ = within(write, up.shutdown()).await;
+                }
+            },
+            r = up.read(&mut from_up), if up_open => match r {
+                Ok(n) if n > 0 => {
+                    if !matches!(within(write, client.write_all(&from_up[..n])).await, Ok(Ok(()))) {
+                        break;
+                    }
+                    to_client += n as u64;
+                }
+                _ => {
+                    up_open = false;
+                    let _ = within(write, client.shutdown()).await;
+                }
+            },
+            () = &mut quiet => break,
+        }
+        quiet.as_mut().reset(tokio::time::Instant::now() + idle);
+    }
+    (to_client, to_upstream)
 }
 
 /// The bytes to replay into Pingora's session: the head and whatever followed it.

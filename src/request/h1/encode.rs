@@ -40,9 +40,19 @@ pub fn request_head(head: &RequestHead, raw: &[u8], forwarded: &Forwarded, out: 
     let origin = head.origin.get(raw);
     out.extend_from_slice(if origin.is_empty() { b"/" } else { origin });
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut upgrade_done = false;
     for f in &head.fields {
         match f.kind {
+            // An upgrade asks the backend to switch: `Upgrade` and the one option it needs go on.
+            Kind::Upgrade if head.upgrade => copy(f, raw, out),
+            Kind::Connection if head.upgrade => {
+                if !upgrade_done {
+                    field(b"Connection", b"upgrade", out);
+                    upgrade_done = true;
+                }
+            }
             Kind::HopByHop
+            | Kind::Upgrade
             | Kind::Connection
             | Kind::Forwarding
             | Kind::Expect
@@ -80,7 +90,7 @@ pub fn response_head(
     let (mut server_done, mut date_done, mut framing_done) = (pass, false, false);
     for f in &response.fields {
         match f.kind {
-            Kind::HopByHop | Kind::Connection => {}
+            Kind::HopByHop | Kind::Upgrade | Kind::Connection => {}
             Kind::Date => {
                 if !date_done {
                     date(out);
@@ -142,6 +152,33 @@ pub fn interim_head(
     status_line(response.status, response.reason.get(rhead), out);
     for f in &response.fields {
         match f.kind {
+            Kind::HopByHop
+            | Kind::Upgrade
+            | Kind::Connection
+            | Kind::ContentLength
+            | Kind::TransferEncoding => {}
+            Kind::Server if !server.pass_upstream => {}
+            _ => copy(f, rhead, out),
+        }
+    }
+    if !server.pass_upstream {
+        own_server(server, out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A 101 for the client, after which the connection carries the upgraded protocol: the
+/// backend's fields with its `Upgrade`, `Server` as for any response, and `Connection: upgrade`.
+pub fn switching_head(
+    response: &ResponseHead,
+    rhead: &[u8],
+    server: &ServerHeader,
+    out: &mut Vec<u8>,
+) {
+    status_line(101, response.reason.get(rhead), out);
+    for f in &response.fields {
+        match f.kind {
+            Kind::Upgrade => copy(f, rhead, out),
             Kind::HopByHop | Kind::Connection | Kind::ContentLength | Kind::TransferEncoding => {}
             Kind::Server if !server.pass_upstream => {}
             _ => copy(f, rhead, out),
@@ -150,6 +187,7 @@ pub fn interim_head(
     if !server.pass_upstream {
         own_server(server, out);
     }
+    field(b"Connection", b"upgrade", out);
     out.extend_from_slice(b"\r\n");
 }
 

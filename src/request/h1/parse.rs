@@ -51,8 +51,10 @@ pub enum Kind {
     TransferEncoding,
     Connection,
     /// Hop-by-hop fields that are never forwarded: Keep-Alive, Proxy-Connection, TE, Trailer,
-    /// Upgrade, and any field named in `Connection`.
+    /// and any field named in `Connection`.
     HopByHop,
+    /// `Upgrade`: hop-by-hop, forwarded only with an upgrade request.
+    Upgrade,
     Expect,
     /// X-Forwarded-For/-Proto/-Host/-Port and X-Real-IP: replaced by the policy's values.
     Forwarding,
@@ -70,7 +72,8 @@ fn kind(name: &[u8]) -> Kind {
         2 if is("te") => Kind::HopByHop,
         6 if is("server") => Kind::Server,
         6 if is("expect") => Kind::Expect,
-        7 if is("upgrade") || is("trailer") => Kind::HopByHop,
+        7 if is("upgrade") => Kind::Upgrade,
+        7 if is("trailer") => Kind::HopByHop,
         9 if is("x-real-ip") => Kind::Forwarding,
         10 if is("connection") => Kind::Connection,
         10 if is("keep-alive") => Kind::HopByHop,
@@ -128,7 +131,8 @@ pub struct RequestHead {
     pub close: bool,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
-    /// The request asks for a protocol upgrade (WebSocket); Pingora's engine takes those.
+    /// An HTTP/1.1 request with an `Upgrade` field and `upgrade` among its `Connection` options
+    /// (RFC 9110 7.8): a protocol switch (WebSocket) the backend may accept with a 101.
     pub upgrade: bool,
 }
 
@@ -246,7 +250,8 @@ pub fn parse_request_n<const N: usize>(
     let mut transfer_encoding = None;
     let mut close = version == 0;
     let mut expect_continue = false;
-    let mut upgrade = false;
+    let mut upgrade_option = false;
+    let mut upgrade_field = false;
     let mut named_by_connection = false;
     for h in req.headers.iter() {
         let value = h.value;
@@ -282,7 +287,7 @@ pub fn parse_request_n<const N: usize>(
                             close = false;
                         }
                     } else if token.eq_ignore_ascii_case(b"upgrade") {
-                        upgrade = true;
+                        upgrade_option = true;
                     } else {
                         // A Connection option may not remove what frames or routes the request
                         // (hop-by-hop abuse, as against Akamai in 2022 and CVE-2026-26365).
@@ -303,7 +308,7 @@ pub fn parse_request_n<const N: usize>(
                     return Err(refuse(417, "unsupported expectation"));
                 }
             }
-            Kind::HopByHop if h.name.eq_ignore_ascii_case("upgrade") => upgrade = true,
+            Kind::Upgrade => upgrade_field = true,
             _ => {}
         }
         fields.push(Field {
@@ -371,7 +376,7 @@ pub fn parse_request_n<const N: usize>(
         framing,
         close,
         expect_continue,
-        upgrade,
+        upgrade: version == 1 && upgrade_field && upgrade_option,
     }))
 }
 
@@ -702,6 +707,14 @@ mod tests {
             parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
                 .unwrap();
         assert!(h.upgrade);
+        // Both fields are needed (RFC 9110 7.8), and HTTP/1.1.
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n").unwrap();
+        assert!(!h.upgrade);
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n").unwrap();
+        assert!(!h.upgrade);
+        let h =
+            parse("GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+        assert!(!h.upgrade);
         let h = parse("GET http://b.com/x?y HTTP/1.1\r\nHost: b.com\r\n\r\n").unwrap();
         let b = b"GET http://b.com/x?y HTTP/1.1\r\nHost: b.com\r\n\r\n";
         assert_eq!(h.host(b), b"b.com");
