@@ -3,7 +3,7 @@
 //! - [`policy`]: what to do with a request, whatever engine parsed it: route, answer, redirect,
 //!   forwarding headers, endpoint choice, retries, metrics and the access log;
 //! - [`h1`]: Portico's own HTTP/1 engine (the default for HTTP/1.x);
-//! - [`pingora`]: Pingora's `ProxyHttp` calling the same policy, for HTTP/2, upgrades, the
+//! - [`pingora`]: Pingora's `ProxyHttp` calling the same policy, for HTTP/2, the
 //!   HTTPS/h2c/gRPC backends, and every request with `--http1-engine pingora`;
 //! - [`edge`]: the listeners' application, which gives each connection to its engine;
 //! - [`guard`]: request checks shared by both engines.

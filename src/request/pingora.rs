@@ -1,6 +1,6 @@
 //! The Pingora engine: `ProxyHttp` phases that call the request [`Policy`].
 //!
-//! It serves HTTP/2, upgrades (WebSocket), the HTTPS/h2c/gRPC backends, and every HTTP/1 request
+//! It serves HTTP/2, the HTTPS/h2c/gRPC backends, and every HTTP/1 request (upgrades included)
 //! when `--http1-engine pingora` is set. Pingora parses and frames; the policy decides.
 
 use std::net::IpAddr;

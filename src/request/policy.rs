@@ -1,7 +1,7 @@
 //! The request policy: every decision about a request that does not depend on the HTTP engine.
 //!
 //! Both engines call it: Portico's own HTTP/1 engine ([`super::h1`]) and the Pingora `ProxyHttp`
-//! adapter ([`super::pingora`], for HTTP/2, upgrades and the TLS/h2c/gRPC backends). The engines
+//! adapter ([`super::pingora`], for HTTP/2 and the TLS/h2c/gRPC backends). The engines
 //! parse, frame and move bytes; the policy says what to answer, where to send a request, which
 //! headers to add, when to retry and what to record. A per-route feature is written here once.
 

@@ -7,9 +7,10 @@
 //! - [`pool`]: idle upstream connections, a stack per worker thread.
 //!
 //! It runs inside Pingora's `ServerApp` (listeners, TLS, lifecycle) and takes upstream
-//! connections from Pingora's `TransportConnector` (idle ones wait in a per-thread stack). What it does not take (upgrades,
-//! CONNECT, routes to HTTPS/h2c/gRPC backends) it hands to Pingora's HTTP proxy, replaying the
-//! bytes it read, before anything is sent upstream.
+//! connections from Pingora's `TransportConnector` (idle ones wait in a per-thread stack). What
+//! it does not take (CONNECT, routes to HTTPS/h2c/gRPC backends) it hands to Pingora's HTTP
+//! proxy, replaying the bytes it read, before anything is sent upstream. Upgrades (WebSocket)
+//! it tunnels itself after the backend's 101.
 
 pub mod body;
 pub mod conn;
