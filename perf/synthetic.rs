@@ -53,6 +53,7 @@ pub fn synthetic_model(n: usize, endpoints: usize) -> Model {
             }],
             tls: vec![],
             annotations: IngressAnnotations::default(),
+            nginx: None,
             problems: vec![],
         })));
         m.insert(portico::model::Object::Service(Arc::new(Service {

@@ -15,7 +15,7 @@ use crate::request::guard::Limits;
 use crate::request::policy::{
     AccessLog, Cidr, Http1Engine, RequestLimits, ServerHeader, UpstreamOptions,
 };
-use crate::routing::CompileOptions;
+use crate::routing::{CompileOptions, NginxCompat};
 use crate::tls::DefaultCert;
 
 /// Why the configuration could not be built.
@@ -98,6 +98,24 @@ pub struct Flags {
     /// spec.controller of the IngressClasses Portico owns [default: portico.dev/ingress-controller].
     #[arg(long, global = true, value_name = "NAME")]
     pub controller_name: Option<String>,
+    /// Also serve ingress-nginx's Ingresses (its IngressClasses and legacy class), with
+    /// ingress-nginx's semantics and annotations [default: false].
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub ingress_nginx_compat: Option<bool>,
+    /// spec.controller of ingress-nginx's IngressClasses [default: k8s.io/ingress-nginx].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub ingress_nginx_controller: Option<String>,
+    /// ingress-nginx's class in the legacy kubernetes.io/ingress.class annotation [default: nginx].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub ingress_nginx_class: Option<String>,
+    /// With --ingress-nginx-compat, also serve Ingresses that name no class at all, as
+    /// ingress-nginx's flag of the same name [default: false].
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub watch_ingress_without_class: Option<bool>,
+    /// Write status.loadBalancer of the Ingresses Portico serves; false during a side-by-side
+    /// migration, so that two controllers do not fight over it [default: true].
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub publish_status: Option<bool>,
     /// Pingora worker threads [default: the number of CPUs].
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
@@ -373,6 +391,15 @@ impl Flags {
             admin_listen: self.admin_listen.or(file.admin_listen),
             ingress_class: self.ingress_class.or(file.ingress_class),
             controller_name: self.controller_name.or(file.controller_name),
+            ingress_nginx_compat: self.ingress_nginx_compat.or(file.ingress_nginx_compat),
+            ingress_nginx_controller: self
+                .ingress_nginx_controller
+                .or(file.ingress_nginx_controller),
+            ingress_nginx_class: self.ingress_nginx_class.or(file.ingress_nginx_class),
+            watch_ingress_without_class: self
+                .watch_ingress_without_class
+                .or(file.watch_ingress_without_class),
+            publish_status: self.publish_status.or(file.publish_status),
             threads: self.threads.or(file.threads),
             trusted_proxies: if self.trusted_proxies.is_empty() {
                 file.trusted_proxies
@@ -469,6 +496,16 @@ impl Flags {
                     .controller_name
                     .unwrap_or_else(|| "portico.dev/ingress-controller".into()),
                 ingress_class: flags.ingress_class.unwrap_or_else(|| "portico".into()),
+                nginx: flags
+                    .ingress_nginx_compat
+                    .unwrap_or(false)
+                    .then(|| NginxCompat {
+                        controller: flags
+                            .ingress_nginx_controller
+                            .unwrap_or_else(|| "k8s.io/ingress-nginx".into()),
+                        class: flags.ingress_nginx_class.unwrap_or_else(|| "nginx".into()),
+                        watch_without_class: flags.watch_ingress_without_class.unwrap_or(false),
+                    }),
             },
             threads,
             trusted_proxies,
@@ -571,6 +608,9 @@ impl Flags {
             .collect();
         if publish.is_empty() {
             publish.extend(env_nonempty("NODE_IP"));
+        }
+        if self.publish_status == Some(false) {
+            publish.clear();
         }
         let publish_addresses = publish
             .iter()

@@ -177,8 +177,135 @@ pub struct Ingress {
     pub rules: Vec<Rule>,
     pub tls: Vec<TlsEntry>,
     pub annotations: IngressAnnotations,
+    /// ingress-nginx's annotations, when it has any; applied only if the Ingress is taken in
+    /// the ingress-nginx compatibility mode.
+    pub nginx: Option<Arc<NginxAnnotations>>,
     /// Problems found while translating, reported by the compile step.
     pub problems: Vec<String>,
+}
+
+/// ingress-nginx's `nginx.ingress.kubernetes.io/*` annotations, each parsed into a typed value
+/// with a strict grammar. Nothing here is ever turned into configuration text.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NginxAnnotations {
+    pub ssl_redirect: Option<bool>,
+    pub force_ssl_redirect: Option<bool>,
+    pub use_regex: bool,
+    /// `rewrite-target`: the new path, with `$1`..`$9` from the path regex's groups.
+    pub rewrite_target: Option<Template>,
+    /// `app-root`: where a request for exactly `/` is sent (302).
+    pub app_root: Option<String>,
+    /// `permanent-redirect` / `temporal-redirect` (the temporal one wins), with its code.
+    pub redirect: Option<(Template, u16)>,
+    pub from_to_www_redirect: bool,
+    /// `proxy-body-size` and the `proxy-*-timeout` values.
+    pub limits: RouteLimits,
+    pub backend_protocol: Option<BackendProtocol>,
+    /// `upstream-vhost`: the `Host` sent upstream.
+    pub upstream_vhost: Option<String>,
+    /// `x-forwarded-prefix`: sent as `X-Forwarded-Prefix` (with a rewrite, as ingress-nginx does).
+    pub x_forwarded_prefix: Option<String>,
+    /// `server-alias`: more hosts served by the same rules.
+    pub server_alias: Vec<String>,
+    pub enable_access_log: Option<bool>,
+    /// Annotations refused or not applied, with the reason.
+    pub problems: Vec<AnnotationProblem>,
+}
+
+impl NginxAnnotations {
+    /// Whether an annotation that could widen access was refused: the Ingress is not served.
+    pub fn closed(&self) -> bool {
+        self.problems.iter().any(|p| p.closes)
+    }
+}
+
+/// An ingress-nginx annotation Portico refuses or does not apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnotationProblem {
+    /// The annotation's full name.
+    pub annotation: String,
+    pub message: String,
+    /// Ignoring it could widen access (a snippet, an allowlist, an auth setting): the whole
+    /// Ingress is left out instead.
+    pub closes: bool,
+}
+
+/// A replacement string with nginx's `$1`..`$9` capture references, parsed once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    pub pieces: Vec<Piece>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    /// A capture group, 1 to 9.
+    Group(usize),
+}
+
+impl Template {
+    /// Parses `value`: `$` followed by a digit 1-9 is a group (as nginx reads `$1`); any other
+    /// `$` is refused, since nginx would read it as a variable Portico does not have.
+    pub fn parse(value: &str) -> Result<Template, String> {
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut chars = value.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '$' {
+                text.push(c);
+                continue;
+            }
+            match chars.next().and_then(|d| d.to_digit(10)) {
+                Some(d) if d >= 1 => {
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    }
+                    pieces.push(Piece::Group(d as usize));
+                }
+                _ => {
+                    return Err(format!(
+                        "{value:?}: only $1 to $9 (the path's capture groups) may follow a \"$\"; \
+                         nginx variables are not supported"
+                    ))
+                }
+            }
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        Ok(Template { pieces })
+    }
+
+    /// The highest group it refers to (0 for none).
+    pub fn max_group(&self) -> usize {
+        self.pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Group(g) => *g,
+                Piece::Text(_) => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Fills in the groups (a group that did not take part in the match is empty).
+    pub fn expand(&self, group: impl Fn(usize) -> Option<String>, out: &mut String) {
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Group(g) => out.push_str(&group(*g).unwrap_or_default()),
+            }
+        }
+    }
+
+    /// The text, when it has no groups.
+    pub fn literal(&self) -> Option<&str> {
+        match self.pieces.as_slice() {
+            [] => Some(""),
+            [Piece::Text(t)] => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// Portico's typed `portico.dev/*` annotations. Values are parsed, never templated.

@@ -245,6 +245,24 @@ impl ProxyHttp for PingoraApp {
         for (name, value) in forwarded {
             upstream_request.insert_header(name, value)?;
         }
+        if let (Some(plane), Some(routed)) = (ctx.plane.as_ref(), ctx.routed.as_ref()) {
+            if routed.edits {
+                let uri = &session.req_header().uri;
+                let edits = self.policy.edits(plane, routed, uri.path(), uri.query());
+                if let Some(target) = edits.target {
+                    let uri = target.parse::<http::Uri>().map_err(|e| {
+                        Error::because(ErrorType::InternalError, "rewritten target", e)
+                    })?;
+                    upstream_request.set_uri(uri);
+                }
+                if let Some(host) = edits.host {
+                    upstream_request.insert_header(header::HOST, host)?;
+                }
+                if let Some(prefix) = edits.prefix {
+                    upstream_request.insert_header("x-forwarded-prefix", prefix)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -386,6 +404,9 @@ impl ProxyHttp for PingoraApp {
         self.policy
             .metrics_for(plane, ctx.route)
             .observe(&req.method, status, took, read, sent);
+        if !self.policy.logs(plane, ctx.route) {
+            return;
+        }
         self.policy.log(&LogEntry {
             client: ctx.client,
             method: req.method.as_str(),

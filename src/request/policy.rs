@@ -16,7 +16,7 @@ use crate::dataplane::{DataPlane, Shared};
 use crate::metrics::RouteMetrics;
 use crate::model::BackendProtocol;
 use crate::request::guard::Limits;
-use crate::routing::{normalize_request_host, Route};
+use crate::routing::{normalize_request_host, NginxRoute, Route};
 use crate::upstream::{now_ms, EndpointHealth};
 
 /// How upstream connections are made; the defaults follow ingress-nginx.
@@ -208,6 +208,20 @@ pub struct Routed {
     /// Largest body accepted (0: unlimited).
     pub max_body: u64,
     pub protocol: BackendProtocol,
+    /// The upstream request is changed ([`Policy::edits`]): ingress-nginx's rewrite-target,
+    /// upstream-vhost or x-forwarded-prefix.
+    pub edits: bool,
+}
+
+/// How the upstream request differs from the client's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Edits {
+    /// The request target (origin-form, with the client's query).
+    pub target: Option<String>,
+    /// The `Host` field.
+    pub host: Option<HeaderValue>,
+    /// An `X-Forwarded-Prefix` field, replacing the client's.
+    pub prefix: Option<HeaderValue>,
 }
 
 /// What to do with a request, decided from its head.
@@ -276,6 +290,57 @@ pub struct Attempts {
     pub responded: bool,
 }
 
+/// The redirects an ingress-nginx route answers itself, in nginx's order: the other name of a
+/// `from-to-www-redirect` host (its own server block), `app-root` (server rewrite phase), the
+/// missing trailing slash (location lookup), then `permanent-`/`temporal-redirect` (location
+/// rewrite phase); the redirect to HTTPS (Lua, later in that phase) follows in `decide`.
+fn nginx_answer(
+    x: &NginxRoute,
+    host: &str,
+    path: &str,
+    path_and_query: &str,
+    tls: bool,
+) -> Option<Answer> {
+    let scheme = if tls { "https" } else { "http" };
+    let redirect = |status: u16, location: String| Answer {
+        status,
+        body: "",
+        location: Some(location),
+        close: false,
+    };
+    if let Some(target) = &x.www_redirect {
+        return Some(redirect(
+            308,
+            format!("{scheme}://{target}{path_and_query}"),
+        ));
+    }
+    if let Some(root) = &x.app_root {
+        if path == "/" {
+            return Some(redirect(302, format!("{scheme}://{host}{root}")));
+        }
+    }
+    if let Some(p) = &x.slash_redirect {
+        if path == p {
+            let query = path_and_query.get(path.len()..).unwrap_or("");
+            return Some(redirect(301, format!("{scheme}://{host}{p}/{query}")));
+        }
+    }
+    if let Some((template, code)) = &x.redirect {
+        let caps = x.regex.as_ref().and_then(|r| r.regex.captures(path));
+        let mut location = String::new();
+        template.expand(
+            |g| {
+                caps.as_ref()
+                    .and_then(|c| c.get(g))
+                    .map(|m| m.as_str().to_string())
+            },
+            &mut location,
+        );
+        return Some(redirect(*code, location));
+    }
+    None
+}
+
 /// The client's address as the forwarding fields carry it.
 #[derive(Clone, Debug)]
 pub struct ClientAddr {
@@ -302,6 +367,7 @@ impl Policy {
         tls: bool,
         declared_len: Option<u64>,
     ) -> Decision {
+        let raw_host = host;
         let host = normalize_request_host(host);
         let Some(route) = plane.routes.lookup(&host, path) else {
             return Decision::Answer {
@@ -310,6 +376,11 @@ impl Policy {
             };
         };
         let id = Some(route.id);
+        if let Some(x) = &route.nginx {
+            if let Some(answer) = nginx_answer(x, raw_host, path, path_and_query, tls) {
+                return Decision::Answer { route: id, answer };
+            }
+        }
         if let Some(port) = self
             .https_redirect_port
             .filter(|_| route.redirect_https && !tls)
@@ -350,7 +421,63 @@ impl Policy {
             pool: route.pool,
             max_body,
             protocol: route.backend_protocol,
+            edits: route.nginx.as_ref().is_some_and(|x| x.edits()),
         })
+    }
+
+    /// The changes to the upstream request of a route whose [`Routed::edits`] is set; `path` is
+    /// the request's path, `query` what follows its `?`.
+    pub fn edits(
+        &self,
+        plane: &DataPlane,
+        routed: &Routed,
+        path: &str,
+        query: Option<&str>,
+    ) -> Edits {
+        let Some(x) = plane
+            .routes
+            .routes()
+            .get(routed.route)
+            .and_then(|r| r.nginx.as_ref())
+        else {
+            return Edits::default();
+        };
+        let target = x.rewrite.as_ref().map(|t| {
+            // nginx's `rewrite "(?i)<path>" <target> break;`: the whole path is replaced, the
+            // groups come from the path's regex, and the client's query is appended.
+            let caps = x.regex.as_ref().and_then(|r| r.regex.captures(path));
+            let mut out = String::with_capacity(path.len() + 16);
+            t.expand(
+                |g| {
+                    caps.as_ref()
+                        .and_then(|c| c.get(g))
+                        .map(|m| m.as_str().to_string())
+                },
+                &mut out,
+            );
+            if let Some(q) = query {
+                out.push('?');
+                out.push_str(q);
+            }
+            out
+        });
+        Edits {
+            target,
+            host: x.upstream_host.clone(),
+            prefix: x.forwarded_prefix.clone(),
+        }
+    }
+
+    /// Whether requests of `route` are written to the access log (ingress-nginx's
+    /// `enable-access-log`).
+    pub fn logs(&self, plane: Option<&DataPlane>, route: Option<usize>) -> bool {
+        self.access_log != AccessLog::Off
+            && plane
+                .zip(route)
+                .and_then(|(p, r)| p.routes.routes().get(r))
+                .and_then(|r| r.nginx.as_ref())
+                .and_then(|x| x.access_log)
+                .unwrap_or(true)
     }
 
     /// Picks the endpoint for the next attempt: healthy endpoints not tried yet; failing that,

@@ -8,9 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::host::{parse_host, HostMatch};
-use super::path::PathMatch;
-use super::{FastMap, FastSet, HostRules, Route, RouteTable};
-use crate::model::{BackendRef, EndpointSlice, HttpPath, Ingress, Kind, Model, ObjectKey, PortRef};
+use super::path::{PathMatch, RegexPath};
+use super::{FastMap, FastSet, HostRules, NginxRoute, Route, RouteTable};
+use crate::model::{
+    BackendRef, EndpointSlice, HttpPath, Ingress, Kind, Model, NginxAnnotations, ObjectKey,
+    PathType, PortRef,
+};
 use crate::upstream::{Pool, Upstream};
 
 /// What the compile step needs to know about this controller.
@@ -20,6 +23,8 @@ pub struct CompileOptions {
     pub controller_name: String,
     /// The class name matched against the legacy `kubernetes.io/ingress.class` annotation.
     pub ingress_class: String,
+    /// ingress-nginx's classes, taken with its semantics (`--ingress-nginx-compat`); `None`: off.
+    pub nginx: Option<NginxCompat>,
 }
 
 impl Default for CompileOptions {
@@ -27,8 +32,27 @@ impl Default for CompileOptions {
         Self {
             controller_name: "portico.dev/ingress-controller".into(),
             ingress_class: "portico".into(),
+            nginx: None,
         }
     }
+}
+
+/// Which Ingresses are taken as ingress-nginx would take them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NginxCompat {
+    /// `spec.controller` of ingress-nginx's IngressClasses [k8s.io/ingress-nginx].
+    pub controller: String,
+    /// The legacy annotation's value [nginx].
+    pub class: String,
+    /// Take Ingresses with no class at all (`--watch-ingress-without-class`).
+    pub watch_without_class: bool,
+}
+
+/// How an Ingress is served: by the Ingress spec, or with ingress-nginx's semantics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Portico,
+    Nginx,
 }
 
 /// An object, or a part of one, that was left out of the snapshot.
@@ -126,28 +150,61 @@ pub fn index_slices(model: &Model) -> SliceIndex<'_> {
 /// ours; or, without a class name, when its legacy annotation equals our class name; or, with
 /// neither, when one of our classes is marked as the cluster default.
 pub fn owned_ingresses<'m>(model: &'m Model, opts: &CompileOptions) -> Vec<&'m Ingress> {
+    taken_ingresses(model, opts)
+        .into_iter()
+        .map(|(ing, _)| ing)
+        .collect()
+}
+
+/// [`owned_ingresses`], each with how it is served. With `--ingress-nginx-compat`, an Ingress is
+/// also taken when its class's controller is ingress-nginx's, or its legacy annotation names
+/// ingress-nginx's class, or (with `--watch-ingress-without-class`) it has no class at all:
+/// ingress-nginx's own resolution order.
+pub fn taken_ingresses<'m>(model: &'m Model, opts: &CompileOptions) -> Vec<(&'m Ingress, Flavor)> {
     let owned: FastSet<&str> = model
         .classes
         .values()
         .filter(|c| c.controller == opts.controller_name)
         .map(|c| c.name.as_str())
         .collect();
+    let nginx: FastSet<&str> = match &opts.nginx {
+        Some(n) => model
+            .classes
+            .values()
+            .filter(|c| c.controller == n.controller)
+            .map(|c| c.name.as_str())
+            .collect(),
+        None => FastSet::default(),
+    };
     let default_class = model
         .classes
         .values()
         .any(|c| c.is_default && owned.contains(c.name.as_str()));
-    let mut ours: Vec<&Ingress> = model
+    let mut ours: Vec<(&Ingress, Flavor)> = model
         .ingresses
         .values()
         .map(|i| i.as_ref())
-        .filter(|ing| match (&ing.class_name, &ing.class_annotation) {
-            (Some(class), _) => owned.contains(class.as_str()),
-            (None, Some(annotation)) => *annotation == opts.ingress_class,
-            (None, None) => default_class,
+        .filter_map(|ing| {
+            let flavor = match (&ing.class_name, &ing.class_annotation) {
+                (Some(class), _) if owned.contains(class.as_str()) => Flavor::Portico,
+                (Some(class), _) if nginx.contains(class.as_str()) => Flavor::Nginx,
+                (Some(_), _) => return None,
+                (None, Some(a)) if *a == opts.ingress_class => Flavor::Portico,
+                (None, Some(a)) if opts.nginx.as_ref().is_some_and(|n| *a == n.class) => {
+                    Flavor::Nginx
+                }
+                (None, Some(_)) => return None,
+                (None, None) if default_class => Flavor::Portico,
+                (None, None) if opts.nginx.as_ref().is_some_and(|n| n.watch_without_class) => {
+                    Flavor::Nginx
+                }
+                (None, None) => return None,
+            };
+            Some((ing, flavor))
         })
         .collect();
     // The map iterates by key, so a stable sort by age alone orders by (age, key).
-    ours.sort_by_key(|ing| ing.created);
+    ours.sort_by_key(|(ing, _)| ing.created);
     ours
 }
 
@@ -170,7 +227,16 @@ fn class_problems(model: &Model, opts: &CompileOptions, out: &mut Vec<Rejected>)
         [one] => format!("Portico serves the class {one:?}"),
         names => format!("Portico serves the classes {}", quoted(names)),
     };
-    let default_class = model.classes.values().any(|c| c.is_default);
+    let default_class = model.classes.values().any(|c| c.is_default)
+        || opts.nginx.as_ref().is_some_and(|n| n.watch_without_class);
+    let nginx_class = |name: &str| {
+        opts.nginx.as_ref().is_some_and(|n| {
+            model
+                .classes
+                .get(name)
+                .is_some_and(|c| c.controller == n.controller)
+        })
+    };
     for ing in model.ingresses.values() {
         let (reason, message) = match (&ing.class_name, &ing.class_annotation) {
             (Some(name), _) => match model.classes.get(name) {
@@ -188,7 +254,9 @@ fn class_problems(model: &Model, opts: &CompileOptions, out: &mut Vec<Rejected>)
                     )
                 }
                 Some(class)
-                    if *name == opts.ingress_class && class.controller != opts.controller_name =>
+                    if *name == opts.ingress_class
+                        && class.controller != opts.controller_name
+                        && !nginx_class(name) =>
                 {
                     (
                         "ClassNotOurs",
@@ -285,13 +353,63 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
     c.out.pool_specs.reserve(previous.pools.len());
     c.out.pool_slices.reserve(previous.pools.len());
 
-    let ours = owned_ingresses(model, opts);
+    let taken = taken_ingresses(model, opts);
+    let ours: Vec<&Ingress> = taken.iter().map(|(ing, _)| *ing).collect();
     class_problems(model, opts, &mut c.out.rejected);
+    let no_annotations = NginxAnnotations::default();
+    // The hosts of every served rule (server-alias and from-to-www-redirect yield to them), and
+    // those where ingress-nginx's regex locations apply: a host where any Ingress in
+    // compatibility mode uses use-regex or rewrite-target.
+    let mut all_hosts: FastSet<Option<&str>> = FastSet::default();
+    let mut regex_hosts: FastSet<Option<&str>> = FastSet::default();
+    for (ing, flavor) in &taken {
+        let regex = *flavor == Flavor::Nginx
+            && ing
+                .nginx
+                .as_ref()
+                .is_some_and(|n| !n.closed() && (n.use_regex || n.rewrite_target.is_some()));
+        for rule in &ing.rules {
+            all_hosts.insert(rule.host.as_deref());
+            if regex {
+                regex_hosts.insert(rule.host.as_deref());
+            }
+        }
+    }
     let mut default_owner: Option<&ObjectKey> = None;
     let mut tls_owner: BTreeMap<HostMatch, TlsBinding> = BTreeMap::new();
 
-    for (position, ing) in ours.iter().enumerate() {
+    for (position, &(ing, flavor)) in taken.iter().enumerate() {
         let ing_key = Arc::new(ing.key.clone());
+        let nginx = match flavor {
+            Flavor::Nginx => Some(ing.nginx.as_deref().unwrap_or(&no_annotations)),
+            Flavor::Portico => None,
+        };
+        if let Some(n) = nginx {
+            for p in &n.problems {
+                let reason = if p.closes {
+                    "AnnotationRefused"
+                } else {
+                    "AnnotationIgnored"
+                };
+                let message = format!("metadata.annotations[{}]: {}", p.annotation, p.message);
+                c.reject(Kind::Ingress, &ing.key, reason, message);
+            }
+            if n.closed() {
+                continue;
+            }
+        } else if ing.nginx.is_some() {
+            c.reject(
+                Kind::Ingress,
+                &ing.key,
+                "AnnotationIgnored",
+                format!(
+                    "metadata.annotations: nginx.ingress.kubernetes.io/* annotations apply only \
+                     to Ingresses of ingress-nginx's class with --ingress-nginx-compat; this one \
+                     is of Portico's class ({}), so they are ignored",
+                    ing.class_name.as_deref().unwrap_or(&opts.ingress_class)
+                ),
+            );
+        }
         for problem in &ing.problems {
             c.reject(Kind::Ingress, &ing.key, "InvalidSpec", problem.clone());
         }
@@ -306,8 +424,23 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
             );
         }
         let tls_hosts = c.tls_hosts(ing, &mut tls_owner);
+        // ingress-nginx redirects the hosts of every tls entry, with or without a Secret.
+        let nginx_tls: FastSet<HostMatch> = match nginx {
+            Some(_) => ing
+                .tls
+                .iter()
+                .flat_map(|t| t.hosts.iter())
+                .filter_map(|h| parse_host(h).ok())
+                .collect(),
+            None => FastSet::default(),
+        };
+        let mut aliased = false;
 
-        if let Some(backend) = &ing.default_backend {
+        if let Some(backend) = ing
+            .default_backend
+            .as_ref()
+            .filter(|_| nginx.is_none_or(|n| !n.closed()))
+        {
             match default_owner {
                 Some(owner) => c.reject(
                     Kind::Ingress,
@@ -319,9 +452,13 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                     ),
                 ),
                 None => {
-                    if let Some(route) =
-                        c.route_for(ing, &ing_key, backend, "spec.defaultBackend", false)
-                    {
+                    if let Some(route) = c.route_for(
+                        ing,
+                        &ing_key,
+                        backend,
+                        "spec.defaultBackend",
+                        (false, nginx, None),
+                    ) {
                         default_owner = Some(&ing.key);
                         c.out.table.default_backend = Some(route);
                     }
@@ -342,11 +479,61 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                     continue;
                 }
             };
-            let redirect = ing.annotations.ssl_redirect != Some(false)
-                && host.as_ref().is_some_and(|h| tls_hosts.contains(h));
-            let host = c.host_id(host);
-            for (j, p) in rule.paths.iter().enumerate() {
-                c.path(&ours, position, &ing_key, (i, j, p), host, redirect);
+            let redirect = match nginx {
+                None => {
+                    ing.annotations.ssl_redirect != Some(false)
+                        && host.as_ref().is_some_and(|h| tls_hosts.contains(h))
+                }
+                Some(n) => {
+                    n.force_ssl_redirect == Some(true)
+                        || (n.ssl_redirect != Some(false)
+                            && host.as_ref().is_some_and(|h| nginx_tls.contains(h)))
+                }
+            };
+            let mode = nginx.map(|n| (n, regex_hosts.contains(&rule.host.as_deref())));
+            // server-alias: the first rule with a host also serves the aliases that no rule
+            // names (ingress-nginx ignores an alias that collides with a host).
+            let mut hosts = vec![(c.host_id(host.clone()), None)];
+            if let (Some(n), Some(_), false) = (nginx, &host, aliased) {
+                aliased = true;
+                for alias in &n.server_alias {
+                    if all_hosts.contains(&Some(alias.as_str())) {
+                        c.reject(
+                            Kind::Ingress,
+                            &ing.key,
+                            "AnnotationIgnored",
+                            format!(
+                                "metadata.annotations[nginx.ingress.kubernetes.io/server-alias]: \
+                                 {alias} is a host of a rule, which wins; the alias is ignored"
+                            ),
+                        );
+                    } else if let Ok(h) = parse_host(alias) {
+                        hosts.push((c.host_id(Some(h)), None));
+                    }
+                }
+            }
+            // from-to-www-redirect: the other name of the host redirects to it, unless a rule
+            // serves that name.
+            if let (Some(n), Some(HostMatch::Precise(name))) = (nginx, &host) {
+                let other = match name.strip_prefix("www.") {
+                    Some(bare) => bare.to_string(),
+                    None => format!("www.{name}"),
+                };
+                if n.from_to_www_redirect && !all_hosts.contains(&Some(other.as_str())) {
+                    if let Ok(h) = parse_host(&other) {
+                        hosts.push((c.host_id(Some(h)), Some(name.clone())));
+                    }
+                }
+            }
+            for (host, www) in &hosts {
+                for (j, p) in rule.paths.iter().enumerate() {
+                    let rule_mode = RuleMode {
+                        host: *host,
+                        redirect,
+                        nginx: mode.map(|(n, regex)| (n, regex, www.as_deref())),
+                    };
+                    c.path(&ours, position, &ing_key, (i, j, p), rule_mode);
+                }
             }
         }
     }
@@ -389,6 +576,16 @@ struct Compiler<'m, 'p> {
     /// The index of each host (`None`: the host-less rules) in `hosts`.
     host_ids: FastMap<Option<HostMatch>, usize>,
     hosts: Vec<HostBuild>,
+}
+
+/// How the paths of one rule are compiled: into which host, with the redirect to HTTPS or not,
+/// and for an Ingress in compatibility mode its annotations, whether the host is a regex host,
+/// and the host a from-to-www-redirect name goes to.
+#[derive(Clone, Copy)]
+struct RuleMode<'n> {
+    host: usize,
+    redirect: bool,
+    nginx: Option<(&'n NginxAnnotations, bool, Option<&'n str>)>,
 }
 
 /// Why a backend's pool is empty from the start.
@@ -466,13 +663,21 @@ impl<'m> Compiler<'m, '_> {
         position: usize,
         ing_key: &Arc<ObjectKey>,
         (i, j, p): (usize, usize, &'m HttpPath),
-        host: usize,
-        redirect: bool,
+        mode: RuleMode<'_>,
     ) {
+        let RuleMode {
+            host,
+            redirect,
+            nginx,
+        } = mode;
         let Some(ing) = ours.get(position).copied() else {
             return;
         };
-        let matcher = match PathMatch::parse(&p.path, p.path_type) {
+        let parsed = match &nginx {
+            None => PathMatch::parse(&p.path, p.path_type),
+            Some((_, regex, _)) => nginx_path(&p.path, p.path_type, *regex),
+        };
+        let matcher = match parsed {
             Ok(m) => m,
             Err(e) => {
                 self.reject(
@@ -521,7 +726,24 @@ impl<'m> Compiler<'m, '_> {
             return;
         }
         let field = format!("spec.rules[{i}].http.paths[{j}].backend");
-        let Some(route) = self.route_for(ing, ing_key, &p.backend, &field, redirect) else {
+        let annotations = nginx.as_ref().map(|(n, _, _)| *n);
+        let extras = match nginx {
+            Some((n, _, www)) => match nginx_route(n, &matcher, p, www.map(str::to_string)) {
+                Ok(x) => x,
+                Err(e) => {
+                    self.reject(Kind::Ingress, &ing.key, "AnnotationRefused", e);
+                    return;
+                }
+            },
+            None => None,
+        };
+        let Some(route) = self.route_for(
+            ing,
+            ing_key,
+            &p.backend,
+            &field,
+            (redirect, annotations, extras),
+        ) else {
             return;
         };
         if let Some(h) = self.hosts.get_mut(host) {
@@ -636,7 +858,7 @@ impl<'m> Compiler<'m, '_> {
         ing_key: &Arc<ObjectKey>,
         backend: &'m BackendRef,
         field: &str,
-        redirect: bool,
+        (redirect, annotations, nginx): (bool, Option<&NginxAnnotations>, Option<Arc<NginxRoute>>),
     ) -> Option<usize> {
         let (name, port) = match backend {
             BackendRef::Resource { kind, name } => {
@@ -763,13 +985,34 @@ impl<'m> Compiler<'m, '_> {
             service,
             pool,
             redirect_https: redirect,
-            limits: ing.annotations.limits,
+            limits: match annotations {
+                Some(n) => crate::model::RouteLimits {
+                    max_body: n.limits.max_body.or(ing.annotations.limits.max_body),
+                    connect_timeout: n
+                        .limits
+                        .connect_timeout
+                        .or(ing.annotations.limits.connect_timeout),
+                    read_timeout: n
+                        .limits
+                        .read_timeout
+                        .or(ing.annotations.limits.read_timeout),
+                    send_timeout: n
+                        .limits
+                        .send_timeout
+                        .or(ing.annotations.limits.send_timeout),
+                },
+                None => ing.annotations.limits,
+            },
             hsts: ing
                 .annotations
                 .hsts
                 .as_ref()
                 .map(|h| Arc::from(h.to_string())),
-            backend_protocol: ing.annotations.backend_protocol.unwrap_or_default(),
+            backend_protocol: annotations
+                .and_then(|n| n.backend_protocol)
+                .or(ing.annotations.backend_protocol)
+                .unwrap_or_default(),
+            nginx,
         });
         Some(id)
     }
@@ -790,6 +1033,85 @@ impl Compiler<'_, '_> {
         let pool = reusable.unwrap_or_else(|| Arc::new(build_pool(spec, &self.slices)));
         (pool, slices)
     }
+}
+
+/// A path as ingress-nginx reads it: on a regex host every path is a case-insensitive regex
+/// anchored at the start (Exact ones too); elsewhere Exact is exact, Prefix is element-wise (it
+/// makes `location /p/` and `location = /p`), and ImplementationSpecific is nginx's plain prefix.
+fn nginx_path(path: &str, path_type: PathType, regex: bool) -> Result<PathMatch, String> {
+    let path = if path.is_empty() { "/" } else { path };
+    if regex {
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(format!(
+                "{path:?} must start with \"/\" and have no whitespace or control characters"
+            ));
+        }
+        return RegexPath::new(path).map(PathMatch::Regex);
+    }
+    match path_type {
+        PathType::ImplementationSpecific => {
+            PathMatch::parse(path, PathType::Exact).map(|_| PathMatch::Plain(path.to_string()))
+        }
+        t => PathMatch::parse(path, t),
+    }
+}
+
+/// What one path of an Ingress in compatibility mode does beyond proxying; `None` when nothing,
+/// so that such a route costs what any other does.
+fn nginx_route(
+    n: &NginxAnnotations,
+    matcher: &PathMatch,
+    p: &HttpPath,
+    www_redirect: Option<String>,
+) -> Result<Option<Arc<NginxRoute>>, String> {
+    let regex = match matcher {
+        PathMatch::Regex(r) => Some(r.clone()),
+        _ => None,
+    };
+    let groups = regex
+        .as_ref()
+        .map_or(0, |r| r.regex.captures_len().saturating_sub(1));
+    for (name, template) in [
+        ("rewrite-target", n.rewrite_target.as_ref()),
+        (
+            "permanent-redirect/temporal-redirect",
+            n.redirect.as_ref().map(|r| &r.0),
+        ),
+    ] {
+        if let Some(t) = template.filter(|t| t.max_group() > groups) {
+            return Err(format!(
+                "metadata.annotations[nginx.ingress.kubernetes.io/{name}]: refers to ${} but \
+                 path {:?} has {groups} capture groups; the path is not served",
+                t.max_group(),
+                p.path
+            ));
+        }
+    }
+    let header = |v: &str| http::HeaderValue::from_str(v).ok();
+    let slash_redirect = match (matcher, p.path_type) {
+        (PathMatch::Prefix(stored), PathType::Prefix)
+            if p.path.ends_with('/') && stored.as_str() != "/" =>
+        {
+            Some(stored.clone())
+        }
+        _ => None,
+    };
+    let route = NginxRoute {
+        regex: regex.filter(|_| n.rewrite_target.is_some() || n.redirect.is_some()),
+        app_root: n.app_root.clone(),
+        redirect: n.redirect.clone(),
+        www_redirect,
+        slash_redirect,
+        rewrite: n.rewrite_target.clone(),
+        upstream_host: n.upstream_vhost.as_deref().and_then(header),
+        forwarded_prefix: n
+            .x_forwarded_prefix
+            .as_deref()
+            .filter(|_| n.rewrite_target.is_some())
+            .and_then(header),
+        access_log: n.enable_access_log,
+    };
+    Ok((route != NginxRoute::default()).then(|| Arc::new(route)))
 }
 
 /// The EndpointSlices of `service`, shared with the model.
@@ -868,6 +1190,7 @@ mod tests {
             rules: Vec::new(),
             tls: Vec::new(),
             annotations: Default::default(),
+            nginx: None,
             problems: Vec::new(),
         })
     }

@@ -11,8 +11,11 @@ pub mod path;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::model::{BackendProtocol, ObjectKey, RouteLimits};
-pub use compile::{compile, owned_ingresses, CompileOptions, Compiled, PoolSpec, Rejected};
+use crate::model::{BackendProtocol, ObjectKey, RouteLimits, Template};
+pub use compile::{
+    compile, owned_ingresses, taken_ingresses, CompileOptions, Compiled, Flavor, NginxCompat,
+    PoolSpec, Rejected,
+};
 pub use host::{normalize_request_host, HostMatch};
 pub use path::PathMatch;
 
@@ -40,6 +43,40 @@ pub struct Route {
     pub hsts: Option<Arc<str>>,
     /// How to speak to the backend, from the Ingress.
     pub backend_protocol: BackendProtocol,
+    /// What an Ingress taken with ingress-nginx's semantics adds; `None` on every other route,
+    /// which pays one branch for it.
+    pub nginx: Option<Arc<NginxRoute>>,
+}
+
+/// The ingress-nginx behaviours of one route (one path of an Ingress in compatibility mode).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NginxRoute {
+    /// The path's regex, whose groups fill `$1`..`$9` (regex hosts only).
+    pub regex: Option<path::RegexPath>,
+    /// `app-root`: a request for exactly `/` gets a 302 here.
+    pub app_root: Option<String>,
+    /// `permanent-redirect`/`temporal-redirect`: every request gets this redirect.
+    pub redirect: Option<(Template, u16)>,
+    /// `from-to-www-redirect`: this route only redirects (308) to the same URL on this host.
+    pub www_redirect: Option<String>,
+    /// A Prefix path ending in `/` (stored without it): a request for exactly this path gets a
+    /// 301 to it with the slash, as nginx answers for a `location /path/`.
+    pub slash_redirect: Option<String>,
+    /// `rewrite-target`: the path sent upstream.
+    pub rewrite: Option<Template>,
+    /// `upstream-vhost`: the `Host` sent upstream.
+    pub upstream_host: Option<http::HeaderValue>,
+    /// `x-forwarded-prefix`, sent with a rewrite.
+    pub forwarded_prefix: Option<http::HeaderValue>,
+    /// `enable-access-log`.
+    pub access_log: Option<bool>,
+}
+
+impl NginxRoute {
+    /// Whether the upstream request is changed (path, Host or an added field).
+    pub fn edits(&self) -> bool {
+        self.rewrite.is_some() || self.upstream_host.is_some()
+    }
 }
 
 /// The rules of one host (or of the host-less rules), best first.

@@ -1,6 +1,10 @@
-//! Path matching: Exact and element-wise Prefix, and their precedence as an ordered type.
+//! Path matching: Exact and element-wise Prefix, and their precedence as an ordered type; and,
+//! for Ingresses taken in ingress-nginx's compatibility mode, nginx's own location kinds (a plain
+//! string prefix, and a case-insensitive regex anchored at the start).
 
 use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use crate::model::PathType;
 
@@ -10,6 +14,49 @@ pub enum PathMatch {
     Exact(String),
     /// Stored without its trailing slash; `"/"` stays `"/"` and matches every path.
     Prefix(String),
+    /// nginx's prefix location: the request path starts with this string, character-wise
+    /// (ingress-nginx's ImplementationSpecific paths).
+    Plain(String),
+    /// nginx's `location ~* "^path"`: a case-insensitive regex anchored only at the start
+    /// (ingress-nginx's paths on a host where any Ingress uses `use-regex` or `rewrite-target`).
+    Regex(RegexPath),
+}
+
+/// A path regex, compared and hashed by its source.
+#[derive(Clone, Debug)]
+pub struct RegexPath {
+    pub source: String,
+    pub regex: Arc<regex::Regex>,
+}
+
+impl RegexPath {
+    /// Compiles `path` as ingress-nginx writes it: `(?i)^` and the path. The regex crate's
+    /// syntax is RE2's, which is what the Ingress API admits (no look-around, no back-references).
+    pub fn new(path: &str) -> Result<Self, String> {
+        let regex = regex::RegexBuilder::new(&format!("^{path}"))
+            .case_insensitive(true)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| format!("{path:?} is not a valid regular expression (RE2 syntax): {e}"))?;
+        Ok(Self {
+            source: path.to_string(),
+            regex: Arc::new(regex),
+        })
+    }
+}
+
+impl PartialEq for RegexPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for RegexPath {}
+
+impl Hash for RegexPath {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.source.hash(state)
+    }
 }
 
 impl PathMatch {
@@ -70,12 +117,23 @@ impl PathMatch {
                     None => false,
                 }
             }
+            PathMatch::Plain(p) => request_path.starts_with(p.as_str()),
+            PathMatch::Regex(r) => r.regex.is_match(request_path),
         }
     }
 
     pub fn path(&self) -> &str {
         match self {
-            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+            PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::Plain(p) => p,
+            PathMatch::Regex(r) => &r.source,
+        }
+    }
+
+    /// The regex of a regex path, for its capture groups.
+    pub fn regex(&self) -> Option<&regex::Regex> {
+        match self {
+            PathMatch::Regex(r) => Some(&r.regex),
+            _ => None,
         }
     }
 
@@ -85,13 +143,22 @@ impl PathMatch {
 }
 
 /// Ordering by precedence: the **greater** value wins. A longer path beats a shorter one; on equal
-/// length, Exact beats Prefix.
+/// length, Exact beats Prefix, which beats Plain. Regex paths come after every other kind (nginx
+/// tries them in order only when no other location is exact, and on a regex host all paths are
+/// regexes), longest first, as ingress-nginx sorts its locations.
 impl Ord for PathMatch {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.path()
-            .len()
-            .cmp(&other.path().len())
-            .then(self.is_exact().cmp(&other.is_exact()))
+        let rank = |m: &PathMatch| match m {
+            PathMatch::Regex(_) => 0,
+            PathMatch::Plain(_) => 1,
+            PathMatch::Prefix(_) => 2,
+            PathMatch::Exact(_) => 3,
+        };
+        let regex = |m: &PathMatch| matches!(m, PathMatch::Regex(_));
+        regex(other)
+            .cmp(&regex(self))
+            .then_with(|| self.path().len().cmp(&other.path().len()))
+            .then_with(|| rank(self).cmp(&rank(other)))
             .then_with(|| other.path().cmp(self.path()))
     }
 }
@@ -156,6 +223,22 @@ mod tests {
         assert!(prefix("/aaa") > prefix("/"));
         assert!(exact("/foo") > prefix("/foo"));
         assert!(exact("/foo/") > prefix("/foo"));
+        let re = |p: &str| PathMatch::Regex(RegexPath::new(p).unwrap());
+        assert!(re("/aaa/bbb(/|$)(.*)") < PathMatch::Plain("/".into()));
+        assert!(re("/aaa/bbb(/|$)(.*)") > re("/aaa(/|$)(.*)"));
+        assert!(PathMatch::Plain("/foo".into()) < prefix("/foo"));
+        assert!(PathMatch::Plain("/foob".into()) > prefix("/foo"));
+    }
+
+    #[test]
+    fn nginx_locations() {
+        let re = PathMatch::Regex(RegexPath::new("/api/v[0-9]+").unwrap());
+        assert!(re.matches("/api/v1"));
+        assert!(re.matches("/API/V2/users"), "case-insensitive");
+        assert!(!re.matches("/x/api/v1"), "anchored at the start");
+        assert!(RegexPath::new("/a(?=b)").is_err(), "no look-around");
+        let plain = PathMatch::Plain("/foo".into());
+        assert!(plain.matches("/foobar") && plain.matches("/foo/") && !plain.matches("/fo"));
     }
 
     #[test]

@@ -833,6 +833,7 @@ mod tests {
             rules: vec![],
             tls: vec![],
             annotations: Default::default(),
+            nginx: None,
             problems: vec![],
         }))
     }

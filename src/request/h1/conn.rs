@@ -36,7 +36,7 @@ use crate::request::edge::HeaderDeadline;
 use crate::request::guard::Refusal;
 use crate::request::pingora::PingoraApp;
 use crate::request::policy::{
-    AccessLog, Answer, Attempts, ClientAddr, Decision, Endpoint, LogEntry, Policy, Routed,
+    Answer, Attempts, ClientAddr, Decision, Edits, Endpoint, LogEntry, Policy, Routed,
 };
 
 /// The first buffer for a request head (nginx: `client_header_buffer_size 1k`).
@@ -273,7 +273,14 @@ impl Engine {
 
     /// The head of one of the policy's own answers.
     /// The request head for the upstream, with the policy's forwarding fields.
-    fn upstream_head(&self, head: &RequestHead, raw: &Bytes, conn: &Conn, out: &mut Vec<u8>) {
+    fn upstream_head(
+        &self,
+        head: &RequestHead,
+        raw: &Bytes,
+        conn: &Conn,
+        edits: Option<&Edits>,
+        out: &mut Vec<u8>,
+    ) {
         let host = head
             .authority
             .or(head.host)
@@ -291,7 +298,7 @@ impl Engine {
                 .and_then(|f| HeaderValue::from_bytes(f.value.get(raw)).ok())
         };
         let forwarded = self.policy.forwarded(&conn.addr, conn.tls, host, prior);
-        encode::request_head(head, raw, &forwarded, out);
+        encode::request_head_edited(head, raw, &forwarded, edits, out);
     }
 
     /// One request: decide, answer or proxy, record.
@@ -360,7 +367,7 @@ impl Engine {
         self.policy
             .metrics_for(Some(&plane), outcome.route)
             .observe(&m, outcome.status, took, outcome.read, outcome.sent);
-        if self.policy.access_log != AccessLog::Off {
+        if self.policy.logs(Some(&plane), outcome.route) {
             self.policy.log(&LogEntry {
                 client: conn.client,
                 method: m.as_str(),
@@ -440,7 +447,15 @@ impl Engine {
         let mut stale_retries = 0;
         let mut removed_retries = 0;
         let mut upstream_head = Vec::with_capacity(raw.len() + 256);
-        self.upstream_head(head, raw, conn, &mut upstream_head);
+        let edits = routed.edits.then(|| {
+            let origin = std::str::from_utf8(head.origin.get(raw)).unwrap_or("/");
+            let (path, query) = match origin.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (origin, None),
+            };
+            self.policy.edits(plane, routed, path, query)
+        });
+        self.upstream_head(head, raw, conn, edits.as_ref(), &mut upstream_head);
         loop {
             let Some(endpoint) = self.policy.pick(plane, routed, &attempts.tried) else {
                 let answer = Answer::error(503, "no usable endpoint for this backend\n");

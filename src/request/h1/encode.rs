@@ -7,7 +7,7 @@
 
 use super::body::{chunk_line, LAST_CHUNK};
 use super::parse::{Field, Framing, Kind, RequestHead, ResponseHead};
-use crate::request::policy::{Answer, Forwarded, ServerHeader};
+use crate::request::policy::{Answer, Edits, Forwarded, ServerHeader};
 
 /// A response's framing towards the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,13 +35,36 @@ pub fn out_framing(upstream: Framing, client_11: bool) -> Out {
 /// hop-by-hop ones, `Host` from an absolute-form target, then the forwarding fields, then
 /// `Transfer-Encoding` (where Pingora's engine puts it).
 pub fn request_head(head: &RequestHead, raw: &[u8], forwarded: &Forwarded, out: &mut Vec<u8>) {
+    request_head_edited(head, raw, forwarded, None, out)
+}
+
+/// [`request_head`] with the policy's [`Edits`]: another target, `Host` or `X-Forwarded-Prefix`.
+pub fn request_head_edited(
+    head: &RequestHead,
+    raw: &[u8],
+    forwarded: &Forwarded,
+    edits: Option<&Edits>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(head.method.get(raw));
     out.push(b' ');
     let origin = head.origin.get(raw);
-    out.extend_from_slice(if origin.is_empty() { b"/" } else { origin });
+    match edits.and_then(|e| e.target.as_deref()) {
+        Some(target) => out.extend_from_slice(target.as_bytes()),
+        None => out.extend_from_slice(if origin.is_empty() { b"/" } else { origin }),
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let host = edits.and_then(|e| e.host.as_ref());
+    let prefix = edits.and_then(|e| e.prefix.as_ref());
     let mut upgrade_done = false;
     for f in &head.fields {
+        if let (Some(h), Kind::Host) = (host, f.kind) {
+            field(b"Host", h.as_bytes(), out);
+            continue;
+        }
+        if prefix.is_some() && f.name.get(raw).eq_ignore_ascii_case(b"x-forwarded-prefix") {
+            continue;
+        }
         match f.kind {
             // An upgrade asks the backend to switch: `Upgrade` and the one option it needs go on.
             Kind::Upgrade if head.upgrade => copy(f, raw, out),
@@ -64,10 +87,13 @@ pub fn request_head(head: &RequestHead, raw: &[u8], forwarded: &Forwarded, out: 
         // HTTP/1.1 requires Host; without an authority it is empty (RFC 9110 7.2). An HTTP/1.0
         // client may have sent none.
         let authority = head.authority.map(|a| a.get(raw)).unwrap_or_default();
-        field(b"Host", authority, out);
+        field(b"Host", host.map_or(authority, |h| h.as_bytes()), out);
     }
     for (name, value) in forwarded {
         field(name.as_bytes(), value.as_bytes(), out);
+    }
+    if let Some(p) = prefix {
+        field(b"X-Forwarded-Prefix", p.as_bytes(), out);
     }
     if head.framing == Framing::Chunked {
         field(b"Transfer-Encoding", b"chunked", out);

@@ -51,6 +51,7 @@ fuzz_target!(|input: Input| {
             }],
             tls: vec![],
             annotations: IngressAnnotations::default(),
+            nginx: None,
             problems: vec![],
         })));
     }

@@ -4,6 +4,8 @@
 //! the Kubernetes watches hand over typed objects to the `*_from_k8s` functions. Nothing past this
 //! module sees a Kubernetes type.
 
+pub mod nginx;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -482,6 +484,12 @@ pub fn ingress_from_k8s(ing: &K8sIngress) -> Result<Ingress, String> {
         rules,
         tls,
         annotations,
+        nginx: ing
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(nginx::parse)
+            .map(Arc::new),
         problems,
     })
 }
@@ -674,7 +682,7 @@ mod tests {
 
     #[test]
     fn tls_annotations_are_typed_and_bad_values_reported() {
-        let docs = parse_documents(include_str!("../tests/fixtures/tls/annotations.yaml"));
+        let docs = parse_documents(include_str!("../../tests/fixtures/tls/annotations.yaml"));
         let ingresses: Vec<&Ingress> = docs
             .iter()
             .filter_map(|d| match d {

@@ -1,0 +1,466 @@
+//! ingress-nginx's annotations (`nginx.ingress.kubernetes.io/*`), parsed into typed values.
+//!
+//! Each value has a strict grammar and becomes data ([`NginxAnnotations`]); no string is ever
+//! turned into configuration, which is how ingress-nginx's injection CVEs happened. What Portico
+//! does not implement, or cannot parse, becomes an [`AnnotationProblem`]; one that could widen
+//! access if ignored (snippets, allowlists, authentication, canaries) keeps the whole Ingress out.
+
+use std::collections::BTreeMap;
+
+use crate::model::{AnnotationProblem, BackendProtocol, NginxAnnotations, RouteLimits, Template};
+
+/// The prefix of ingress-nginx's annotations.
+pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// Annotations whose values ingress-nginx pasted into nginx.conf: never interpreted.
+const SNIPPETS: &[&str] = &[
+    "configuration-snippet",
+    "server-snippet",
+    "auth-snippet",
+    "stream-snippet",
+    "modsecurity-snippet",
+];
+
+/// Annotations of ingress-nginx's access control and traffic splitting that Portico does not
+/// implement yet: ignoring them would open what they close (or send a canary's rules to all
+/// clients), so the Ingress is not served.
+const CLOSED_PREFIXES: &[&str] = &["auth-", "canary"];
+const CLOSED: &[&str] = &[
+    "whitelist-source-range",
+    "allowlist-source-range",
+    "denylist-source-range",
+    "enable-modsecurity",
+    "enable-owasp-core-rules",
+    "satisfy",
+    "ssl-passthrough",
+    "proxy-ssl-verify",
+    "proxy-ssl-secret",
+    "proxy-ssl-name",
+    "proxy-ssl-server-name",
+];
+
+/// Known annotations that Portico accepts and does not need: what they configure is how Portico
+/// works anyway, or is stated as a difference in the README.
+const ACCEPTED: &[&str] = &[
+    "proxy-request-buffering",
+    "proxy-buffering",
+    "proxy-buffer-size",
+    "proxy-buffers-number",
+    "client-body-buffer-size",
+    "proxy-max-temp-file-size",
+    "preserve-trailing-slash",
+];
+
+/// Parses the ingress-nginx annotations of one Ingress; `None` when it has none.
+pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations> {
+    let mut n = NginxAnnotations::default();
+    let mut any = false;
+    let mut permanent: Option<Template> = None;
+    let mut permanent_code = 301;
+    let mut temporal: Option<Template> = None;
+    let mut temporal_code = 302;
+    for (full, value) in annotations {
+        let Some(name) = full.strip_prefix(PREFIX) else {
+            continue;
+        };
+        any = true;
+        let mut refuse = |message: String, closes: bool| {
+            n.problems.push(AnnotationProblem {
+                annotation: full.clone(),
+                message,
+                closes,
+            })
+        };
+        let v = value.trim();
+        match name {
+            _ if SNIPPETS.contains(&name) => refuse(
+                "snippets are never interpreted (raw nginx configuration); the Ingress is not \
+                 served until it is removed"
+                    .into(),
+                true,
+            ),
+            "ssl-redirect" => match parse_bool(v) {
+                Ok(b) => n.ssl_redirect = Some(b),
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "force-ssl-redirect" => match parse_bool(v) {
+                Ok(b) => n.force_ssl_redirect = Some(b),
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "use-regex" => match parse_bool(v) {
+                Ok(b) => n.use_regex = b,
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "rewrite-target" => match rewrite_target(v) {
+                Ok(t) => n.rewrite_target = Some(t),
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "app-root" => match path_value(v) {
+                Ok(p) => n.app_root = Some(p),
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "permanent-redirect" => match redirect_url(v) {
+                Ok(t) => permanent = Some(t),
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "permanent-redirect-code" => match redirect_code(v, 300..=308) {
+                Ok(c) => permanent_code = c,
+                Err(e) => refuse(format!("{e}; 301 is used"), false),
+            },
+            "temporal-redirect" => match redirect_url(v) {
+                Ok(t) => temporal = Some(t),
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "temporal-redirect-code" => match redirect_code(v, 300..=307) {
+                Ok(c) => temporal_code = c,
+                Err(e) => refuse(format!("{e}; 302 is used"), false),
+            },
+            "from-to-www-redirect" => match parse_bool(v) {
+                Ok(b) => n.from_to_www_redirect = b,
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "proxy-body-size" => match size(v) {
+                Ok(b) => n.limits.max_body = Some(b),
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "proxy-connect-timeout" | "proxy-read-timeout" | "proxy-send-timeout" => {
+                match seconds(v) {
+                    Ok(t) => *timeout_slot(&mut n.limits, name) = Some(t),
+                    Err(e) => refuse(ignored(&e), false),
+                }
+            }
+            "backend-protocol" => match v.to_ascii_uppercase().as_str() {
+                "HTTP" => n.backend_protocol = Some(BackendProtocol::Http),
+                "HTTPS" => n.backend_protocol = Some(BackendProtocol::Https),
+                "GRPC" => n.backend_protocol = Some(BackendProtocol::Grpc),
+                "GRPCS" => n.backend_protocol = Some(BackendProtocol::Grpcs),
+                "FCGI" | "AUTO_HTTP" => refuse(
+                    format!(
+                        "{v:?} is not supported (Portico speaks HTTP, HTTPS, GRPC and GRPCS to \
+                         backends); the Ingress is not served, since its backends do not speak \
+                         HTTP"
+                    ),
+                    true,
+                ),
+                _ => refuse(
+                    ignored(&format!(
+                        "{v:?} is not one of HTTP, HTTPS, GRPC, GRPCS, AUTO_HTTP, FCGI"
+                    )),
+                    false,
+                ),
+            },
+            "upstream-vhost" => match host_value(v) {
+                Ok(h) => n.upstream_vhost = Some(h),
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "x-forwarded-prefix" => match path_value(v) {
+                Ok(p) => n.x_forwarded_prefix = Some(p),
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "server-alias" => {
+                let mut hosts = Vec::new();
+                for h in v.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                    match crate::routing::host::parse_host(h) {
+                        Ok(_) => hosts.push(h.to_ascii_lowercase()),
+                        Err(e) => refuse(format!("{h:?}: {e}; this alias is ignored"), false),
+                    }
+                }
+                n.server_alias = hosts;
+            }
+            "enable-access-log" => match parse_bool(v) {
+                Ok(b) => n.enable_access_log = Some(b),
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "proxy-http-version" => match v {
+                "1.1" => {}
+                "1.0" => refuse(
+                    "\"1.0\": Portico speaks HTTP/1.1 to backends (it still closes the \
+                     connection when the backend asks); the annotation is ignored"
+                        .into(),
+                    false,
+                ),
+                _ => refuse(ignored(&format!("{v:?} is not \"1.0\" or \"1.1\"")), false),
+            },
+            _ if ACCEPTED.contains(&name) => {
+                if let Err(e) = accepted_value(name, v) {
+                    refuse(ignored(&e), false)
+                }
+            }
+            _ if CLOSED.contains(&name) || CLOSED_PREFIXES.iter().any(|p| name.starts_with(p)) => {
+                refuse(
+                    "not supported yet, and ignoring it could open access it restricts; the \
+                     Ingress is not served until it is removed"
+                        .into(),
+                    true,
+                )
+            }
+            _ => refuse(
+                "not supported; the Ingress is served without it".into(),
+                false,
+            ),
+        }
+    }
+    if !any {
+        return None;
+    }
+    // Both set: temporal wins, as in ingress-nginx.
+    n.redirect = match (temporal, permanent) {
+        (Some(t), _) => Some((t, temporal_code)),
+        (None, Some(p)) => Some((p, permanent_code)),
+        (None, None) => None,
+    };
+    Some(n)
+}
+
+fn ignored(e: &str) -> String {
+    format!("{e}; the annotation is ignored")
+}
+
+fn timeout_slot<'a>(
+    limits: &'a mut RouteLimits,
+    name: &str,
+) -> &'a mut Option<std::time::Duration> {
+    match name {
+        "proxy-connect-timeout" => &mut limits.connect_timeout,
+        "proxy-read-timeout" => &mut limits.read_timeout,
+        _ => &mut limits.send_timeout,
+    }
+}
+
+/// Go's `strconv.ParseBool`, which ingress-nginx uses.
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("{v:?} is not a boolean (\"true\" or \"false\")")),
+    }
+}
+
+/// nginx's size syntax as ingress-nginx validates it: `^\d+[bkmg]?$`, case-insensitive.
+pub fn size(v: &str) -> Result<u64, String> {
+    let lower = v.to_ascii_lowercase();
+    let (digits, factor) = match lower.as_bytes().last() {
+        Some(b'k') => (&lower[..lower.len() - 1], 1u64 << 10),
+        Some(b'm') => (&lower[..lower.len() - 1], 1 << 20),
+        Some(b'g') => (&lower[..lower.len() - 1], 1 << 30),
+        Some(b'b') => (&lower[..lower.len() - 1], 1),
+        _ => (lower.as_str(), 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{v:?} is not a size like 8k, 1m or 0"));
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("{v:?} is too large"))
+}
+
+/// Whole seconds, as ingress-nginx's timeouts are written.
+pub fn seconds(v: &str) -> Result<std::time::Duration, String> {
+    if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{v:?} is not a whole number of seconds"));
+    }
+    let n: u64 = v.parse().map_err(|_| format!("{v:?} is not a number"))?;
+    Ok(std::time::Duration::from_secs(n))
+}
+
+fn redirect_code(v: &str, range: std::ops::RangeInclusive<u16>) -> Result<u16, String> {
+    match v.parse::<u16>() {
+        Ok(c) if range.contains(&c) => Ok(c),
+        _ => Err(format!(
+            "{v:?} is not a redirect code from {} to {}",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+/// The characters ingress-nginx admits in a rewrite target since v1.12.
+fn rewrite_target(v: &str) -> Result<Template, String> {
+    if v.is_empty()
+        || !v.starts_with('/')
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/:$".contains(&b))
+    {
+        return Err(format!(
+            "{v:?} must be a path of letters, digits and -._~/:$ (ingress-nginx's rule)"
+        ));
+    }
+    Template::parse(v)
+}
+
+/// An absolute path of unreserved characters and `/`.
+fn path_value(v: &str) -> Result<String, String> {
+    if !v.starts_with('/')
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
+    {
+        return Err(format!(
+            "{v:?} must be an absolute path of letters, digits and -._~/"
+        ));
+    }
+    Ok(v.to_string())
+}
+
+/// An `http(s)://host[:port][/path]` URL, possibly with `$1`..`$9`.
+fn redirect_url(v: &str) -> Result<Template, String> {
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"))
+        .ok_or_else(|| format!("{v:?} must be an http:// or https:// URL"))?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    host_value(authority)?;
+    if !path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~/:$%?=&+,;@!*'()".contains(&b))
+    {
+        return Err(format!("{v:?} has characters a URL may not carry"));
+    }
+    Template::parse(v)
+}
+
+/// A host name or IP, with an optional port.
+fn host_value(v: &str) -> Result<String, String> {
+    let (host, port) = match v.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (v, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    if !host_ok || !port_ok {
+        return Err(format!("{v:?} is not a host name with an optional port"));
+    }
+    Ok(v.to_ascii_lowercase())
+}
+
+fn accepted_value(name: &str, v: &str) -> Result<(), String> {
+    match name {
+        "proxy-request-buffering" | "proxy-buffering" => match v {
+            "on" | "off" => Ok(()),
+            _ => Err(format!("{v:?} is not \"on\" or \"off\"")),
+        },
+        "preserve-trailing-slash" => parse_bool(v).map(|_| ()),
+        "proxy-buffers-number" => v
+            .parse::<u32>()
+            .map(|_| ())
+            .map_err(|_| format!("{v:?} is not a number")),
+        _ => size(v).map(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_map(pairs: &[(&str, &str)]) -> NginxAnnotations {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
+            .collect();
+        parse(&map).expect("has annotations")
+    }
+
+    #[test]
+    fn none_without_the_prefix() {
+        let map = BTreeMap::from([("portico.dev/hsts".to_string(), "x".to_string())]);
+        assert!(parse(&map).is_none());
+    }
+
+    #[test]
+    fn values_are_typed() {
+        let n = parse_map(&[
+            ("ssl-redirect", "false"),
+            ("force-ssl-redirect", "True"),
+            ("use-regex", "true"),
+            ("rewrite-target", "/$2"),
+            ("proxy-body-size", "8m"),
+            ("proxy-read-timeout", "120"),
+            ("backend-protocol", "grpc"),
+            ("upstream-vhost", "internal.example:8080"),
+            ("server-alias", "a.example, b.example"),
+        ]);
+        assert_eq!(n.ssl_redirect, Some(false));
+        assert_eq!(n.force_ssl_redirect, Some(true));
+        assert!(n.use_regex);
+        assert_eq!(n.rewrite_target.as_ref().unwrap().max_group(), 2);
+        assert_eq!(n.limits.max_body, Some(8 << 20));
+        assert_eq!(
+            n.limits.read_timeout,
+            Some(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(n.backend_protocol, Some(BackendProtocol::Grpc));
+        assert_eq!(n.upstream_vhost.as_deref(), Some("internal.example:8080"));
+        assert_eq!(n.server_alias, ["a.example", "b.example"]);
+        assert!(n.problems.is_empty(), "{:?}", n.problems);
+    }
+
+    #[test]
+    fn temporal_wins_and_codes_are_checked() {
+        let n = parse_map(&[
+            ("permanent-redirect", "https://a.example/x"),
+            ("temporal-redirect", "https://b.example/$1"),
+            ("temporal-redirect-code", "307"),
+        ]);
+        let (t, code) = n.redirect.unwrap();
+        assert_eq!(code, 307);
+        assert_eq!(t.max_group(), 1);
+        let n = parse_map(&[
+            ("permanent-redirect", "https://a.example"),
+            ("permanent-redirect-code", "200"),
+        ]);
+        assert_eq!(n.redirect.unwrap().1, 301);
+        assert_eq!(n.problems.len(), 1);
+    }
+
+    #[test]
+    fn injections_and_bad_values_are_refused() {
+        for (name, value) in [
+            ("rewrite-target", "/x; return 200 pwned"),
+            ("rewrite-target", "/$host"),
+            ("rewrite-target", "/a?b=c"),
+            ("permanent-redirect", "https://a.example/\"; more"),
+            ("permanent-redirect", "javascript:alert(1)"),
+            ("upstream-vhost", "a.example\r\nX: y"),
+            ("app-root", "/app\nX: y"),
+            ("proxy-body-size", "1x"),
+            ("proxy-read-timeout", "60s"),
+            ("ssl-redirect", "yes"),
+        ] {
+            let n = parse_map(&[(name, value)]);
+            assert_eq!(n.problems.len(), 1, "{name}: {value:?} was accepted");
+            assert!(!n.closed(), "{name} closes");
+        }
+    }
+
+    #[test]
+    fn access_widening_annotations_close_the_ingress() {
+        for name in [
+            "configuration-snippet",
+            "server-snippet",
+            "auth-url",
+            "auth-type",
+            "auth-tls-verify-client",
+            "whitelist-source-range",
+            "denylist-source-range",
+            "canary",
+            "ssl-passthrough",
+        ] {
+            assert!(parse_map(&[(name, "x")]).closed(), "{name}");
+        }
+        let n = parse_map(&[("backend-protocol", "FCGI")]);
+        assert!(n.closed());
+        let n = parse_map(&[("enable-cors", "true"), ("proxy-buffering", "on")]);
+        assert!(!n.closed());
+        assert_eq!(n.problems.len(), 1, "{:?}", n.problems);
+    }
+}
