@@ -105,6 +105,10 @@ pub struct Flags {
     /// spec.controller of ingress-nginx's IngressClasses [default: k8s.io/ingress-nginx].
     #[arg(long, global = true, value_name = "NAME")]
     pub ingress_nginx_controller: Option<String>,
+    /// ingress-nginx's ConfigMap of global settings, followed live
+    /// [default: ingress-nginx/ingress-nginx-controller].
+    #[arg(long, global = true, value_name = "NS/NAME")]
+    pub ingress_nginx_configmap: Option<String>,
     /// ingress-nginx's class in the legacy kubernetes.io/ingress.class annotation [default: nginx].
     #[arg(long, global = true, value_name = "NAME")]
     pub ingress_nginx_class: Option<String>,
@@ -396,6 +400,9 @@ impl Flags {
                 .ingress_nginx_controller
                 .or(file.ingress_nginx_controller),
             ingress_nginx_class: self.ingress_nginx_class.or(file.ingress_nginx_class),
+            ingress_nginx_configmap: self
+                .ingress_nginx_configmap
+                .or(file.ingress_nginx_configmap),
             watch_ingress_without_class: self
                 .watch_ingress_without_class
                 .or(file.watch_ingress_without_class),
@@ -478,6 +485,20 @@ impl Flags {
                 "0.0.0.0:443",
             )?),
         };
+        let nginx_configmap = match flags.ingress_nginx_configmap.as_deref() {
+            None => crate::model::ObjectKey::new("ingress-nginx", "ingress-nginx-controller"),
+            Some(v) => match v.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    crate::model::ObjectKey::new(ns, name)
+                }
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        flag: "--ingress-nginx-configmap",
+                        reason: format!("{v:?} is not NAMESPACE/NAME"),
+                    })
+                }
+            },
+        };
         let default_tls = default_tls(
             flags.default_tls_secret,
             flags.default_tls_cert,
@@ -505,6 +526,7 @@ impl Flags {
                             .unwrap_or_else(|| "k8s.io/ingress-nginx".into()),
                         class: flags.ingress_nginx_class.unwrap_or_else(|| "nginx".into()),
                         watch_without_class: flags.watch_ingress_without_class.unwrap_or(false),
+                        configmap: nginx_configmap,
                     }),
             },
             threads,

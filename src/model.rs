@@ -43,6 +43,8 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Secret,
+    /// Only ingress-nginx's ConfigMap, with `--ingress-nginx-compat`.
+    ConfigMap,
 }
 
 impl Kind {
@@ -53,6 +55,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
         }
     }
 }
@@ -71,6 +74,14 @@ pub struct Model {
     pub services: BTreeMap<ObjectKey, Arc<Service>>,
     pub slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     pub secrets: BTreeMap<ObjectKey, Arc<TlsSecret>>,
+    pub config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
+}
+
+/// A ConfigMap's data (string values only).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigMap {
+    pub key: ObjectKey,
+    pub data: BTreeMap<String, String>,
 }
 
 /// One object of any kind, as a source produces it.
@@ -81,6 +92,7 @@ pub enum Object {
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
     Secret(Arc<TlsSecret>),
+    ConfigMap(Arc<ConfigMap>),
 }
 
 impl Object {
@@ -91,6 +103,7 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Secret(_) => Kind::Secret,
+            Object::ConfigMap(_) => Kind::ConfigMap,
         }
     }
 
@@ -101,6 +114,7 @@ impl Object {
             Object::Service(o) => o.key.clone(),
             Object::EndpointSlice(o) => o.key.clone(),
             Object::Secret(o) => o.key.clone(),
+            Object::ConfigMap(o) => o.key.clone(),
         }
     }
 }
@@ -116,6 +130,7 @@ impl Object {
             Object::Service(o) => kind == Kind::Service && o.key == *key,
             Object::EndpointSlice(o) => kind == Kind::EndpointSlice && o.key == *key,
             Object::Secret(o) => kind == Kind::Secret && o.key == *key,
+            Object::ConfigMap(o) => kind == Kind::ConfigMap && o.key == *key,
         }
     }
 }
@@ -139,6 +154,9 @@ impl Model {
             Object::Secret(o) => {
                 self.secrets.insert(o.key.clone(), o);
             }
+            Object::ConfigMap(o) => {
+                self.config_maps.insert(o.key.clone(), o);
+            }
         }
     }
 
@@ -159,6 +177,9 @@ impl Model {
             }
             Kind::Secret => {
                 self.secrets.remove(key);
+            }
+            Kind::ConfigMap => {
+                self.config_maps.remove(key);
             }
         }
     }
@@ -216,6 +237,39 @@ impl NginxAnnotations {
     /// Whether an annotation that could widen access was refused: the Ingress is not served.
     pub fn closed(&self) -> bool {
         self.problems.iter().any(|p| p.closes)
+    }
+}
+
+/// ingress-nginx's global settings, from its ConfigMap; each `None` or default is ingress-nginx's
+/// default. They apply to the Ingresses taken in compatibility mode; annotations win.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NginxGlobals {
+    /// `proxy-body-size` and `proxy-connect/read/send-timeout`, when set.
+    pub limits: RouteLimits,
+    /// `ssl-redirect` [true].
+    pub ssl_redirect: bool,
+    /// `force-ssl-redirect` [false].
+    pub force_ssl_redirect: bool,
+    /// `http-redirect-code` [308]: the code of the redirects to HTTPS.
+    pub http_redirect_code: u16,
+    /// `hsts`, `hsts-max-age`, `hsts-include-subdomains`, `hsts-preload` [on, 31536000, true,
+    /// false]; `None` when `hsts` is false.
+    pub hsts: Option<Hsts>,
+}
+
+impl Default for NginxGlobals {
+    fn default() -> Self {
+        Self {
+            limits: RouteLimits::default(),
+            ssl_redirect: true,
+            force_ssl_redirect: false,
+            http_redirect_code: 308,
+            hsts: Some(Hsts {
+                max_age: 31_536_000,
+                include_subdomains: true,
+                preload: false,
+            }),
+        }
     }
 }
 

@@ -299,3 +299,51 @@ async fn nginx_path_kinds_www_redirect_and_server_alias() {
     assert_eq!(echo(p, "www.brand.example.com", "/shoes").await.service, "web");
 }
 }
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configmap_is_followed_live() {
+    let s = start(|_| {}).await;
+    let p = &s.p;
+    assert_eq!(get(p, "secure.example.com", "/").await.0, 308);
+    let body = vec![b'x'; 1536];
+    assert_eq!(send(p, "POST", "cors.example.com", "/", body.clone()).await.0, 200);
+    let metrics = p.metrics().await;
+    assert!(
+        metrics.contains("portico_rejected_objects{kind=\"ConfigMap\",reason=\"UnknownKey\"} 2"),
+        "{metrics}"
+    );
+    // The operator changes the redirect code and the body limit.
+    let cm = std::fs::read_to_string(p.dir.path().join("10-configmap.yaml")).expect("read");
+    let cm = cm.replace(
+        "  use-gzip: \"true\"",
+        "  use-gzip: \"true\"\n  http-redirect-code: \"301\"\n  proxy-body-size: 1k",
+    );
+    std::fs::write(p.dir.path().join("10-configmap.yaml"), cm).expect("write");
+    p.eventually("secure.example.com", "/", Duration::from_secs(10), |status, _| status == 301)
+        .await;
+    assert_eq!(send(p, "POST", "cors.example.com", "/", body.clone()).await.0, 413);
+    // An annotation wins over the ConfigMap.
+    assert_eq!(send(p, "POST", "bulk.example.com", "/", body.clone()).await.0, 200);
+    // A value Portico cannot parse is reported; the rest keeps working.
+    let cm = std::fs::read_to_string(p.dir.path().join("10-configmap.yaml")).expect("read");
+    std::fs::write(
+        p.dir.path().join("10-configmap.yaml"),
+        cm.replace("proxy-body-size: 1k", "proxy-body-size: lots"),
+    )
+    .expect("write");
+    p.eventually("cors.example.com", "/", Duration::from_secs(10), |status, _| status == 200)
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while send(p, "POST", "cors.example.com", "/", body.clone()).await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the invalid value was applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(p, "secure.example.com", "/").await.0, 301);
+    let metrics = p.metrics().await;
+    assert!(
+        metrics.contains("portico_rejected_objects{kind=\"ConfigMap\",reason=\"InvalidValue\"} 1"),
+        "{metrics}"
+    );
+}
+}

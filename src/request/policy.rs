@@ -393,7 +393,7 @@ impl Policy {
             return Decision::Answer {
                 route: id,
                 answer: Answer {
-                    status: 308,
+                    status: route.https_redirect_code,
                     body: "",
                     location: Some(location),
                     close: false,

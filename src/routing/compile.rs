@@ -11,8 +11,8 @@ use super::host::{parse_host, HostMatch};
 use super::path::{PathMatch, RegexPath};
 use super::{FastMap, FastSet, HostRules, NginxRoute, Route, RouteTable};
 use crate::model::{
-    BackendRef, EndpointSlice, HttpPath, Ingress, Kind, Model, NginxAnnotations, ObjectKey,
-    PathType, PortRef,
+    BackendRef, EndpointSlice, HttpPath, Ingress, Kind, Model, NginxAnnotations, NginxGlobals,
+    ObjectKey, PathType, PortRef,
 };
 use crate::upstream::{Pool, Upstream};
 
@@ -46,6 +46,8 @@ pub struct NginxCompat {
     pub class: String,
     /// Take Ingresses with no class at all (`--watch-ingress-without-class`).
     pub watch_without_class: bool,
+    /// ingress-nginx's ConfigMap (`--ingress-nginx-configmap`), followed live.
+    pub configmap: ObjectKey,
 }
 
 /// How an Ingress is served: by the Ingress spec, or with ingress-nginx's semantics.
@@ -331,8 +333,34 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Compiled {
 /// output equals [`compile`]'s, except that unchanged pools are the previous `Arc`s (and so keep
 /// their round-robin position and endpoint health records).
 pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<'_>) -> Compiled {
+    let mut nginx_problems = Vec::new();
+    let nginx_globals = match &opts.nginx {
+        Some(n) => {
+            let empty = BTreeMap::new();
+            let data = model
+                .config_maps
+                .get(&n.configmap)
+                .map_or(&empty, |c| &c.data);
+            let (globals, problems) = crate::translate::nginx::globals(data);
+            for (key, reason, message) in problems {
+                nginx_problems.push(Rejected {
+                    kind: Kind::ConfigMap,
+                    key: n.configmap.clone(),
+                    reason,
+                    message: format!("data[{key}]: {message}"),
+                });
+            }
+            globals
+        }
+        None => NginxGlobals::default(),
+    };
     let mut c = Compiler {
         model,
+        nginx_hsts: nginx_globals
+            .hsts
+            .as_ref()
+            .map(|h| Arc::from(h.to_string())),
+        nginx_globals,
         slices: index_slices(model),
         previous,
         previous_ids: previous
@@ -356,6 +384,7 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
     let taken = taken_ingresses(model, opts);
     let ours: Vec<&Ingress> = taken.iter().map(|(ing, _)| *ing).collect();
     class_problems(model, opts, &mut c.out.rejected);
+    c.out.rejected.append(&mut nginx_problems);
     let no_annotations = NginxAnnotations::default();
     // The hosts of every served rule (server-alias and from-to-www-redirect yield to them), and
     // those where ingress-nginx's regex locations apply: a host where any Ingress in
@@ -485,8 +514,9 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                         && host.as_ref().is_some_and(|h| tls_hosts.contains(h))
                 }
                 Some(n) => {
-                    n.force_ssl_redirect == Some(true)
-                        || (n.ssl_redirect != Some(false)
+                    let g = &c.nginx_globals;
+                    n.force_ssl_redirect.unwrap_or(g.force_ssl_redirect)
+                        || (n.ssl_redirect.unwrap_or(g.ssl_redirect)
                             && host.as_ref().is_some_and(|h| nginx_tls.contains(h)))
                 }
             };
@@ -562,6 +592,10 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
 
 struct Compiler<'m, 'p> {
     model: &'m Model,
+    /// ingress-nginx's ConfigMap settings, and its HSTS value, for Ingresses in compatibility
+    /// mode.
+    nginx_globals: NginxGlobals,
+    nginx_hsts: Option<Arc<str>>,
     slices: SliceIndex<'m>,
     previous: Previous<'p>,
     /// The index of each previous pool by its Service and port.
@@ -986,28 +1020,35 @@ impl<'m> Compiler<'m, '_> {
             pool,
             redirect_https: redirect,
             limits: match annotations {
-                Some(n) => crate::model::RouteLimits {
-                    max_body: n.limits.max_body.or(ing.annotations.limits.max_body),
-                    connect_timeout: n
-                        .limits
-                        .connect_timeout
-                        .or(ing.annotations.limits.connect_timeout),
-                    read_timeout: n
-                        .limits
-                        .read_timeout
-                        .or(ing.annotations.limits.read_timeout),
-                    send_timeout: n
-                        .limits
-                        .send_timeout
-                        .or(ing.annotations.limits.send_timeout),
-                },
+                // The annotation, then ingress-nginx's ConfigMap, then Portico's own.
+                Some(n) => {
+                    let (a, g, p) = (
+                        &n.limits,
+                        &self.nginx_globals.limits,
+                        &ing.annotations.limits,
+                    );
+                    crate::model::RouteLimits {
+                        max_body: a.max_body.or(g.max_body).or(p.max_body),
+                        connect_timeout: a
+                            .connect_timeout
+                            .or(g.connect_timeout)
+                            .or(p.connect_timeout),
+                        read_timeout: a.read_timeout.or(g.read_timeout).or(p.read_timeout),
+                        send_timeout: a.send_timeout.or(g.send_timeout).or(p.send_timeout),
+                    }
+                }
                 None => ing.annotations.limits,
             },
-            hsts: ing
-                .annotations
-                .hsts
-                .as_ref()
-                .map(|h| Arc::from(h.to_string())),
+            hsts: match (&ing.annotations.hsts, annotations) {
+                (Some(h), _) => Some(Arc::from(h.to_string())),
+                // ingress-nginx sends HSTS over TLS by default (ConfigMap `hsts`).
+                (None, Some(_)) => self.nginx_hsts.clone(),
+                (None, None) => None,
+            },
+            https_redirect_code: match annotations {
+                Some(_) => self.nginx_globals.http_redirect_code,
+                None => 308,
+            },
             backend_protocol: annotations
                 .and_then(|n| n.backend_protocol)
                 .or(ing.annotations.backend_protocol)

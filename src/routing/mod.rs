@@ -35,8 +35,10 @@ pub struct Route {
     pub service: Arc<ObjectKey>,
     /// Index of the backend's pool in the snapshot.
     pub pool: usize,
-    /// Answer plain-HTTP requests with a 308 to HTTPS (the host has TLS, and no opt-out).
+    /// Answer plain-HTTP requests with a redirect to HTTPS (the host has TLS, and no opt-out).
     pub redirect_https: bool,
+    /// Its code: 308, or ingress-nginx's `http-redirect-code`.
+    pub https_redirect_code: u16,
     /// The Ingress's overrides of body size and upstream timeouts.
     pub limits: RouteLimits,
     /// The `Strict-Transport-Security` value added to responses over TLS, from the Ingress.

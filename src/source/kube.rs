@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service as K8sService};
+use k8s_openapi::api::core::v1::{ConfigMap as K8sConfigMap, Secret, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as K8sSlice;
 use k8s_openapi::api::networking::v1::{Ingress as K8sIngress, IngressClass as K8sClass};
 use kube::runtime::reflector::{self, Store};
@@ -230,6 +230,13 @@ impl Watched for K8sSlice {
     const KIND: Kind = Kind::EndpointSlice;
     fn translate(&self) -> Result<Option<Object>, String> {
         translate::slice_from_k8s(self).map(|o| Some(Object::EndpointSlice(Arc::new(o))))
+    }
+}
+
+impl Watched for K8sConfigMap {
+    const KIND: Kind = Kind::ConfigMap;
+    fn translate(&self) -> Result<Option<Object>, String> {
+        translate::config_map_from_k8s(self).map(|c| Some(Object::ConfigMap(Arc::new(c))))
     }
 }
 
@@ -467,6 +474,7 @@ impl Controller {
                     Kind::Service => self.model.services.keys().cloned().collect(),
                     Kind::EndpointSlice => self.model.slices.keys().cloned().collect(),
                     Kind::Secret => self.model.secrets.keys().cloned().collect(),
+                    Kind::ConfigMap => self.model.config_maps.keys().cloned().collect(),
                 };
                 for key in gone.into_iter().filter(|k| !keep.contains(k)) {
                     self.remove(kind, &key);
@@ -498,6 +506,9 @@ impl Controller {
             Object::Secret(o) => {
                 self.routes_dirty |= upsert(&mut m.secrets, o.key.clone(), o).is_some();
             }
+            Object::ConfigMap(o) => {
+                self.routes_dirty |= upsert(&mut m.config_maps, o.key.clone(), o).is_some();
+            }
             Object::EndpointSlice(o) => {
                 let new = o.clone();
                 if let Some(old) = upsert(&mut m.slices, o.key.clone(), o) {
@@ -521,6 +532,7 @@ impl Controller {
             }
             Kind::Service => self.routes_dirty |= m.services.remove(key).is_some(),
             Kind::Secret => self.routes_dirty |= m.secrets.remove(key).is_some(),
+            Kind::ConfigMap => self.routes_dirty |= m.config_maps.remove(key).is_some(),
             Kind::EndpointSlice => {
                 let old = m.slices.remove(key);
                 self.touch_slice(old.as_ref());
@@ -532,7 +544,7 @@ impl Controller {
     /// nothing: a half-listed cluster would drop routes and turn ready too early.
     pub fn flush(&mut self) {
         if !self.published {
-            if self.synced.len() < KINDS {
+            if self.synced.len() < KINDS + usize::from(self.shared.options.nginx.is_some()) {
                 return;
             }
             self.published = true;
@@ -701,6 +713,17 @@ impl KubeSource {
             &tx,
             shared,
         );
+        if let Some(nginx) = &shared.options.nginx {
+            // ingress-nginx's ConfigMap, and only it.
+            let key = &nginx.configmap;
+            spawn_reflector::<K8sConfigMap>(
+                &mut tasks,
+                Api::namespaced(client.clone(), &key.namespace),
+                watcher::Config::default().fields(&format!("metadata.name={}", key.name)),
+                &tx,
+                shared,
+            );
+        }
         drop(tx);
 
         let (owned_tx, owned_rx) = watch::channel(None);

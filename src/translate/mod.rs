@@ -9,7 +9,7 @@ pub mod nginx;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Secret, Service as K8sService};
+use k8s_openapi::api::core::v1::{ConfigMap as K8sConfigMap, Secret, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as K8sSlice;
 use k8s_openapi::api::networking::v1::{
     Ingress as K8sIngress, IngressBackend, IngressClass as K8sClass,
@@ -139,6 +139,7 @@ fn from_value(index: usize, value: serde_json::Value, out: &mut Vec<Document>) {
         ("v1", "Service") => Some("Service"),
         ("discovery.k8s.io/v1", "EndpointSlice") => Some("EndpointSlice"),
         ("v1", "Secret") => Some("Secret"),
+        ("v1", "ConfigMap") => Some("ConfigMap"),
         (_, "") => {
             out.push(Document::Rejected {
                 identity: None,
@@ -204,6 +205,9 @@ fn from_value(index: usize, value: serde_json::Value, out: &mut Vec<Document>) {
         "EndpointSlice" => serde_json::from_value::<K8sSlice>(value)
             .map_err(shape)
             .and_then(|o| slice_from_k8s(&o).map(|o| Some(Object::EndpointSlice(Arc::new(o))))),
+        "ConfigMap" => serde_json::from_value::<K8sConfigMap>(value)
+            .map_err(shape)
+            .and_then(|o| config_map_from_k8s(&o).map(|c| Some(Object::ConfigMap(Arc::new(c))))),
         _ => serde_json::from_value::<Secret>(value)
             .map_err(shape)
             .and_then(|o| secret_from_k8s(&o).map(|o| o.map(|s| Object::Secret(Arc::new(s))))),
@@ -330,6 +334,14 @@ fn parse_bool_annotation(value: &str) -> Result<bool, String> {
         "false" => Ok(false),
         other => Err(format!("expected \"true\" or \"false\", got {other:?}")),
     }
+}
+
+/// Translates a ConfigMap (its string data; binary data is not read).
+pub fn config_map_from_k8s(c: &K8sConfigMap) -> Result<crate::model::ConfigMap, String> {
+    Ok(crate::model::ConfigMap {
+        key: key_of(&c.metadata)?,
+        data: c.data.clone().unwrap_or_default(),
+    })
 }
 
 /// Translates an Ingress. Invalid paths and backends are kept out of the rules and reported in

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{AnnotationProblem, BackendProtocol, NginxAnnotations, RouteLimits, Template};
+use crate::model::{
+    AnnotationProblem, BackendProtocol, Hsts, NginxAnnotations, NginxGlobals, RouteLimits, Template,
+};
 
 /// The prefix of ingress-nginx's annotations.
 pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
@@ -212,6 +214,106 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
     Some(n)
 }
 
+/// A ConfigMap key Portico does not use, or a value it cannot parse: `(key, reason, message)`.
+pub type KeyProblem = (String, &'static str, String);
+
+/// Reads ingress-nginx's ConfigMap: the keys migrations depend on, with ingress-nginx's defaults.
+/// Every key that is not used is reported, and every other key still applies.
+pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem>) {
+    let mut g = NginxGlobals::default();
+    let mut problems = Vec::new();
+    let mut hsts_on = true;
+    let mut hsts = g.hsts.clone().unwrap_or(Hsts {
+        max_age: 31_536_000,
+        include_subdomains: true,
+        preload: false,
+    });
+    for (key, value) in data {
+        let v = value.trim();
+        let mut invalid = |e: String| {
+            problems.push((
+                key.clone(),
+                "InvalidValue",
+                format!("{e}; ingress-nginx's default applies"),
+            ))
+        };
+        match key.as_str() {
+            "proxy-body-size" => match size(v) {
+                Ok(n) => g.limits.max_body = Some(n),
+                Err(e) => invalid(e),
+            },
+            "proxy-connect-timeout" | "proxy-read-timeout" | "proxy-send-timeout" => {
+                match seconds(v) {
+                    Ok(t) => *timeout_slot(&mut g.limits, key) = Some(t),
+                    Err(e) => invalid(e),
+                }
+            }
+            "ssl-redirect" => parse_bool(v).map_or_else(invalid, |b| g.ssl_redirect = b),
+            "force-ssl-redirect" => {
+                parse_bool(v).map_or_else(invalid, |b| g.force_ssl_redirect = b)
+            }
+            "http-redirect-code" => match v.parse::<u16>() {
+                Ok(c @ (301 | 302 | 307 | 308)) => g.http_redirect_code = c,
+                _ => invalid(format!("{v:?} is not 301, 302, 307 or 308")),
+            },
+            "hsts" => parse_bool(v).map_or_else(invalid, |b| hsts_on = b),
+            "hsts-max-age" => match v.parse::<u64>() {
+                Ok(n) => hsts.max_age = n,
+                Err(_) => invalid(format!("{v:?} is not a number of seconds")),
+            },
+            "hsts-include-subdomains" => {
+                parse_bool(v).map_or_else(invalid, |b| hsts.include_subdomains = b)
+            }
+            "hsts-preload" => parse_bool(v).map_or_else(invalid, |b| hsts.preload = b),
+            "allow-snippet-annotations" => {
+                if parse_bool(v) == Ok(true) {
+                    problems.push((
+                        key.clone(),
+                        "NotApplied",
+                        "Portico never interprets snippets; Ingresses with snippet annotations \
+                         are not served whatever this says"
+                            .into(),
+                    ));
+                }
+            }
+            "use-forwarded-headers"
+            | "proxy-real-ip-cidr"
+            | "forwarded-for-header"
+            | "compute-full-forwarded-for"
+            | "enable-real-ip" => problems.push((
+                key.clone(),
+                "NotApplied",
+                "recognised but not applied: which peers' X-Forwarded-* Portico trusts is set \
+                 with --trusted-proxies"
+                    .into(),
+            )),
+            "use-proxy-protocol"
+            | "custom-http-errors"
+            | "proxy-next-upstream"
+            | "proxy-next-upstream-tries"
+            | "proxy-next-upstream-timeout"
+            | "global-auth-url"
+            | "whitelist-source-range"
+            | "denylist-source-range"
+            | "limit-req-status-code"
+            | "limit-conn-status-code" => problems.push((
+                key.clone(),
+                "NotApplied",
+                "recognised but not supported yet; Portico's own behaviour applies (see the \
+                 README's compatibility table)"
+                    .into(),
+            )),
+            _ => problems.push((
+                key.clone(),
+                "UnknownKey",
+                "not a setting Portico reads; ignored".into(),
+            )),
+        }
+    }
+    g.hsts = hsts_on.then_some(hsts);
+    (g, problems)
+}
+
 fn ignored(e: &str) -> String {
     format!("{e}; the annotation is ignored")
 }
@@ -368,6 +470,47 @@ mod tests {
             .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
             .collect();
         parse(&map).expect("has annotations")
+    }
+
+    #[test]
+    fn configmap_keys_with_ingress_nginx_defaults() {
+        let (g, problems) = globals(&BTreeMap::new());
+        assert_eq!(g, NginxGlobals::default());
+        assert!(problems.is_empty());
+        let data: BTreeMap<String, String> = [
+            ("proxy-body-size", "8m"),
+            ("proxy-read-timeout", "120"),
+            ("ssl-redirect", "false"),
+            ("http-redirect-code", "301"),
+            ("hsts-max-age", "600"),
+            ("hsts-include-subdomains", "false"),
+            ("proxy-connect-timeout", "5s"),
+            ("use-gzip", "true"),
+            ("use-forwarded-headers", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (g, problems) = globals(&data);
+        assert_eq!(g.limits.max_body, Some(8 << 20));
+        assert_eq!(
+            g.limits.read_timeout,
+            Some(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(g.limits.connect_timeout, None, "5s is not unitless seconds");
+        assert!(!g.ssl_redirect);
+        assert_eq!(g.http_redirect_code, 301);
+        assert_eq!(g.hsts.unwrap().to_string(), "max-age=600");
+        let reasons: Vec<(&str, &str)> =
+            problems.iter().map(|(k, r, _)| (k.as_str(), *r)).collect();
+        assert_eq!(
+            reasons,
+            [
+                ("proxy-connect-timeout", "InvalidValue"),
+                ("use-forwarded-headers", "NotApplied"),
+                ("use-gzip", "UnknownKey")
+            ]
+        );
     }
 
     #[test]
