@@ -7,6 +7,15 @@
 #   PROXIES="portico" perf/callgrind.sh
 #   PORTICO=/path/to/portico BARE=/path/to/bare_pingora perf/callgrind.sh
 #   PORTICO_ARGS="--http1-engine pingora" perf/callgrind.sh   # extra Portico arguments
+#   ROUTE=regex-rewrite PROXIES=portico perf/callgrind.sh      # Portico's route of another kind
+#
+# ROUTE chooses the route Portico serves (the other proxies always proxy plainly):
+# - plain (default): an Ingress of Portico's class, Prefix /;
+# - regex-rewrite: an ingress-nginx Ingress (--ingress-nginx-compat) with use-regex and
+#   rewrite-target: path /svc(/|$)(.*), rewrite /$2, requested as /svc/small;
+# - annotated: an ingress-nginx Ingress with a dozen annotations that do not answer themselves
+#   (body size, three timeouts, upstream-vhost, ssl-redirect, app-root, server-alias,
+#   enable-access-log, proxy-http-version, the two buffering switches, backend-protocol).
 #
 # Each proxy runs under `valgrind --tool=callgrind` with one worker, in front of the same nginx
 # backend on loopback (a 15-byte body), twice: once for N1 and once for N2 keep-alive requests
@@ -24,6 +33,7 @@
 set -euo pipefail
 
 N1=${N1:-1000}
+ROUTE=${ROUTE:-plain}
 N2=${N2:-4000}
 PROXIES=${PROXIES:-"nginx haproxy nginx-lua bare portico"}
 # shellcheck source=perf/lib.sh
@@ -56,15 +66,60 @@ EOF
 start_nginx "$WORK/backend"
 
 mkdir -p "$WORK/manifests"
+# The path requested, and Portico's Ingress for ROUTE.
+REQ=/small
+nginx_ingress() {
+    cat <<EOF
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: { name: nginx }
+spec: { controller: k8s.io/ingress-nginx }
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: bench
+  namespace: default
+  annotations:
+$(sed 's/^/    nginx.ingress.kubernetes.io\//')
+spec:
+  ingressClassName: nginx
+  rules:
+    - http: { paths: [{ path: "$1", pathType: $2, backend: { service: { name: backend, port: { number: 80 } } } }] }
+EOF
+}
 {
-    yaml_ingress_class
-    echo ---
-    yaml_ingress bench default "" backend
+    case $ROUTE in
+    plain)
+        yaml_ingress_class
+        echo ---
+        yaml_ingress bench default "" backend
+        ;;
+    regex-rewrite)
+        REQ=/svc/small
+        printf '%s\n' 'use-regex: "true"' 'rewrite-target: /$2' |
+            nginx_ingress '/svc(/|$)(.*)' ImplementationSpecific
+        ;;
+    annotated)
+        printf '%s\n' 'proxy-body-size: 8m' 'proxy-connect-timeout: "5"' \
+            'proxy-read-timeout: "30"' 'proxy-send-timeout: "30"' \
+            'upstream-vhost: backend.internal' 'ssl-redirect: "false"' 'app-root: /home' \
+            'server-alias: bench.example' 'enable-access-log: "true"' \
+            'proxy-http-version: "1.1"' 'proxy-buffering: "off"' \
+            'proxy-request-buffering: "on"' 'backend-protocol: HTTP' |
+            nginx_ingress / Prefix
+        ;;
+    *)
+        log "ROUTE must be plain, regex-rewrite or annotated"
+        exit 1
+        ;;
+    esac
     echo ---
     yaml_service backend default "$BE"
     echo ---
     yaml_endpoint_slice backend default "$BE" 127.0.0.1
 } >"$WORK/manifests/bench.yaml"
+if [[ $ROUTE != plain ]]; then PORTICO_EXTRA+=(--ingress-nginx-compat); fi
 
 # nginx as the proxy: one process (no master), so that callgrind sees every request.
 mkdir -p "$WORK/nginx"
@@ -143,16 +198,21 @@ start_proxy() {
     PIDS+=("$PID")
 }
 
+# The path requested from a proxy: ROUTE's for Portico, /small for the others.
+path_of() {
+    if [[ $1 == portico ]]; then echo "$REQ"; else echo /small; fi
+}
+
 # One run: start a proxy under callgrind, wait for a 200, send N requests (all must answer 200),
 # stop it and print its total instruction count.
 run() {
     local proxy=$1 n=$2 out="$WORK/callgrind.$1.$2.out"
     start_proxy "$proxy" "$out" "$WORK/$proxy.$n.log"
     for _ in $(seq 1 600); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/small") == 200 ]] && break
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT$(path_of "$proxy")") == 200 ]] && break
         sleep 0.1
     done
-    oha -n "$n" -c 1 --no-tui --output-format json "http://127.0.0.1:$PORT/small" >"$WORK/oha.$proxy.$n.json"
+    oha -n "$n" -c 1 --no-tui --output-format json "http://127.0.0.1:$PORT$(path_of "$proxy")" >"$WORK/oha.$proxy.$n.json"
     local ok
     ok=$(jq -r '.statusCodeDistribution["200"] // 0' "$WORK/oha.$proxy.$n.json")
     [[ $ok == "$n" ]] || { log "$proxy: $ok of $n requests answered 200"; exit 1; }
@@ -175,7 +235,7 @@ for proxy in $PROXIES; do
     PER[$proxy]=$(((i2 - i1) / (N2 - N1)))
 done
 
-echo "Instructions per keep-alive request (callgrind, one worker, runs of $N1 and $N2 differenced):"
+echo "Instructions per keep-alive request (callgrind, one worker, runs of $N1 and $N2 differenced; Portico's route: $ROUTE):"
 echo
 echo "| proxy | instructions / request | × nginx |"
 echo "|---|---|---|"

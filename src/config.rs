@@ -792,6 +792,29 @@ mod tests {
         );
         assert_eq!(c.election.lease_name, "l");
         assert_eq!(c.election.lease_duration, Duration::from_secs(15));
+        // A side-by-side migration: no status written, whatever the addresses.
+        let file: Flags = serde_yaml_ng::from_str(
+            "publish-address: [10.0.0.1]\npublish-status: false\ningress-nginx-compat: true\n\
+             ingress-nginx-configmap: infra/nginx-settings\n",
+        )
+        .unwrap();
+        let c = Flags::default().or(file).resolve().unwrap();
+        assert!(c.kubernetes.publish_addresses.is_empty());
+        let nginx = c.compile.nginx.expect("compat on");
+        assert_eq!(nginx.configmap.to_string(), "infra/nginx-settings");
+        assert_eq!(
+            (
+                nginx.controller.as_str(),
+                nginx.class.as_str(),
+                nginx.watch_without_class
+            ),
+            ("k8s.io/ingress-nginx", "nginx", false)
+        );
+        let bad = Flags {
+            ingress_nginx_configmap: Some("just-a-name".into()),
+            ..Flags::default()
+        };
+        assert!(bad.resolve().is_err());
         assert!("-bad-.example".parse::<PublishAddress>().is_err());
         assert!("a b".parse::<PublishAddress>().is_err());
         let bad = Flags {

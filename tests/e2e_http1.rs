@@ -514,3 +514,47 @@ async fn http_10_clients_get_complete_answers() {
     assert!(text.contains("\"path\":\"/ten\""), "{text}");
 }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_is_read_whole_before_the_upstream_is_connected() {
+    // nginx's request buffering: a client that sends its body slowly holds no upstream
+    // connection meanwhile (Portico's engine; Pingora's streams the body as it arrives).
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c = conns.clone();
+    let pods = Pods::scripted("buffered", move |mut s, _| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            while let Some(req) = backend_request(&mut s).await {
+                let body = String::from_utf8_lossy(&req).contains("\r\n\r\nhello world");
+                let reply: &[u8] = if body {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nnobody"
+                };
+                if s.write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let p = route_to(&pods, |_| {}).await;
+    let mut s = connect(&p).await;
+    s.write_all(
+        format!("POST /up HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 11\r\n\r\nhello").as_bytes(),
+    )
+    .await
+    .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        0,
+        "connected before the body was complete"
+    );
+    s.write_all(b" world").await.expect("write");
+    let r = read_response(&mut s, &mut Vec::new(), false)
+        .await
+        .expect("a response");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"body"[..]));
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+}

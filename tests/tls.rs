@@ -1189,3 +1189,59 @@ async fn a_trickled_header_over_tls_is_cut_but_an_h2_connection_is_not() {
     .await;
 }
 }
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_routes_send_its_default_hsts_and_redirect_without_a_secret() {
+    bounded(async {
+        let a = cert(&["a.test"]);
+        let s = echo("svc").await;
+        let nginx_class = "apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: { name: nginx }
+spec: { controller: k8s.io/ingress-nginx }
+";
+        let nginx = |name: &str, hosts: &[&str], tls: &[(&[&str], &str)]| {
+            ingress(name, &[], hosts, "svc", tls)
+                .replace("ingressClassName: portico", "ingressClassName: nginx")
+        };
+        // b.test's tls entry names no Secret: ingress-nginx still redirects it (and serves the
+        // default certificate).
+        let files = [
+            ("class.yaml", nginx_class.to_string()),
+            ("svc.yaml", service("svc", s)),
+            ("secret.yaml", secret("a", &a.pem, &a.key)),
+            ("a.yaml", nginx("a", &["a.test"], &[(&["a.test"], "a")])),
+            (
+                "b.yaml",
+                nginx("b", &["b.test"], &[]).replace(
+                    "spec:\n",
+                    "spec:\n  tls:\n    - hosts: [b.test]\n",
+                ),
+            ),
+        ];
+        let p = Proxy::start_with(&files, |f| f.ingress_nginx_compat = Some(true)).await;
+        let mut h1 = http1(tls(p.https(), Some("a.test"), &[b"http/1.1"], Versions::All).await).await;
+        let (status, headers, _) = get1(&mut h1, "a.test", "/x").await;
+        assert_eq!(status, 200);
+        // ingress-nginx's ConfigMap defaults: hsts on, a year, includeSubDomains.
+        assert_eq!(
+            headers
+                .get("strict-transport-security")
+                .and_then(|v| v.to_str().ok()),
+            Some("max-age=31536000; includeSubDomains")
+        );
+        for host in ["a.test", "b.test"] {
+            let r = client()
+                .get(format!("http://{}/y?z=1", p.http))
+                .header("host", host)
+                .send()
+                .await
+                .expect("http");
+            assert_eq!(r.status(), 308, "{host}");
+            assert!(r.headers().get("strict-transport-security").is_none());
+        }
+    })
+    .await;
+}
+}

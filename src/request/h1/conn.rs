@@ -45,6 +45,8 @@ const HEAD_BUFFER: usize = 1024;
 const RESPONSE_BUFFER: usize = 4 * 1024;
 /// The buffer that bodies stream through.
 const BODY_BUFFER: usize = 16 * 1024;
+/// Request bodies up to this size are read whole before the upstream is connected.
+const REQUEST_BUFFER: usize = 64 * 1024;
 
 /// Portico's HTTP/1 engine; one instance serves every HTTP/1 connection.
 pub struct Engine {
@@ -427,7 +429,7 @@ impl Engine {
         // RFC 9110 9.2.2, as the Pingora engine decides it.
         let may_resend = http::Method::from_bytes(method).is_ok_and(|m| m.is_idempotent());
         // A body that is already buffered whole is sent with the head, and again on a retry.
-        let buffered = match head.framing {
+        let mut buffered = match head.framing {
             Framing::None => Some(0),
             Framing::Length(n) if n as usize <= buf.len() => Some(n as usize),
             _ => None,
@@ -441,6 +443,26 @@ impl Engine {
                 Ok(Ok(()))
             ) {
                 return Next::Close;
+            }
+        }
+        // A small body is read whole before an upstream connection is taken (nginx's request
+        // buffering, in memory only): a slow client then holds no upstream connection, and an
+        // idempotent request can be retried with it.
+        if let (None, Framing::Length(n)) = (buffered, head.framing) {
+            if n <= REQUEST_BUFFER as u64 {
+                let limit = self.policy.limits.client_body_timeout;
+                match fill(client, buf, n as usize, limit).await {
+                    Ok(()) => buffered = Some(n as usize),
+                    Err(Failure::Client { status, reason }) => {
+                        outcome.error = reason;
+                        let answer = Answer {
+                            close: true,
+                            ..Answer::error(status, "")
+                        };
+                        return self.answer(client, head, raw, &answer, true, outcome).await;
+                    }
+                    Err(_) => return Next::Close,
+                }
             }
         }
         let mut attempts = Attempts::default();
@@ -1116,6 +1138,34 @@ async fn client_read(
             reason: "client body timeout",
         }),
     }
+}
+
+/// Reads from the client until `buf` holds `n` bytes, waiting at most `limit` for each read.
+async fn fill(
+    client: &mut Stream,
+    buf: &mut BytesMut,
+    n: usize,
+    limit: Duration,
+) -> Result<(), Failure> {
+    while buf.len() < n {
+        buf.reserve((n - buf.len()).min(BODY_BUFFER));
+        match within(limit, client.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Err(Failure::Client {
+                    status: 400,
+                    reason: "client closed mid-body",
+                })
+            }
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                return Err(Failure::Client {
+                    status: 408,
+                    reason: "client body timeout",
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads at most `want` bytes into `buf`.
