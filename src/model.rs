@@ -9,6 +9,59 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// An IP network (or one address): trusted proxies, allowlists, denylists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 /// `namespace/name` of an object. Cluster-scoped objects have an empty namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
@@ -229,6 +282,12 @@ pub struct NginxAnnotations {
     /// `server-alias`: more hosts served by the same rules.
     pub server_alias: Vec<String>,
     pub enable_access_log: Option<bool>,
+    /// `whitelist-source-range`/`allowlist-source-range`: only these client networks (403).
+    pub allow: Option<Vec<Cidr>>,
+    /// `denylist-source-range`: never these client networks (403).
+    pub deny: Option<Vec<Cidr>>,
+    /// `enable-global-auth`.
+    pub enable_global_auth: Option<bool>,
     /// Annotations refused or not applied, with the reason.
     pub problems: Vec<AnnotationProblem>,
 }
@@ -255,6 +314,15 @@ pub struct NginxGlobals {
     /// `hsts`, `hsts-max-age`, `hsts-include-subdomains`, `hsts-preload` [on, 31536000, true,
     /// false]; `None` when `hsts` is false.
     pub hsts: Option<Hsts>,
+    /// `whitelist-source-range` / `denylist-source-range`: for Ingresses without their own.
+    pub allow: Option<Vec<Cidr>>,
+    pub deny: Option<Vec<Cidr>>,
+    /// `use-proxy-protocol`: the client IP would come from PROXY protocol, which Portico does
+    /// not read; Ingresses with allow or deny lists are not served.
+    pub proxy_protocol: bool,
+    /// Why no Ingress in compatibility mode may be served (an access setting Portico cannot
+    /// apply, such as `global-auth-url`), unless it opts out of it.
+    pub closed: Option<String>,
 }
 
 impl Default for NginxGlobals {
@@ -269,6 +337,10 @@ impl Default for NginxGlobals {
                 include_subdomains: true,
                 preload: false,
             }),
+            allow: None,
+            deny: None,
+            proxy_protocol: false,
+            closed: None,
         }
     }
 }

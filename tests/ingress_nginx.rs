@@ -231,7 +231,8 @@ async fn snippets_and_allowlists_close_their_ingress_and_are_reported() {
     let s = start(|_| {}).await;
     let p = &s.p;
     assert_eq!(get(p, "snippet.example.com", "/").await.0, 404);
-    assert_eq!(get(p, "intranet.example.com", "/").await.0, 404);
+    // An allowlist that cannot be read keeps its Ingress out too.
+    assert_eq!(get(p, "typo.example.com", "/").await.0, 404);
     // Not access control: served without it, and reported.
     let e = echo(p, "cors.example.com", "/").await;
     assert!(!e.headers.contains_key("access-control-allow-origin"));
@@ -345,5 +346,50 @@ async fn the_configmap_is_followed_live() {
         metrics.contains("portico_rejected_objects{kind=\"ConfigMap\",reason=\"InvalidValue\"} 1"),
         "{metrics}"
     );
+}
+}
+
+/// GET from a given loopback address, with `X-Forwarded-For` lines; the status.
+async fn get_from(p: &Portico, from: &str, host: &str, forwarded_for: &[&str]) -> u16 {
+    let client = reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().ok())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut r = client.get(p.url("/")).header("host", host);
+    for line in forwarded_for {
+        r = r.header("x-forwarded-for", *line);
+    }
+    r.send().await.expect("request").status().as_u16()
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlists_check_the_real_client_ip_and_fail_closed() {
+    let s = start(|_| {}).await;
+    let p = &s.p;
+    assert_eq!(get_from(p, "127.0.0.2", "partners.example.com", &[]).await, 200);
+    assert_eq!(get_from(p, "127.0.0.1", "partners.example.com", &[]).await, 403);
+    // A spoofed X-Forwarded-For from a peer that is not a trusted proxy is not believed.
+    assert_eq!(get_from(p, "127.0.0.1", "partners.example.com", &["127.0.0.2"]).await, 403);
+    assert_eq!(get_from(p, "127.0.0.1", "intranet.example.com", &["10.1.2.3"]).await, 403);
+    assert_eq!(get_from(p, "127.0.0.3", "public.example.com", &[]).await, 403);
+    assert_eq!(get_from(p, "127.0.0.4", "public.example.com", &[]).await, 200);
+    drop(s);
+
+    // Behind a trusted proxy (127.0.0.1): the rightmost address it did not add itself.
+    let s = start(|f| f.trusted_proxies = vec!["127.0.0.1/32".into()]).await;
+    let p = &s.p;
+    assert_eq!(get_from(p, "127.0.0.1", "partners.example.com", &["127.0.0.2"]).await, 200);
+    assert_eq!(get_from(p, "127.0.0.1", "partners.example.com", &["127.0.0.2, 127.0.0.1"]).await, 200);
+    // The client prepended a forged address: the proxy's own entry is the rightmost.
+    assert_eq!(get_from(p, "127.0.0.1", "partners.example.com", &["127.0.0.2, 127.0.0.9"]).await, 403);
+    // A forged line before the proxy's line does not count either.
+    assert_eq!(get_from(p, "127.0.0.1", "partners.example.com", &["127.0.0.2", "127.0.0.9"]).await, 403);
+    // An entry that is no address: the client cannot be told, so it is refused.
+    assert_eq!(get_from(p, "127.0.0.1", "partners.example.com", &["127.0.0.2, bogus"]).await, 403);
+    // Without the header, the trusted peer itself is the client.
+    assert_eq!(get_from(p, "127.0.0.1", "partners.example.com", &[]).await, 403);
+    assert_eq!(get_from(p, "127.0.0.1", "public.example.com", &["127.0.0.3"]).await, 403);
 }
 }

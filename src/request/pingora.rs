@@ -143,6 +143,13 @@ impl ProxyHttp for PingoraApp {
             path_and_query,
             ctx.tls,
             declared,
+            || {
+                let lines = req.headers.get_all("x-forwarded-for").into_iter();
+                self.policy.real_ip(
+                    ctx.client,
+                    lines.map(|v| v.as_bytes()).collect::<Vec<_>>().into_iter(),
+                )
+            },
         );
         ctx.plane = Some(plane);
         match decision {

@@ -15,6 +15,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use crate::dataplane::{DataPlane, Shared};
 use crate::metrics::RouteMetrics;
 use crate::model::BackendProtocol;
+pub use crate::model::Cidr;
 use crate::request::guard::Limits;
 use crate::routing::{normalize_request_host, NginxRoute, Route};
 use crate::upstream::{now_ms, EndpointHealth};
@@ -87,59 +88,6 @@ pub enum Http1Engine {
     Portico,
     /// Pingora's HTTP/1 proxy for every request: the escape hatch.
     Pingora,
-}
-
-/// A trusted proxy network, for `X-Forwarded-*` headers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
 }
 
 /// The `Server` header of responses, in nginx's model: Portico's own value replaces the
@@ -358,6 +306,7 @@ pub type Forwarded = [(&'static str, HeaderValue); 5];
 impl Policy {
     /// Decides what to do with a request from its head. `host` is the authority of the request
     /// line or else the `Host` header; `declared_len` the Content-Length, if any.
+    #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &self,
         plane: &DataPlane,
@@ -366,6 +315,7 @@ impl Policy {
         path_and_query: &str,
         tls: bool,
         declared_len: Option<u64>,
+        client: impl FnOnce() -> Option<IpAddr>,
     ) -> Decision {
         let raw_host = host;
         let host = normalize_request_host(host);
@@ -399,6 +349,30 @@ impl Policy {
                     close: false,
                 },
             };
+        }
+        if let Some(x) = route
+            .nginx
+            .as_ref()
+            .filter(|x| x.allow.is_some() || x.deny.is_some())
+        {
+            // ingress-nginx's access phase, after its redirects: the real client IP against the
+            // lists. An IP that cannot be told is refused.
+            let ip = client();
+            let allowed = ip.is_some_and(|ip| {
+                x.allow
+                    .as_ref()
+                    .is_none_or(|l| l.iter().any(|c| c.contains(ip)))
+                    && !x
+                        .deny
+                        .as_ref()
+                        .is_some_and(|l| l.iter().any(|c| c.contains(ip)))
+            });
+            if !allowed {
+                return Decision::Answer {
+                    route: id,
+                    answer: Answer::error(403, "forbidden\n"),
+                };
+            }
         }
         if plane.pools.get(route.pool).is_none_or(|p| p.is_empty()) {
             return Decision::Answer {
@@ -564,6 +538,34 @@ impl Policy {
         if let Some((_, health)) = &a.current {
             health.record_success();
         }
+    }
+
+    /// The client's IP as ingress-nginx's real-IP module finds it: the peer, unless the peer is
+    /// a trusted proxy (`--trusted-proxies`); then the rightmost `X-Forwarded-For` address that
+    /// is not a trusted proxy (nginx's `real_ip_recursive on`), reading the header's lines
+    /// from the last one (`lines`, in the order received). `None` when an entry cannot be read:
+    /// the caller must then refuse whatever depends on the client.
+    pub fn real_ip<'a>(
+        &self,
+        peer: Option<IpAddr>,
+        lines: impl DoubleEndedIterator<Item = &'a [u8]>,
+    ) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.trusts(Some(peer)) {
+            return Some(peer);
+        }
+        let mut last = peer;
+        for line in lines.rev() {
+            let line = std::str::from_utf8(line).ok()?;
+            for entry in line.rsplit(',') {
+                let ip: IpAddr = entry.trim().parse().ok()?;
+                last = ip;
+                if !self.trusts(Some(ip)) {
+                    return Some(ip);
+                }
+            }
+        }
+        Some(last)
     }
 
     /// Whether the client's own forwarding headers are kept (it is a trusted proxy).

@@ -426,6 +426,28 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
             if n.closed() {
                 continue;
             }
+            let g = &c.nginx_globals;
+            let refusal = match &g.closed {
+                Some(why) if n.enable_global_auth != Some(false) => Some(why.clone()),
+                _ if g.proxy_protocol
+                    && (n.allow.is_some()
+                        || n.deny.is_some()
+                        || g.allow.is_some()
+                        || g.deny.is_some()) =>
+                {
+                    Some(
+                        "the ConfigMap's use-proxy-protocol is true, and Portico does not read \
+                         PROXY protocol: the client IP the allow/deny lists check would be the \
+                         load balancer's; the Ingress is not served"
+                            .to_string(),
+                    )
+                }
+                _ => None,
+            };
+            if let Some(message) = refusal {
+                c.reject(Kind::Ingress, &ing.key, "AnnotationRefused", message);
+                continue;
+            }
         } else if ing.nginx.is_some() {
             c.reject(
                 Kind::Ingress,
@@ -762,13 +784,15 @@ impl<'m> Compiler<'m, '_> {
         let field = format!("spec.rules[{i}].http.paths[{j}].backend");
         let annotations = nginx.as_ref().map(|(n, _, _)| *n);
         let extras = match nginx {
-            Some((n, _, www)) => match nginx_route(n, &matcher, p, www.map(str::to_string)) {
-                Ok(x) => x,
-                Err(e) => {
-                    self.reject(Kind::Ingress, &ing.key, "AnnotationRefused", e);
-                    return;
+            Some((n, _, www)) => {
+                match nginx_route(n, &self.nginx_globals, &matcher, p, www.map(str::to_string)) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        self.reject(Kind::Ingress, &ing.key, "AnnotationRefused", e);
+                        return;
+                    }
                 }
-            },
+            }
             None => None,
         };
         let Some(route) = self.route_for(
@@ -1101,6 +1125,7 @@ fn nginx_path(path: &str, path_type: PathType, regex: bool) -> Result<PathMatch,
 /// so that such a route costs what any other does.
 fn nginx_route(
     n: &NginxAnnotations,
+    g: &NginxGlobals,
     matcher: &PathMatch,
     p: &HttpPath,
     www_redirect: Option<String>,
@@ -1151,6 +1176,17 @@ fn nginx_route(
             .filter(|_| n.rewrite_target.is_some())
             .and_then(header),
         access_log: n.enable_access_log,
+        // The annotation overrides the ConfigMap's list, as in ingress-nginx.
+        allow: n
+            .allow
+            .as_ref()
+            .or(g.allow.as_ref())
+            .map(|l| Arc::from(l.as_slice())),
+        deny: n
+            .deny
+            .as_ref()
+            .or(g.deny.as_ref())
+            .map(|l| Arc::from(l.as_slice())),
     };
     Ok((route != NginxRoute::default()).then(|| Arc::new(route)))
 }

@@ -72,6 +72,10 @@ pub struct NginxRoute {
     pub forwarded_prefix: Option<http::HeaderValue>,
     /// `enable-access-log`.
     pub access_log: Option<bool>,
+    /// `whitelist-source-range` (or the ConfigMap's): only these clients; 403 for others.
+    pub allow: Option<Arc<[crate::model::Cidr]>>,
+    /// `denylist-source-range` (or the ConfigMap's): 403 for these clients.
+    pub deny: Option<Arc<[crate::model::Cidr]>>,
 }
 
 impl NginxRoute {

@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use crate::model::{
-    AnnotationProblem, BackendProtocol, Hsts, NginxAnnotations, NginxGlobals, RouteLimits, Template,
+    AnnotationProblem, BackendProtocol, Cidr, Hsts, NginxAnnotations, NginxGlobals, RouteLimits,
+    Template,
 };
 
 /// The prefix of ingress-nginx's annotations.
@@ -28,9 +29,6 @@ const SNIPPETS: &[&str] = &[
 /// clients), so the Ingress is not served.
 const CLOSED_PREFIXES: &[&str] = &["auth-", "canary"];
 const CLOSED: &[&str] = &[
-    "whitelist-source-range",
-    "allowlist-source-range",
-    "denylist-source-range",
     "enable-modsecurity",
     "enable-owasp-core-rules",
     "satisfy",
@@ -169,6 +167,27 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                 }
                 n.server_alias = hosts;
             }
+            "whitelist-source-range" | "allowlist-source-range" | "denylist-source-range" => {
+                match cidrs(v) {
+                    Ok(list) => {
+                        let slot = if name == "denylist-source-range" {
+                            &mut n.deny
+                        } else {
+                            &mut n.allow
+                        };
+                        slot.get_or_insert_with(Vec::new).extend(list);
+                    }
+                    // An allowlist that cannot be read must not open the route.
+                    Err(e) => refuse(
+                        format!("{e}; the Ingress is not served until it is corrected"),
+                        true,
+                    ),
+                }
+            }
+            "enable-global-auth" => match parse_bool(v) {
+                Ok(b) => n.enable_global_auth = Some(b),
+                Err(e) => refuse(ignored(&e), false),
+            },
             "enable-access-log" => match parse_bool(v) {
                 Ok(b) => n.enable_access_log = Some(b),
                 Err(e) => refuse(ignored(&e), false),
@@ -276,6 +295,47 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                     ));
                 }
             }
+            "whitelist-source-range" | "denylist-source-range" => match cidrs(v) {
+                Ok(list) if key == "whitelist-source-range" => g.allow = Some(list),
+                Ok(list) => g.deny = Some(list),
+                Err(e) => {
+                    // Closed, not open: an allowlist of nobody, a denylist of everybody.
+                    let everybody = ["0.0.0.0/0", "::/0"].map(|c| c.parse().ok());
+                    if key == "whitelist-source-range" {
+                        g.allow = Some(Vec::new());
+                    } else {
+                        g.deny = Some(everybody.into_iter().flatten().collect());
+                    }
+                    problems.push((
+                        key.clone(),
+                        "InvalidValue",
+                        format!(
+                            "{e}; until it is corrected, Ingresses without their own list \
+                                 answer 403"
+                        ),
+                    ));
+                }
+            },
+            "use-proxy-protocol" => match parse_bool(v) {
+                Ok(b) => g.proxy_protocol = b,
+                Err(e) => invalid(e),
+            },
+            "global-auth-url" if !v.is_empty() => {
+                g.closed = Some(
+                    "the ConfigMap's global-auth-url is not supported yet, and ignoring it \
+                     would open every Ingress; set enable-global-auth: \"false\" on the \
+                     Ingresses that do not need it"
+                        .into(),
+                );
+                problems.push((
+                    key.clone(),
+                    "NotApplied",
+                    "not supported yet: Ingresses without enable-global-auth \"false\" are not \
+                     served"
+                        .into(),
+                ));
+            }
+            "global-auth-url" => {}
             "use-forwarded-headers"
             | "proxy-real-ip-cidr"
             | "forwarded-for-header"
@@ -287,14 +347,10 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                  with --trusted-proxies"
                     .into(),
             )),
-            "use-proxy-protocol"
-            | "custom-http-errors"
+            "custom-http-errors"
             | "proxy-next-upstream"
             | "proxy-next-upstream-tries"
             | "proxy-next-upstream-timeout"
-            | "global-auth-url"
-            | "whitelist-source-range"
-            | "denylist-source-range"
             | "limit-req-status-code"
             | "limit-conn-status-code" => problems.push((
                 key.clone(),
@@ -327,6 +383,20 @@ fn timeout_slot<'a>(
         "proxy-read-timeout" => &mut limits.read_timeout,
         _ => &mut limits.send_timeout,
     }
+}
+
+/// A comma-separated list of networks and addresses (`10.0.0.0/8, 192.168.1.7`).
+pub fn cidrs(v: &str) -> Result<Vec<Cidr>, String> {
+    let list = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<Cidr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    if list.is_empty() {
+        return Err(format!("{v:?} lists no network"));
+    }
+    Ok(list)
 }
 
 /// Go's `strconv.ParseBool`, which ingress-nginx uses.
@@ -593,8 +663,6 @@ mod tests {
             "auth-url",
             "auth-type",
             "auth-tls-verify-client",
-            "whitelist-source-range",
-            "denylist-source-range",
             "canary",
             "ssl-passthrough",
         ] {

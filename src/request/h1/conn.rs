@@ -331,7 +331,17 @@ impl Engine {
         };
         let decision = self
             .policy
-            .decide(&plane, host, path, origin, conn.tls, declared);
+            .decide(&plane, host, path, origin, conn.tls, declared, || {
+                let lines = head
+                    .fields
+                    .iter()
+                    .filter(|f| {
+                        f.kind == Kind::Forwarding
+                            && f.name.get(&raw).eq_ignore_ascii_case(b"x-forwarded-for")
+                    })
+                    .map(|f| f.value.get(&raw));
+                self.policy.real_ip(conn.client, lines)
+            });
         if let Decision::Proxy(r) = &decision {
             if r.protocol != BackendProtocol::Http {
                 return Next::Fallback(replay(&raw, buf));
