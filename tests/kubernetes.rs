@@ -113,6 +113,7 @@ impl Portico {
             thread: Some(thread),
             client: reqwest::Client::builder()
                 .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(5))
                 .build()
                 .expect("client"),
@@ -940,25 +941,37 @@ async fn rbac_grants_every_request_portico_makes() {
             "/",
             "missing",
         ));
+        // ingress-nginx's Ingresses and ConfigMap, in compatibility mode.
+        server.apply(class("nginx", "k8s.io/ingress-nginx"));
+        server.apply(ingress("theirs", Some("nginx"), "n.example", "/", "web"));
+        server.apply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "ingress-nginx-controller", "namespace": "ingress-nginx"},
+            "data": {"proxy-body-size": "2m"},
+        }));
         let portico = Portico::start(&dir.path().join("kubeconfig"), |f| {
             f.publish_address = vec!["10.1.2.3".into()];
+            f.ingress_nginx_compat = Some(true);
         });
         portico.wait_ready().await;
         eventually("status and event", Duration::from_secs(5), || async {
-            (server.status_writes().len() >= 2 && !server.events().is_empty()).then_some(())
+            (server.status_writes().len() >= 3 && !server.events().is_empty()).then_some(())
         })
         .await;
 
         let used: std::collections::BTreeSet<String> =
             server.requests().iter().filter_map(rbac_verb).collect();
-        let rbac = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/rbac.yaml"),
-        )
-        .expect("manifests/rbac.yaml");
+        let mut rbac = String::new();
+        for file in ["manifests/rbac.yaml", "manifests/ingress-nginx-compat.yaml"] {
+            rbac += &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+                .expect(file);
+            rbac += "\n---\n";
+        }
         let mut granted = std::collections::BTreeSet::new();
         for doc in serde_yaml_ng::Deserializer::from_str(&rbac) {
             let doc: Value = serde::Deserialize::deserialize(doc).expect("YAML");
-            if doc["kind"] != "ClusterRole" {
+            // The Role grants in ingress-nginx's namespace only, where the ConfigMap is read.
+            if doc["kind"] != "ClusterRole" && doc["kind"] != "Role" {
                 continue;
             }
             for rule in doc["rules"].as_array().into_iter().flatten() {
@@ -985,6 +998,7 @@ async fn rbac_grants_every_request_portico_makes() {
         // What is granted but unused here is exactly what the issue asks for on top.
         let unused: Vec<&str> = granted.difference(&used).map(String::as_str).collect();
         let allowed_extra = [
+            "/configmaps:get",
             "/events:create",
             "/events:patch",
             "/secrets:get",
@@ -999,6 +1013,82 @@ async fn rbac_grants_every_request_portico_makes() {
         for u in &unused {
             assert!(allowed_extra.contains(u), "granted but never used: {u}");
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_mode_follows_its_configmap_and_warns_on_its_ingresses() {
+    bounded(async {
+        let (server, dir, _, _) = cluster(1).await;
+        server.apply(class("nginx", "k8s.io/ingress-nginx"));
+        let mut theirs = ingress("theirs", Some("nginx"), "n.example", "/", "web");
+        theirs["metadata"]["annotations"] = json!({
+            "nginx.ingress.kubernetes.io/enable-cors": "true",
+        });
+        server.apply(theirs);
+        let mut snippet = ingress("snippet", Some("nginx"), "s.example", "/", "web");
+        snippet["metadata"]["annotations"] = json!({
+            "nginx.ingress.kubernetes.io/server-snippet": "location / { return 200; }",
+        });
+        server.apply(snippet);
+        let portico = Portico::start(&dir.path().join("kubeconfig"), |f| {
+            f.ingress_nginx_compat = Some(true);
+        });
+        portico.wait_ready().await;
+        assert_eq!(portico.status("n.example", "/").await, 200);
+        assert_eq!(portico.status("s.example", "/").await, 404);
+        // Warning Events name the annotations.
+        let reasons = eventually("events", Duration::from_secs(5), || async {
+            let mut r: Vec<(String, String)> = server
+                .events()
+                .into_iter()
+                .map(|e| {
+                    let s = |p: &str| {
+                        e.pointer(p)
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    (s("/regarding/name"), s("/reason"))
+                })
+                .collect();
+            r.sort();
+            (r.len() >= 2).then_some(r)
+        })
+        .await;
+        assert_eq!(
+            reasons,
+            [
+                ("snippet".to_string(), "AnnotationRefused".to_string()),
+                ("theirs".to_string(), "AnnotationIgnored".to_string())
+            ]
+        );
+        // The ConfigMap appears later and is followed: 308 becomes 301.
+        let mut tls = ingress("secure", Some("nginx"), "t.example", "/", "web");
+        tls["spec"]["tls"] = json!([{"hosts": ["t.example"]}]);
+        server.apply(tls);
+        eventually("redirect", Duration::from_secs(5), || async {
+            (portico.status("t.example", "/").await == 308).then_some(())
+        })
+        .await;
+        server.apply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "ingress-nginx-controller", "namespace": "ingress-nginx"},
+            "data": {"http-redirect-code": "301", "use-gzip": "true"},
+        }));
+        eventually("ConfigMap applied", Duration::from_secs(5), || async {
+            (portico.status("t.example", "/").await == 301).then_some(())
+        })
+        .await;
+        // Another ConfigMap of the same name elsewhere is not read.
+        server.apply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "ingress-nginx-controller", "namespace": NS},
+            "data": {"http-redirect-code": "302"},
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(portico.status("t.example", "/").await, 301);
     })
     .await;
 }

@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +79,8 @@ fn every_kubernetes_document_is_valid() {
                 "ServiceAccount" => drop(strict::<ServiceAccount>(&path, &doc)),
                 "ClusterRole" => drop(strict::<ClusterRole>(&path, &doc)),
                 "ClusterRoleBinding" => drop(strict::<ClusterRoleBinding>(&path, &doc)),
+                "Role" => drop(strict::<Role>(&path, &doc)),
+                "RoleBinding" => drop(strict::<RoleBinding>(&path, &doc)),
                 "IngressClass" => drop(strict::<IngressClass>(&path, &doc)),
                 "DaemonSet" => drop(strict::<DaemonSet>(&path, &doc)),
                 "Deployment" => drop(strict::<Deployment>(&path, &doc)),

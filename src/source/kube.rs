@@ -561,7 +561,9 @@ impl Controller {
             let mut fresh = super::report_rejections(&mut self.reported, &rejected, |_| None);
             // An Ingress whose class is not Portico's may be another controller's business: it
             // is told in the log, never with an Event on the object.
-            fresh.retain(|r| !r.is_about_class());
+            // ingress-nginx's ConfigMap holds many keys for nginx itself: those Portico does not
+            // read are told in the log and the metric, not as one Event each.
+            fresh.retain(|r| !r.is_about_class() && r.kind != Kind::ConfigMap);
             if !fresh.is_empty() {
                 // The receiver only goes away at shutdown.
                 let _ = self.rejections.send(fresh);
