@@ -92,6 +92,7 @@ pub struct HostRules {
 }
 
 impl HostRules {
+    #[inline]
     fn find(&self, path: &str) -> Option<usize> {
         self.rules
             .iter()

@@ -22,6 +22,12 @@ pub enum PathMatch {
     Regex(RegexPath),
 }
 
+/// Out of line, so that matching the other kinds stays small enough to inline.
+#[inline(never)]
+fn regex_match(r: &RegexPath, path: &str) -> bool {
+    r.regex.is_match(path)
+}
+
 /// A path regex, compared and hashed by its source.
 #[derive(Clone, Debug)]
 pub struct RegexPath {
@@ -118,7 +124,7 @@ impl PathMatch {
                 }
             }
             PathMatch::Plain(p) => request_path.starts_with(p.as_str()),
-            PathMatch::Regex(r) => r.regex.is_match(request_path),
+            PathMatch::Regex(r) => regex_match(r, request_path),
         }
     }
 

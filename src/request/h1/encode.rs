@@ -58,14 +58,14 @@ pub fn request_head_edited(
     let prefix = edits.and_then(|e| e.prefix.as_ref());
     let mut upgrade_done = false;
     for f in &head.fields {
-        if let (Some(h), Kind::Host) = (host, f.kind) {
-            field(b"Host", h.as_bytes(), out);
-            continue;
-        }
-        if prefix.is_some() && f.name.get(raw).eq_ignore_ascii_case(b"x-forwarded-prefix") {
-            continue;
-        }
         match f.kind {
+            Kind::Host if host.is_some() => {
+                field(b"Host", host.map_or(&b""[..], |h| h.as_bytes()), out)
+            }
+            // Replaced by the policy's value below.
+            Kind::Other
+                if prefix.is_some()
+                    && f.name.get(raw).eq_ignore_ascii_case(b"x-forwarded-prefix") => {}
             // An upgrade asks the backend to switch: `Upgrade` and the one option it needs go on.
             Kind::Upgrade if head.upgrade => copy(f, raw, out),
             Kind::Connection if head.upgrade => {
