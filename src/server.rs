@@ -170,9 +170,7 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
 
     let mut admin = Service::new(
         "portico admin".to_string(),
-        Admin {
-            shared: shared.clone(),
-        },
+        Admin::new(shared.clone(), config.http_listen),
     );
     admin.add_tcp(&config.admin_listen.to_string());
     admin.threads = Some(1);
