@@ -317,9 +317,13 @@ pub struct NginxGlobals {
     /// `whitelist-source-range` / `denylist-source-range`: for Ingresses without their own.
     pub allow: Option<Vec<Cidr>>,
     pub deny: Option<Vec<Cidr>>,
-    /// `use-proxy-protocol`: the client IP would come from PROXY protocol, which Portico does
-    /// not read; Ingresses with allow or deny lists are not served.
-    pub proxy_protocol: bool,
+    /// Why the client IP cannot be told as ingress-nginx would tell it (`use-proxy-protocol`,
+    /// or a `forwarded-for-header` other than X-Forwarded-For): Ingresses with allow or deny
+    /// lists are then not served.
+    pub client_ip_unknown: Option<String>,
+    /// `use-forwarded-headers` with `proxy-real-ip-cidr` [off; 0.0.0.0/0]: the peers whose
+    /// `X-Forwarded-For` tells the client IP, instead of `--trusted-proxies`.
+    pub forwarded_trust: Option<Vec<Cidr>>,
     /// Why no Ingress in compatibility mode may be served (an access setting Portico cannot
     /// apply, such as `global-auth-url`), unless it opts out of it.
     pub closed: Option<String>,
@@ -339,7 +343,8 @@ impl Default for NginxGlobals {
             }),
             allow: None,
             deny: None,
-            proxy_protocol: false,
+            client_ip_unknown: None,
+            forwarded_trust: None,
             closed: None,
         }
     }

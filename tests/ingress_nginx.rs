@@ -391,5 +391,40 @@ async fn allowlists_check_the_real_client_ip_and_fail_closed() {
     // Without the header, the trusted peer itself is the client.
     assert_eq!(get_from(p, "127.0.0.1", "partners.example.com", &[]).await, 403);
     assert_eq!(get_from(p, "127.0.0.1", "public.example.com", &["127.0.0.3"]).await, 403);
+    drop(s);
+
+    // The ConfigMap's use-forwarded-headers, followed live: with proxy-real-ip-cidr, those
+    // peers are believed instead of --trusted-proxies.
+    let s = start(|_| {}).await;
+    let p = &s.p;
+    let file = p.dir.path().join("10-configmap.yaml");
+    let cm = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(
+        &file,
+        format!("{cm}  use-forwarded-headers: \"true\"\n  proxy-real-ip-cidr: 127.0.0.5/32\n"),
+    )
+    .expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get_from(p, "127.0.0.5", "partners.example.com", &["127.0.0.2"]).await != 200 {
+        assert!(std::time::Instant::now() < deadline, "use-forwarded-headers not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get_from(p, "127.0.0.1", "partners.example.com", &["127.0.0.2"]).await, 403);
+    // ingress-nginx's default proxy-real-ip-cidr, 0.0.0.0/0, believes every peer.
+    std::fs::write(&file, format!("{cm}  use-forwarded-headers: \"true\"\n")).expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get_from(p, "127.0.0.1", "partners.example.com", &["127.0.0.2"]).await != 200 {
+        assert!(std::time::Instant::now() < deadline, "proxy-real-ip-cidr default not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // PROXY protocol is not read: the Ingresses with lists are not served rather than checked
+    // against the load balancer's address.
+    std::fs::write(&file, format!("{cm}  use-proxy-protocol: \"true\"\n")).expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get_from(p, "127.0.0.2", "partners.example.com", &[]).await != 404 {
+        assert!(std::time::Instant::now() < deadline, "use-proxy-protocol not refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(echo(p, "cors.example.com", "/").await.service, "web");
 }
 }

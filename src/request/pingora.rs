@@ -143,12 +143,10 @@ impl ProxyHttp for PingoraApp {
             path_and_query,
             ctx.tls,
             declared,
-            || {
+            |trusted| {
                 let lines = req.headers.get_all("x-forwarded-for").into_iter();
-                self.policy.real_ip(
-                    ctx.client,
-                    lines.map(|v| v.as_bytes()).collect::<Vec<_>>().into_iter(),
-                )
+                let lines: Vec<&[u8]> = lines.map(|v| v.as_bytes()).collect();
+                self.policy.real_ip(ctx.client, lines.into_iter(), trusted)
             },
         );
         ctx.plane = Some(plane);

@@ -315,7 +315,7 @@ impl Policy {
         path_and_query: &str,
         tls: bool,
         declared_len: Option<u64>,
-        client: impl FnOnce() -> Option<IpAddr>,
+        client: impl FnOnce(Option<&[Cidr]>) -> Option<IpAddr>,
     ) -> Decision {
         let raw_host = host;
         let host = normalize_request_host(host);
@@ -357,7 +357,7 @@ impl Policy {
         {
             // ingress-nginx's access phase, after its redirects: the real client IP against the
             // lists. An IP that cannot be told is refused.
-            let ip = client();
+            let ip = client(x.trusted.as_deref());
             let allowed = ip.is_some_and(|ip| {
                 x.allow
                     .as_ref()
@@ -545,13 +545,19 @@ impl Policy {
     /// is not a trusted proxy (nginx's `real_ip_recursive on`), reading the header's lines
     /// from the last one (`lines`, in the order received). `None` when an entry cannot be read:
     /// the caller must then refuse whatever depends on the client.
+    /// `trusted` replaces `--trusted-proxies` (ingress-nginx's `proxy-real-ip-cidr`).
     pub fn real_ip<'a>(
         &self,
         peer: Option<IpAddr>,
         lines: impl DoubleEndedIterator<Item = &'a [u8]>,
+        trusted: Option<&[Cidr]>,
     ) -> Option<IpAddr> {
+        let trusts = |ip: IpAddr| match trusted {
+            Some(list) => list.iter().any(|c| c.contains(ip)),
+            None => self.trusts(Some(ip)),
+        };
         let peer = peer?;
-        if !self.trusts(Some(peer)) {
+        if !trusts(peer) {
             return Some(peer);
         }
         let mut last = peer;
@@ -560,7 +566,7 @@ impl Policy {
             for entry in line.rsplit(',') {
                 let ip: IpAddr = entry.trim().parse().ok()?;
                 last = ip;
-                if !self.trusts(Some(ip)) {
+                if !trusts(ip) {
                     return Some(ip);
                 }
             }

@@ -429,18 +429,15 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
             let g = &c.nginx_globals;
             let refusal = match &g.closed {
                 Some(why) if n.enable_global_auth != Some(false) => Some(why.clone()),
-                _ if g.proxy_protocol
+                _ if g.client_ip_unknown.is_some()
                     && (n.allow.is_some()
                         || n.deny.is_some()
                         || g.allow.is_some()
                         || g.deny.is_some()) =>
                 {
-                    Some(
-                        "the ConfigMap's use-proxy-protocol is true, and Portico does not read \
-                         PROXY protocol: the client IP the allow/deny lists check would be the \
-                         load balancer's; the Ingress is not served"
-                            .to_string(),
-                    )
+                    g.client_ip_unknown.as_ref().map(|why| {
+                        format!("{why}; the Ingress, which has allow or deny lists, is not served")
+                    })
                 }
                 _ => None,
             };
@@ -1187,6 +1184,17 @@ fn nginx_route(
             .as_ref()
             .or(g.deny.as_ref())
             .map(|l| Arc::from(l.as_slice())),
+        trusted: None,
+    };
+    // Whose X-Forwarded-For tells the client IP, for the lists (the ConfigMap's
+    // use-forwarded-headers); else --trusted-proxies.
+    let trusted = g
+        .forwarded_trust
+        .as_ref()
+        .filter(|_| route.allow.is_some() || route.deny.is_some());
+    let route = NginxRoute {
+        trusted: trusted.map(|l| Arc::from(l.as_slice())),
+        ..route
     };
     Ok((route != NginxRoute::default()).then(|| Arc::new(route)))
 }

@@ -76,6 +76,9 @@ pub struct NginxRoute {
     pub allow: Option<Arc<[crate::model::Cidr]>>,
     /// `denylist-source-range` (or the ConfigMap's): 403 for these clients.
     pub deny: Option<Arc<[crate::model::Cidr]>>,
+    /// The ConfigMap's `use-forwarded-headers` and `proxy-real-ip-cidr`: the peers whose
+    /// `X-Forwarded-For` tells the client IP for the lists, instead of `--trusted-proxies`.
+    pub trusted: Option<Arc<[crate::model::Cidr]>>,
 }
 
 impl NginxRoute {

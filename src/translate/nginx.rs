@@ -242,6 +242,10 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
     let mut g = NginxGlobals::default();
     let mut problems = Vec::new();
     let mut hsts_on = true;
+    let mut use_forwarded = false;
+    let mut other_header = false;
+    // ingress-nginx's default: every peer (IPv4) may tell the client's address.
+    let mut real_ip_cidr: Vec<Cidr> = "0.0.0.0/0".parse().into_iter().collect();
     let mut hsts = g.hsts.clone().unwrap_or(Hsts {
         max_age: 31_536_000,
         include_subdomains: true,
@@ -317,9 +321,52 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                 }
             },
             "use-proxy-protocol" => match parse_bool(v) {
-                Ok(b) => g.proxy_protocol = b,
+                Ok(true) => {
+                    g.client_ip_unknown = Some(
+                        "the ConfigMap's use-proxy-protocol is true, and Portico does not read \
+                         PROXY protocol: the client IP the allow/deny lists check would be the \
+                         load balancer's"
+                            .into(),
+                    );
+                    problems.push((
+                        key.clone(),
+                        "NotApplied",
+                        "PROXY protocol is not supported yet: Ingresses with allow or deny \
+                         lists are not served"
+                            .into(),
+                    ));
+                }
+                Ok(false) => {}
                 Err(e) => invalid(e),
             },
+            "use-forwarded-headers" => match parse_bool(v) {
+                Ok(b) => use_forwarded = b,
+                Err(e) => invalid(e),
+            },
+            "proxy-real-ip-cidr" => match cidrs(v) {
+                Ok(list) => real_ip_cidr = list,
+                Err(e) => {
+                    // Trust nobody rather than everybody.
+                    real_ip_cidr = Vec::new();
+                    problems.push((
+                        key.clone(),
+                        "InvalidValue",
+                        format!("{e}; no peer's X-Forwarded-For is believed"),
+                    ));
+                }
+            },
+            "forwarded-for-header" if v.eq_ignore_ascii_case("x-forwarded-for") => {}
+            "forwarded-for-header" => {
+                other_header = true;
+                problems.push((
+                    key.clone(),
+                    "NotApplied",
+                    format!(
+                        "{v:?}: only X-Forwarded-For is read; with use-forwarded-headers, \
+                         Ingresses with allow or deny lists are not served"
+                    ),
+                ));
+            }
             "global-auth-url" if !v.is_empty() => {
                 g.closed = Some(
                     "the ConfigMap's global-auth-url is not supported yet, and ignoring it \
@@ -336,15 +383,11 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                 ));
             }
             "global-auth-url" => {}
-            "use-forwarded-headers"
-            | "proxy-real-ip-cidr"
-            | "forwarded-for-header"
-            | "compute-full-forwarded-for"
-            | "enable-real-ip" => problems.push((
+            "compute-full-forwarded-for" | "enable-real-ip" => problems.push((
                 key.clone(),
                 "NotApplied",
-                "recognised but not applied: which peers' X-Forwarded-* Portico trusts is set \
-                 with --trusted-proxies"
+                "recognised but not applied: the X-Forwarded-* fields sent upstream follow \
+                 --trusted-proxies"
                     .into(),
             )),
             "custom-http-errors"
@@ -367,6 +410,14 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
         }
     }
     g.hsts = hsts_on.then_some(hsts);
+    if use_forwarded {
+        if other_header {
+            g.client_ip_unknown.get_or_insert_with(|| {
+                "the ConfigMap's forwarded-for-header is not X-Forwarded-For".into()
+            });
+        }
+        g.forwarded_trust = Some(real_ip_cidr);
+    }
     (g, problems)
 }
 
@@ -562,6 +613,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let (g, problems) = globals(&data);
+        assert_eq!(g.forwarded_trust, Some(vec!["0.0.0.0/0".parse().unwrap()]));
         assert_eq!(g.limits.max_body, Some(8 << 20));
         assert_eq!(
             g.limits.read_timeout,
@@ -577,7 +629,6 @@ mod tests {
             reasons,
             [
                 ("proxy-connect-timeout", "InvalidValue"),
-                ("use-forwarded-headers", "NotApplied"),
                 ("use-gzip", "UnknownKey")
             ]
         );

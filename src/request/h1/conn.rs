@@ -329,19 +329,19 @@ impl Engine {
             Framing::Length(n) => Some(n),
             _ => None,
         };
-        let decision = self
-            .policy
-            .decide(&plane, host, path, origin, conn.tls, declared, || {
-                let lines = head
-                    .fields
-                    .iter()
-                    .filter(|f| {
-                        f.kind == Kind::Forwarding
-                            && f.name.get(&raw).eq_ignore_ascii_case(b"x-forwarded-for")
-                    })
-                    .map(|f| f.value.get(&raw));
-                self.policy.real_ip(conn.client, lines)
-            });
+        let decision =
+            self.policy
+                .decide(&plane, host, path, origin, conn.tls, declared, |trusted| {
+                    let lines = head
+                        .fields
+                        .iter()
+                        .filter(|f| {
+                            f.kind == Kind::Forwarding
+                                && f.name.get(&raw).eq_ignore_ascii_case(b"x-forwarded-for")
+                        })
+                        .map(|f| f.value.get(&raw));
+                    self.policy.real_ip(conn.client, lines, trusted)
+                });
         if let Decision::Proxy(r) = &decision {
             if r.protocol != BackendProtocol::Http {
                 return Next::Fallback(replay(&raw, buf));
