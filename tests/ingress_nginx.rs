@@ -428,3 +428,34 @@ async fn allowlists_check_the_real_client_ip_and_fail_closed() {
     assert_eq!(echo(p, "cors.example.com", "/").await.service, "web");
 }
 }
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_allowlist_covers_its_default_backend() {
+    let pods = Pods::start("web", 1).await;
+    let class = &fixtures()[0].1;
+    let ingress = "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: catch-all
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/whitelist-source-range: 127.0.0.2
+spec:
+  ingressClassName: nginx
+  defaultBackend:
+    service:
+      name: web
+      port:
+        number: 80
+";
+    let svc = pods.manifests("default", "", 80);
+    let p = Portico::start_with(
+        &[("class.yaml", class), ("catch-all.yaml", ingress), ("svc.yaml", &svc)],
+        |f| f.ingress_nginx_compat = Some(true),
+    )
+    .await;
+    assert_eq!(get_from(&p, "127.0.0.2", "any.example.com", &[]).await, 200);
+    assert_eq!(get_from(&p, "127.0.0.1", "any.example.com", &[]).await, 403);
+}
+}

@@ -500,15 +500,39 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                     ),
                 ),
                 None => {
-                    if let Some(route) = c.route_for(
-                        ing,
-                        &ing_key,
-                        backend,
-                        "spec.defaultBackend",
-                        (false, nginx, None),
-                    ) {
-                        default_owner = Some(&ing.key);
-                        c.out.table.default_backend = Some(route);
+                    // In compatibility mode the Ingress's annotations (its lists above all)
+                    // apply to its defaultBackend too, as to a `/` path.
+                    let extras = match nginx {
+                        Some(n) => {
+                            let root = HttpPath {
+                                path: "/".into(),
+                                path_type: PathType::Prefix,
+                                backend: backend.clone(),
+                            };
+                            let matcher = PathMatch::Prefix("/".into());
+                            nginx_route(n, &c.nginx_globals, &matcher, &root, None)
+                        }
+                        None => Ok(None),
+                    };
+                    match extras {
+                        Err(e) => c.reject(
+                            Kind::Ingress,
+                            &ing.key,
+                            "AnnotationRefused",
+                            format!("spec.defaultBackend: {e}"),
+                        ),
+                        Ok(extras) => {
+                            if let Some(route) = c.route_for(
+                                ing,
+                                &ing_key,
+                                backend,
+                                "spec.defaultBackend",
+                                (false, nginx, extras),
+                            ) {
+                                default_owner = Some(&ing.key);
+                                c.out.table.default_backend = Some(route);
+                            }
+                        }
                     }
                 }
             }
