@@ -159,6 +159,10 @@ async fn tls_blocks_redirect_with_308_even_without_a_secret() {
         location.starts_with("https://secure.example.com:") && location.ends_with("/pay?amount=5"),
         "{location}"
     );
+    // Another Ingress's path on that host is redirected too: the host has TLS.
+    let (status, location, _) = get(p, "secure.example.com", "/api/v1").await;
+    assert_eq!(status, 308);
+    assert!(location.unwrap_or_default().ends_with("/api/v1"));
     // ssl-redirect "false" opts out.
     assert_eq!(echo(p, "optout.example.com", "/").await.service, "web");
     // force-ssl-redirect redirects a host without any tls block.

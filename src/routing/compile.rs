@@ -391,6 +391,17 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
     // compatibility mode uses use-regex or rewrite-target.
     let mut all_hosts: FastSet<Option<&str>> = FastSet::default();
     let mut regex_hosts: FastSet<Option<&str>> = FastSet::default();
+    // ingress-nginx redirects a host to HTTPS when its server has TLS: when any Ingress lists
+    // the host in a tls entry, with or without a Secret.
+    let nginx_tls: FastSet<HostMatch> = match &opts.nginx {
+        Some(_) => taken
+            .iter()
+            .flat_map(|(ing, _)| ing.tls.iter())
+            .flat_map(|t| t.hosts.iter())
+            .filter_map(|h| parse_host(h).ok())
+            .collect(),
+        None => FastSet::default(),
+    };
     for (ing, flavor) in &taken {
         let regex = *flavor == Flavor::Nginx
             && ing
@@ -472,16 +483,6 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
             );
         }
         let tls_hosts = c.tls_hosts(ing, &mut tls_owner);
-        // ingress-nginx redirects the hosts of every tls entry, with or without a Secret.
-        let nginx_tls: FastSet<HostMatch> = match nginx {
-            Some(_) => ing
-                .tls
-                .iter()
-                .flat_map(|t| t.hosts.iter())
-                .filter_map(|h| parse_host(h).ok())
-                .collect(),
-            None => FastSet::default(),
-        };
         let mut aliased = false;
 
         if let Some(backend) = ing
