@@ -463,3 +463,42 @@ spec:
     assert_eq!(get_from(&p, "127.0.0.1", "any.example.com", &[]).await, 403);
 }
 }
+
+/// The status of a request sent as raw bytes (so that no client normalises its path).
+async fn raw_status(p: &Portico, host: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(p.http)
+        .await
+        .expect("connect");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_scoped_allowlist_is_not_bypassed_by_spelling_the_path_otherwise() {
+    let s = start(|_| {}).await;
+    let p = &s.p;
+    assert_eq!(raw_status(p, "console.example.com", "/admin/users").await, 403);
+    assert_eq!(raw_status(p, "console.example.com", "/public").await, 200);
+    // Spelled so that only nginx's normalisation makes it /admin: refused, not served by "/".
+    for path in ["/%61dmin/users", "//admin/users", "/x/../admin/users", "/./admin"] {
+        assert_eq!(raw_status(p, "console.example.com", path).await, 400, "{path}");
+    }
+    // Normalising changes nothing about where these go: served.
+    assert_eq!(raw_status(p, "console.example.com", "/files/a%20b").await, 200);
+    assert_eq!(raw_status(p, "console.example.com", "/files//x").await, 200);
+    // A bad escape is a bad request.
+    assert_eq!(raw_status(p, "console.example.com", "/files/%zz").await, 400);
+}
+}

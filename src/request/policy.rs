@@ -17,7 +17,7 @@ use crate::metrics::RouteMetrics;
 use crate::model::BackendProtocol;
 pub use crate::model::Cidr;
 use crate::request::guard::Limits;
-use crate::routing::{normalize_request_host, NginxRoute, Route};
+use crate::routing::{normalize_path, normalize_request_host, NginxRoute, Route};
 use crate::upstream::{now_ms, EndpointHealth};
 
 /// How upstream connections are made; the defaults follow ingress-nginx.
@@ -319,7 +319,29 @@ impl Policy {
     ) -> Decision {
         let raw_host = host;
         let host = normalize_request_host(host);
-        let Some(route) = plane.routes.lookup(&host, path) else {
+        let found = plane.routes.lookup(&host, path);
+        if plane.routes.nginx_paths() {
+            // nginx routes on the decoded, normalised path. A request that would reach another
+            // route (or none) that way than on its raw form is refused: served raw, it could
+            // pass a path-scoped allowlist that nginx would have applied.
+            let refuse = match normalize_path(path) {
+                Ok(None) => false,
+                Ok(Some(normal)) => {
+                    plane.routes.lookup(&host, &normal).map(|r| r.id) != found.map(|r| r.id)
+                }
+                Err(_) => true,
+            };
+            if refuse {
+                return Decision::Answer {
+                    route: found.map(|r| r.id),
+                    answer: Answer {
+                        close: true,
+                        ..Answer::error(400, "the normalised path routes elsewhere\n")
+                    },
+                };
+            }
+        }
+        let Some(route) = found else {
             return Decision::Answer {
                 route: None,
                 answer: Answer::error(404, "no route for this host and path\n"),

@@ -383,6 +383,7 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
 
     let taken = taken_ingresses(model, opts);
     let ours: Vec<&Ingress> = taken.iter().map(|(ing, _)| *ing).collect();
+    c.out.table.nginx_paths = taken.iter().any(|(_, f)| *f == Flavor::Nginx);
     class_problems(model, opts, &mut c.out.rejected);
     c.out.rejected.append(&mut nginx_problems);
     let no_annotations = NginxAnnotations::default();

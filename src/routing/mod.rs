@@ -126,9 +126,77 @@ pub struct RouteTable {
     any_host: HostRules,
     default_backend: Option<usize>,
     routes: Vec<Route>,
+    /// Some Ingress is served with ingress-nginx's semantics: nginx matches a path only after
+    /// decoding and normalising it, so a request whose normalised path routes elsewhere is
+    /// refused rather than let through on its raw form (see [`normalize_path`]).
+    pub(crate) nginx_paths: bool,
+}
+
+/// A path nginx would refuse before routing (answered 400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadPath;
+
+/// nginx's normalisation of a request path before it picks a location: `%XX` decoded, `//`
+/// merged, `.` and `..` segments resolved. `None` when the path is already normal; `Err` when
+/// nginx would answer 400 (a bad escape, an encoded NUL, not UTF-8 once decoded, `..` above
+/// the root).
+pub fn normalize_path(path: &str) -> Result<Option<String>, BadPath> {
+    let suspicious = path.contains('%') || path.contains("//") || path.contains("/.");
+    if !suspicious {
+        return Ok(None);
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or(BadPath)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| BadPath)?;
+            let b = u8::from_str_radix(hex, 16).map_err(|_| BadPath)?;
+            if b == 0 {
+                return Err(BadPath);
+            }
+            decoded.push(b);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8(decoded).map_err(|_| BadPath)?;
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/').skip(1) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop().ok_or(BadPath)?;
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    // A trailing slash (or a trailing `.`/`..` segment) keeps the path a directory.
+    if out.is_empty()
+        || decoded.ends_with('/')
+        || decoded.ends_with("/.")
+        || decoded.ends_with("/..")
+    {
+        out.push('/');
+    }
+    Ok((out != path).then_some(out))
 }
 
 impl RouteTable {
+    /// Whether request paths must be checked against their normalised form.
+    #[inline]
+    pub fn nginx_paths(&self) -> bool {
+        self.nginx_paths
+    }
+
     /// Finds the route for a request. `host` must already be normalised with
     /// [`normalize_request_host`]; `path` is the URL path without the query.
     ///
@@ -154,5 +222,28 @@ impl RouteTable {
     /// Number of distinct hosts (precise and wildcard) with rules.
     pub fn host_count(&self) -> usize {
         self.precise.len() + self.wildcard.len()
+    }
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use super::{normalize_path, BadPath};
+
+    #[test]
+    fn paths_are_normalised_as_nginx_does() {
+        assert_eq!(normalize_path("/a/b"), Ok(None));
+        assert_eq!(normalize_path("/%61dmin"), Ok(Some("/admin".into())));
+        assert_eq!(normalize_path("//admin//x"), Ok(Some("/admin/x".into())));
+        assert_eq!(normalize_path("/pub/../admin"), Ok(Some("/admin".into())));
+        assert_eq!(normalize_path("/a/./b/"), Ok(Some("/a/b/".into())));
+        assert_eq!(normalize_path("/a/b/.."), Ok(Some("/a/".into())));
+        assert_eq!(normalize_path("/a%2Fb"), Ok(Some("/a/b".into())));
+        assert_eq!(normalize_path("/a%20b"), Ok(Some("/a b".into())));
+        assert_eq!(normalize_path("/%2e%2e/x"), Err(BadPath));
+        assert_eq!(normalize_path("/../x"), Err(BadPath));
+        assert_eq!(normalize_path("/a%zz"), Err(BadPath));
+        assert_eq!(normalize_path("/a%2"), Err(BadPath));
+        assert_eq!(normalize_path("/a%00"), Err(BadPath));
+        assert_eq!(normalize_path("/a%ff"), Err(BadPath));
     }
 }
