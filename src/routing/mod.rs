@@ -141,11 +141,15 @@ pub struct BadPath;
 /// nginx would answer 400 (a bad escape, an encoded NUL, not UTF-8 once decoded, `..` above
 /// the root).
 pub fn normalize_path(path: &str) -> Result<Option<String>, BadPath> {
-    let suspicious = path.contains('%') || path.contains("//") || path.contains("/.");
+    // One pass over the bytes: most paths have no `%`, `//` or `/.` and stop here.
+    let bytes = path.as_bytes();
+    let suspicious = bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &c)| c == b'%' || (c == b'/' && matches!(bytes.get(i + 1), Some(b'/' | b'.'))));
     if !suspicious {
         return Ok(None);
     }
-    let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
