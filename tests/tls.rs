@@ -701,9 +701,10 @@ async fn a_junk_secret_is_rejected_and_nothing_stops_serving() {
         let mut conn = http1(tls(p.https(), Some("c.test"), &[], Versions::All).await).await;
         assert_eq!(get1(&mut conn, "c.test", "/").await.0, 200);
 
-        // b's Secret turns to junk, then to a key of another certificate.
+        // b's Secret turns to junk, then to a key of another certificate. c's junk Secret counts
+        // as an invalid certificate throughout: b's junk makes two.
         let other = cert(&["b.test"]);
-        for (broken, reason) in [
+        for (broken, reason, count) in [
             (
                 secret(
                     "b",
@@ -711,11 +712,13 @@ async fn a_junk_secret_is_rejected_and_nothing_stops_serving() {
                     &b.key,
                 ),
                 "InvalidCertificate",
+                2,
             ),
-            (secret("b", &b.pem, &other.key), "KeyMismatch"),
+            (secret("b", &b.pem, &other.key), "KeyMismatch", 1),
         ] {
             p.write("b.yaml", &broken);
-            let want = format!("portico_rejected_objects{{kind=\"Secret\",reason=\"{reason}\"}} 1");
+            let want =
+                format!("portico_rejected_objects{{kind=\"Secret\",reason=\"{reason}\"}} {count}");
             let deadline = Instant::now() + STEP;
             while !p.metrics().await.contains(&want) {
                 assert!(Instant::now() < deadline, "no {want}");
