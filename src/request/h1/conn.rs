@@ -893,21 +893,7 @@ impl Engine {
                         }
                     }
                     buf.reserve(BODY_BUFFER);
-                    match within(read_timeout, client.read_buf(buf)).await {
-                        Ok(Ok(0)) | Ok(Err(_)) => {
-                            return Err(Failure::Client {
-                                status: 400,
-                                reason: "client closed mid-body",
-                            })
-                        }
-                        Ok(Ok(_)) => {}
-                        Err(_) => {
-                            return Err(Failure::Client {
-                                status: 408,
-                                reason: "client body timeout",
-                            })
-                        }
-                    }
+                    client_read_buf(client, buf, read_timeout).await?;
                 }
             }
             Framing::None | Framing::Close => Ok(0),
@@ -1136,7 +1122,23 @@ async fn client_read(
     into: &mut [u8],
     limit: Duration,
 ) -> Result<usize, Failure> {
-    match within(limit, client.read(into)).await {
+    body_read(within(limit, client.read(into)).await)
+}
+
+/// Reads more of a request body into `buf`, waiting at most `limit`.
+async fn client_read_buf(
+    client: &mut Stream,
+    buf: &mut BytesMut,
+    limit: Duration,
+) -> Result<usize, Failure> {
+    body_read(within(limit, client.read_buf(buf)).await)
+}
+
+/// What a read of a request body means: bytes, or the client's failure to answer.
+fn body_read(
+    read: Result<std::io::Result<usize>, pingora_timeout::Elapsed>,
+) -> Result<usize, Failure> {
+    match read {
         Ok(Ok(0)) | Ok(Err(_)) => Err(Failure::Client {
             // A half-closed client still reads the answer; a gone one does not care.
             status: 400,
@@ -1159,21 +1161,7 @@ async fn fill(
 ) -> Result<(), Failure> {
     while buf.len() < n {
         buf.reserve((n - buf.len()).min(BODY_BUFFER));
-        match within(limit, client.read_buf(buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return Err(Failure::Client {
-                    status: 400,
-                    reason: "client closed mid-body",
-                })
-            }
-            Ok(Ok(_)) => {}
-            Err(_) => {
-                return Err(Failure::Client {
-                    status: 408,
-                    reason: "client body timeout",
-                })
-            }
-        }
+        client_read_buf(client, buf, limit).await?;
     }
     Ok(())
 }
