@@ -288,6 +288,10 @@ pub struct NginxAnnotations {
     pub deny: Option<Vec<Cidr>>,
     /// `enable-global-auth`.
     pub enable_global_auth: Option<bool>,
+    /// `proxy-ssl-secret` and the settings that go with it: how an HTTPS backend is verified.
+    pub proxy_ssl: Option<ProxySsl>,
+    /// `custom-headers`: the ConfigMap (in the Ingress's namespace) of response headers to set.
+    pub custom_headers: Option<ObjectKey>,
     /// Annotations refused or not applied, with the reason.
     pub problems: Vec<AnnotationProblem>,
 }
@@ -297,6 +301,20 @@ impl NginxAnnotations {
     pub fn closed(&self) -> bool {
         self.problems.iter().any(|p| p.closes)
     }
+}
+
+/// ingress-nginx's `proxy-ssl-*` annotations: how Portico speaks TLS to an HTTPS/GRPCS backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySsl {
+    /// `proxy-ssl-secret`: `ca.crt` to verify the backend with, and an optional client
+    /// certificate (`tls.crt`, `tls.key`) to present.
+    pub secret: ObjectKey,
+    /// `proxy-ssl-verify` [off].
+    pub verify: bool,
+    /// `proxy-ssl-name`: the name the backend's certificate must have.
+    pub name: Option<String>,
+    /// `proxy-ssl-server-name` [off]: send the name as SNI.
+    pub server_name: bool,
 }
 
 /// ingress-nginx's global settings, from its ConfigMap; each `None` or default is ingress-nginx's
@@ -327,6 +345,9 @@ pub struct NginxGlobals {
     /// Why no Ingress in compatibility mode may be served (an access setting Portico cannot
     /// apply, such as `global-auth-url`), unless it opts out of it.
     pub closed: Option<String>,
+    /// `global-allowed-response-headers` [none]: the only header names a `custom-headers`
+    /// ConfigMap may set.
+    pub allowed_response_headers: Vec<String>,
 }
 
 impl Default for NginxGlobals {
@@ -346,6 +367,7 @@ impl Default for NginxGlobals {
             client_ip_unknown: None,
             forwarded_trust: None,
             closed: None,
+            allowed_response_headers: Vec::new(),
         }
     }
 }
@@ -691,12 +713,21 @@ pub struct Endpoint {
     pub pod: Option<String>,
 }
 
-/// A `kubernetes.io/tls` Secret: PEM bytes, parsed and checked at compile time.
+/// A Secret Portico reads: PEM bytes, parsed and checked at compile time. A `kubernetes.io/tls`
+/// Secret (`tls: true`) always has a certificate and key, and only such a Secret serves an
+/// Ingress's `tls` entry; in ingress-nginx compatibility mode an `Opaque` Secret with a `ca.crt`
+/// (and maybe a client `tls.crt`/`tls.key`) is read too, for `proxy-ssl-secret`.
 #[derive(Clone, PartialEq)]
 pub struct TlsSecret {
     pub key: ObjectKey,
+    /// Of type `kubernetes.io/tls`.
+    pub tls: bool,
+    /// `tls.crt`; empty when absent (an Opaque Secret).
     pub cert_pem: Vec<u8>,
+    /// `tls.key`; empty when absent (an Opaque Secret).
     pub key_pem: Vec<u8>,
+    /// `ca.crt`: certificates to trust, for verifying a backend.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 // Never print key material, not even in debug logs.
@@ -704,7 +735,9 @@ impl fmt::Debug for TlsSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsSecret")
             .field("key", &self.key)
+            .field("tls", &self.tls)
             .field("cert_pem_len", &self.cert_pem.len())
+            .field("ca_pem_len", &self.ca_pem.as_ref().map(Vec::len))
             .field("key_pem", &"<redacted>")
             .finish()
     }

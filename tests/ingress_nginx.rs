@@ -252,7 +252,9 @@ async fn snippets_and_allowlists_close_their_ingress_and_are_reported() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    assert_eq!(count("AnnotationRefused"), 2.0, "{metrics}");
+    // The two above, and the custom-headers Ingresses whose ConfigMap is missing or sets a
+    // header that is not allowed.
+    assert_eq!(count("AnnotationRefused"), 4.0, "{metrics}");
     // enable-cors, and the nginx annotation on Portico's own class.
     assert_eq!(count("AnnotationIgnored"), 2.0, "{metrics}");
 }
@@ -500,5 +502,308 @@ async fn a_path_scoped_allowlist_is_not_bypassed_by_spelling_the_path_otherwise(
     assert_eq!(raw_status(p, "console.example.com", "/files//x").await, 200);
     // A bad escape is a bad request.
     assert_eq!(raw_status(p, "console.example.com", "/files/%zz").await, 400);
+}
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_headers_come_from_an_allowed_configmap_in_the_namespace() {
+    let s = start(|_| {}).await;
+    let p = &s.p;
+    let headers = |host: &'static str| async move {
+        let r = common::client()
+            .get(p.url("/"))
+            .header("host", host)
+            .send()
+            .await
+            .expect("request");
+        (r.status().as_u16(), r.headers().clone())
+    };
+    let (status, h) = headers("headers.example.com").await;
+    assert_eq!(status, 200);
+    let all = |name: &str| -> Vec<&str> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(all("x-frame-options"), ["DENY"]);
+    assert_eq!(all("x-content-type-options"), ["nosniff"]);
+    // Set, not added: the backend's own Content-Type is replaced.
+    assert_eq!(all("content-type"), ["text/plain; charset=utf-8"]);
+    // Routes without the annotation are untouched.
+    let (_, plain) = headers("cors.example.com").await;
+    assert!(plain.get("x-frame-options").is_none());
+    // A header outside global-allowed-response-headers, or a missing ConfigMap: not served, as
+    // ingress-nginx denies the location.
+    assert_eq!(get(p, "leaky-headers.example.com", "/").await.0, 404);
+    assert_eq!(get(p, "missing-headers.example.com", "/").await.0, 404);
+    // Both ConfigMaps are followed live: the missing one appears, the other changes.
+    std::fs::write(
+        p.dir.path().join("13-late.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: no-such-configmap, namespace: default}\n\
+         data: {X-Frame-Options: SAMEORIGIN}\n",
+    )
+    .expect("write");
+    p.eventually("missing-headers.example.com", "/", Duration::from_secs(10), |s, _| s == 200)
+        .await;
+    let file = p.dir.path().join("12-custom-headers.yaml");
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(&file, text.replacen("X-Frame-Options: DENY", "X-Frame-Options: SAMEORIGIN", 1))
+        .expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, h) = headers("headers.example.com").await;
+        if h.get("x-frame-options").is_some_and(|v| v == "SAMEORIGIN") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the change was not applied: {h:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+}
+
+/// A certificate authority for the backend TLS tests.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("CA");
+        Ca { cert, key }
+    }
+
+    /// A leaf for `names`, for a server or a client; `(cert PEM, key PEM)`.
+    fn issue(&self, names: &[&str], client: bool) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("params");
+        params.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// An HTTPS backend with a certificate from `ca` for `names`, which asks for (but does not
+/// require) a client certificate from `ca`. It answers `client-cert=yes|no sni=NAME`.
+async fn verified_backend(ca: &Ca, names: &[&str]) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    let (cert, key) = ca.issue(names, false);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).expect("root");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .expect("verifier");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = l.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let (_, conn) = tls.get_ref();
+                let answer = format!(
+                    "client-cert={} sni={}",
+                    if conn.peer_certificates().is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    conn.server_name().unwrap_or("-")
+                );
+                let svc = hyper::service::service_fn(move |_req| {
+                    let answer = answer.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(answer)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// A Secret of `type` with these PEM fields, in YAML (as `stringData`).
+fn pem_secret(ns: &str, name: &str, type_: &str, fields: &[(&str, &str)]) -> String {
+    let data: String = fields
+        .iter()
+        .map(|(k, v)| {
+            let body: String = v.lines().map(|l| format!("    {l}\n")).collect();
+            format!("  {k}: |\n{body}")
+        })
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         type: {type_}\nstringData:\n{data}"
+    )
+}
+
+/// An Ingress of class nginx for `host`, to Service `tlsweb` over HTTPS, with annotations.
+fn https_ingress(name: &str, host: &str, annotations: &[(&str, &str)]) -> String {
+    let mut a: String = annotations
+        .iter()
+        .map(|(k, v)| format!("    nginx.ingress.kubernetes.io/{k}: \"{v}\"\n"))
+        .collect();
+    a.push_str("    nginx.ingress.kubernetes.io/backend-protocol: HTTPS\n");
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {name}
+  namespace: default
+  annotations:
+{a}spec:
+  ingressClassName: nginx
+  rules:
+    - host: {host}
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service: {{name: tlsweb, port: {{number: 443}}}}
+"
+    )
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_ssl_verifies_the_backend_and_presents_a_client_certificate() {
+    let ca = Ca::new("cluster ca");
+    let other = Ca::new("another ca");
+    let port = verified_backend(&ca, &["backend.internal", "tlsweb.default.svc"]).await;
+    let (client_cert, client_key) = ca.issue(&["portico"], true);
+    let ca_pem = ca.cert.pem();
+    let other_pem = other.cert.pem();
+    let mut files = vec![
+        ("00-class.yaml".to_string(), fixtures()[0].1.clone()),
+        (
+            "svc.yaml".into(),
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: tlsweb, namespace: default}}\n\
+                 spec: {{ports: [{{port: 443, targetPort: {port}}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: tlsweb-1\n  \
+                 namespace: default\n  labels: {{kubernetes.io/service-name: tlsweb}}\n\
+                 addressType: IPv4\nports: [{{port: {port}}}]\n\
+                 endpoints: [{{addresses: [\"127.0.0.1\"], conditions: {{ready: true}}}}]\n"
+            ),
+        ),
+        ("ca.yaml".into(), pem_secret("default", "backend-ca", "Opaque", &[("ca.crt", &ca_pem)])),
+        (
+            "mtls-secret.yaml".into(),
+            pem_secret(
+                "default",
+                "backend-mtls",
+                "kubernetes.io/tls",
+                &[("ca.crt", &ca_pem), ("tls.crt", &client_cert), ("tls.key", &client_key)],
+            ),
+        ),
+        ("other.yaml".into(), pem_secret("default", "other-ca", "Opaque", &[("ca.crt", &other_pem)])),
+        ("elsewhere.yaml".into(), pem_secret("kube-system", "backend-ca", "Opaque", &[("ca.crt", &ca_pem)])),
+    ];
+    let verify = |secret: &'static str| [("proxy-ssl-secret", secret), ("proxy-ssl-verify", "on")];
+    for (name, host, extra) in [
+        ("named", "named.test", vec![("proxy-ssl-name", "backend.internal")]),
+        ("default-name", "default-name.test", vec![]),
+        ("wrong-name", "wrong-name.test", vec![("proxy-ssl-name", "other.internal")]),
+        ("mtls", "mtls.test", vec![("proxy-ssl-name", "backend.internal")]),
+    ] {
+        let secret = if name == "mtls" { "default/backend-mtls" } else { "default/backend-ca" };
+        let mut a = verify(secret).to_vec();
+        a.extend(extra);
+        files.push((format!("{name}.yaml"), https_ingress(name, host, &a)));
+    }
+    files.push(("wrong-ca.yaml".into(), https_ingress("wrong-ca", "wrong-ca.test", &verify("default/other-ca"))));
+    // Not verified (proxy-ssl-verify off, ingress-nginx's default), and the plain HTTPS route:
+    // connections they make must never serve the verifying routes.
+    files.push((
+        "unverified.yaml".into(),
+        https_ingress("unverified", "unverified.test", &[("proxy-ssl-secret", "default/other-ca")]),
+    ));
+    files.push(("plain.yaml".into(), https_ingress("plain", "plain.test", &[])));
+    // Refused: verifying without a Secret, and a Secret of another namespace.
+    files.push((
+        "no-secret.yaml".into(),
+        https_ingress("no-secret", "no-secret.test", &[("proxy-ssl-verify", "on")]),
+    ));
+    files.push((
+        "elsewhere-ing.yaml".into(),
+        https_ingress("elsewhere", "elsewhere.test", &verify("kube-system/backend-ca")),
+    ));
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let p = Portico::start_with(&refs, |f| f.ingress_nginx_compat = Some(true)).await;
+
+    // Unverified connections first, so that pooled ones exist when the verified routes ask.
+    assert_eq!(get(&p, "plain.test", "/").await, (200, None, "client-cert=no sni=-".into()));
+    assert_eq!(
+        get(&p, "unverified.test", "/").await,
+        (200, None, "client-cert=no sni=-".into())
+    );
+    assert_eq!(get(&p, "wrong-ca.test", "/").await.0, 502);
+    assert_eq!(get(&p, "wrong-name.test", "/").await.0, 502);
+    assert_eq!(
+        get(&p, "named.test", "/").await,
+        (200, None, "client-cert=no sni=backend.internal".into())
+    );
+    // Without proxy-ssl-name, the Service's cluster name.
+    assert_eq!(
+        get(&p, "default-name.test", "/").await,
+        (200, None, "client-cert=no sni=tlsweb.default.svc".into())
+    );
+    assert_eq!(
+        get(&p, "mtls.test", "/").await,
+        (200, None, "client-cert=yes sni=backend.internal".into())
+    );
+    // And again, over whatever is pooled now.
+    assert_eq!(get(&p, "wrong-ca.test", "/").await.0, 502);
+    assert_eq!(get(&p, "plain.test", "/").await.1, None);
+    assert_eq!(get(&p, "mtls.test", "/").await.2, "client-cert=yes sni=backend.internal");
+    assert_eq!(get(&p, "no-secret.test", "/").await.0, 404);
+    assert_eq!(get(&p, "elsewhere.test", "/").await.0, 404);
 }
 }

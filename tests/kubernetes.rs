@@ -1098,6 +1098,29 @@ async fn ingress_nginx_mode_follows_its_configmap_and_warns_on_its_ingresses() {
         }));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(portico.status("t.example", "/").await, 301);
+        // custom-headers names a ConfigMap in the Ingress's namespace: not served until it
+        // exists and sets only allowed headers; both ConfigMaps are followed.
+        let mut hdr = ingress("hdr", Some("nginx"), "h.example", "/", "web");
+        hdr["metadata"]["annotations"] = json!({
+            "nginx.ingress.kubernetes.io/custom-headers": format!("{NS}/hdrs"),
+        });
+        server.apply(hdr);
+        server.apply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "hdrs", "namespace": NS},
+            "data": {"X-Frame-Options": "DENY"},
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(portico.status("h.example", "/").await, 404, "not allowed yet");
+        server.apply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "ingress-nginx-controller", "namespace": "ingress-nginx"},
+            "data": {"http-redirect-code": "301", "global-allowed-response-headers": "X-Frame-Options"},
+        }));
+        eventually("custom-headers served", Duration::from_secs(5), || async {
+            (portico.status("h.example", "/").await == 200).then_some(())
+        })
+        .await;
     })
     .await;
 }

@@ -388,6 +388,15 @@ impl ProxyHttp for PingoraApp {
                 upstream_response.insert_header(header::STRICT_TRANSPORT_SECURITY, &**hsts)?;
             }
         }
+        if let Some(set) = ctx
+            .plane
+            .as_ref()
+            .and_then(|p| self.policy.response_headers(p, ctx.route))
+        {
+            for (name, value) in set.iter() {
+                upstream_response.insert_header(name.clone(), value.clone())?;
+            }
+        }
         Ok(())
     }
 

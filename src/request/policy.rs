@@ -17,7 +17,8 @@ use crate::metrics::RouteMetrics;
 use crate::model::BackendProtocol;
 pub use crate::model::Cidr;
 use crate::request::guard::Limits;
-use crate::routing::{normalize_path, normalize_request_host, NginxRoute, Route};
+use crate::routing::{normalize_path, normalize_request_host, NginxRoute, ResponseHeaders, Route};
+use crate::tls::upstream::UpstreamTls;
 use crate::upstream::{now_ms, EndpointHealth};
 
 /// How upstream connections are made; the defaults follow ingress-nginx.
@@ -194,6 +195,8 @@ pub struct Endpoint {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
+    /// ingress-nginx's `proxy-ssl-*`: the CA, name and client certificate of an HTTPS backend.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 impl Endpoint {
@@ -201,17 +204,26 @@ impl Endpoint {
     /// one connector configuration.
     pub fn peer(&self) -> HttpPeer {
         let tls = self.protocol.tls();
+        let verified = self.tls.as_deref().filter(|_| tls);
         // With TLS, the SNI is the endpoint's IP, which rustls does not send: cluster backends
         // are reached by pod IP and mostly have self-signed certificates, so there is no name to
-        // ask for and nothing to verify against (as ingress-nginx does by default).
-        let sni = if tls {
-            self.addr.ip().to_string()
-        } else {
-            String::new()
+        // ask for and nothing to verify against (as ingress-nginx does by default). A route with
+        // `proxy-ssl-*` names the backend, and may verify it.
+        let sni = match verified {
+            Some(t) if t.sni => t.name.clone(),
+            _ if tls => self.addr.ip().to_string(),
+            _ => String::new(),
         };
         let mut peer = HttpPeer::new(self.addr, tls, sni);
+        if let Some(t) = verified {
+            // Connections are pooled by this group too: one made with other settings (or none)
+            // is never reused for this route.
+            peer.group_key = t.group;
+            peer.client_cert_key = t.material.client.clone();
+            peer.options.ca = t.material.ca.clone();
+        }
         let o = &mut peer.options;
-        if tls {
+        if tls && !verified.is_some_and(|t| t.verify) {
             o.verify_cert = false;
             o.verify_hostname = false;
         }
@@ -517,6 +529,7 @@ impl Policy {
             read_timeout: limits.read_timeout.unwrap_or(self.upstream.read_timeout),
             write_timeout: limits.send_timeout.unwrap_or(self.upstream.write_timeout),
             idle_timeout: self.upstream.idle_timeout,
+            tls: route.nginx.as_ref().and_then(|x| x.upstream_tls.clone()),
         })
     }
 
@@ -666,6 +679,23 @@ impl Policy {
             return None;
         }
         plane.routes.routes().get(route?)?.hsts.as_ref()
+    }
+
+    /// The response headers a route sets (ingress-nginx's `custom-headers`), replacing the
+    /// backend's of the same names.
+    pub fn response_headers<'a>(
+        &self,
+        plane: &'a DataPlane,
+        route: Option<usize>,
+    ) -> Option<&'a ResponseHeaders> {
+        plane
+            .routes
+            .routes()
+            .get(route?)?
+            .nginx
+            .as_ref()?
+            .response_headers
+            .as_ref()
     }
 
     /// The metric handles of a request's route (the unrouted set for none).

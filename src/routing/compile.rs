@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use super::host::{parse_host, HostMatch};
 use super::path::{PathMatch, RegexPath};
-use super::{FastMap, FastSet, HostRules, NginxRoute, Route, RouteTable};
+use super::{FastMap, FastSet, HostRules, NginxRefs, NginxRoute, Route, RouteTable};
 use crate::model::{
     BackendRef, EndpointSlice, HttpPath, Ingress, Kind, Model, NginxAnnotations, NginxGlobals,
     ObjectKey, PathType, PortRef,
 };
+use crate::tls::upstream::{SslMaterial, UpstreamTls};
+use crate::translate::nginx::{custom_header_name, custom_header_value, PREFIX};
 use crate::upstream::{Pool, Upstream};
 
 /// What the compile step needs to know about this controller.
@@ -375,6 +377,7 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
         pool_ids: FastMap::with_capacity_and_hasher(previous.pools.len(), Default::default()),
         host_ids: FastMap::with_capacity_and_hasher(previous.hosts, Default::default()),
         hosts: Vec::with_capacity(previous.hosts),
+        nginx_refs: NginxRefs::default(),
     };
     c.out.table.routes.reserve(previous.routes);
     c.out.pools.reserve(previous.pools.len());
@@ -457,6 +460,13 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                 c.reject(Kind::Ingress, &ing.key, "AnnotationRefused", message);
                 continue;
             }
+            match c.resolve_refs(ing, n) {
+                Ok(refs) => c.nginx_refs = refs,
+                Err(message) => {
+                    c.reject(Kind::Ingress, &ing.key, "AnnotationRefused", message);
+                    continue;
+                }
+            }
         } else if ing.nginx.is_some() {
             c.reject(
                 Kind::Ingress,
@@ -512,7 +522,7 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                                 backend: backend.clone(),
                             };
                             let matcher = PathMatch::Prefix("/".into());
-                            nginx_route(n, &c.nginx_globals, &matcher, &root, None)
+                            nginx_route(n, &c.nginx_globals, &c.nginx_refs, &matcher, &root, None)
                         }
                         None => Ok(None),
                     };
@@ -655,6 +665,8 @@ struct Compiler<'m, 'p> {
     /// The index of each host (`None`: the host-less rules) in `hosts`.
     host_ids: FastMap<Option<HostMatch>, usize>,
     hosts: Vec<HostBuild>,
+    /// What the Ingress being compiled refers to, in compatibility mode.
+    nginx_refs: NginxRefs,
 }
 
 /// How the paths of one rule are compiled: into which host, with the redirect to HTTPS or not,
@@ -808,7 +820,14 @@ impl<'m> Compiler<'m, '_> {
         let annotations = nginx.as_ref().map(|(n, _, _)| *n);
         let extras = match nginx {
             Some((n, _, www)) => {
-                match nginx_route(n, &self.nginx_globals, &matcher, p, www.map(str::to_string)) {
+                match nginx_route(
+                    n,
+                    &self.nginx_globals,
+                    &self.nginx_refs,
+                    &matcher,
+                    p,
+                    www.map(str::to_string),
+                ) {
                     Ok(x) => x,
                     Err(e) => {
                         self.reject(Kind::Ingress, &ing.key, "AnnotationRefused", e);
@@ -855,7 +874,7 @@ impl<'m> Compiler<'m, '_> {
                 continue;
             };
             let secret_key = ObjectKey::new(ing.key.namespace.clone(), secret.clone());
-            if !self.model.secrets.contains_key(&secret_key) {
+            if !self.model.secrets.get(&secret_key).is_some_and(|s| s.tls) {
                 let effect = match entry.hosts.as_slice() {
                     [] => String::new(),
                     [one] => format!("; {one} gets the default certificate until it exists"),
@@ -1107,6 +1126,89 @@ impl<'m> Compiler<'m, '_> {
 }
 
 impl Compiler<'_, '_> {
+    /// Resolves the Secret and ConfigMap an Ingress in compatibility mode refers to. An error
+    /// (a missing or unreadable object, one in another namespace, a header not allowed) keeps
+    /// the Ingress out, as ingress-nginx denies its locations.
+    fn resolve_refs(&self, ing: &Ingress, n: &NginxAnnotations) -> Result<NginxRefs, String> {
+        let ns = &ing.key.namespace;
+        let mut refs = NginxRefs {
+            namespace: ns.clone(),
+            ..NginxRefs::default()
+        };
+        let annotation = |name: &str| format!("metadata.annotations[{PREFIX}{name}]");
+        if let Some(ssl) = &n.proxy_ssl {
+            let field = annotation("proxy-ssl-secret");
+            if ssl.secret.namespace != *ns {
+                return Err(format!(
+                    "{field}: {} is in another namespace; only Secrets of the Ingress's \
+                     namespace are read (as ingress-nginx does by default); the Ingress is not \
+                     served",
+                    ssl.secret
+                ));
+            }
+            let secret = self.model.secrets.get(&ssl.secret).ok_or_else(|| {
+                format!(
+                    "{field}: no Secret {} with a ca.crt (or of type kubernetes.io/tls); the \
+                     Ingress is not served until it exists",
+                    ssl.secret
+                )
+            })?;
+            let material = SslMaterial::from_secret(secret).map_err(|e| {
+                format!(
+                    "{field}: Secret {}: {e}; the Ingress is not served",
+                    ssl.secret
+                )
+            })?;
+            if ssl.verify && material.ca.is_none() {
+                return Err(format!(
+                    "{field}: Secret {} has no ca.crt to verify the backend with \
+                     (proxy-ssl-verify is on); the Ingress is not served",
+                    ssl.secret
+                ));
+            }
+            refs.ssl = Some(material);
+        }
+        if let Some(key) = &n.custom_headers {
+            let field = annotation("custom-headers");
+            if key.namespace != *ns {
+                return Err(format!(
+                    "{field}: {key} is in another namespace; only ConfigMaps of the Ingress's \
+                     namespace are read; the Ingress is not served"
+                ));
+            }
+            let map = self.model.config_maps.get(key).ok_or_else(|| {
+                format!("{field}: no ConfigMap {key}; the Ingress is not served until it exists")
+            })?;
+            let allowed = &self.nginx_globals.allowed_response_headers;
+            let mut headers = Vec::with_capacity(map.data.len());
+            for (name, value) in &map.data {
+                if !custom_header_name(name) || !custom_header_value(value) {
+                    return Err(format!(
+                        "{field}: ConfigMap {key}: {name:?} is not a valid header name and value; \
+                         the Ingress is not served"
+                    ));
+                }
+                if !allowed.contains(name) {
+                    return Err(format!(
+                        "{field}: ConfigMap {key}: {name} is not in the ConfigMap's \
+                         global-allowed-response-headers; the Ingress is not served"
+                    ));
+                }
+                let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    http::HeaderValue::from_str(value),
+                ) else {
+                    return Err(format!(
+                        "{field}: ConfigMap {key}: {name:?} is not a header"
+                    ));
+                };
+                headers.push((n, v));
+            }
+            refs.response_headers = Some(Arc::from(headers));
+        }
+        Ok(refs)
+    }
+
     /// The pool of `spec`: the previous snapshot's when it would be built the same, else a new one.
     fn pool_for(&self, spec: &PoolSpec) -> (Arc<Pool>, PoolSlices) {
         let slices = service_slices(&self.slices, &spec.service);
@@ -1149,6 +1251,7 @@ fn nginx_path(path: &str, path_type: PathType, regex: bool) -> Result<PathMatch,
 fn nginx_route(
     n: &NginxAnnotations,
     g: &NginxGlobals,
+    refs: &NginxRefs,
     matcher: &PathMatch,
     p: &HttpPath,
     www_redirect: Option<String>,
@@ -1211,6 +1314,21 @@ fn nginx_route(
             .or(g.deny.as_ref())
             .map(|l| Arc::from(l.as_slice())),
         trusted: None,
+        upstream_tls: n.proxy_ssl.as_ref().zip(refs.ssl.as_ref()).map(|(s, m)| {
+            // ingress-nginx's default name is its `$proxy_host`, "upstream_balancer", which no
+            // certificate carries; Portico's is the Service's cluster name.
+            let name = s.name.clone().unwrap_or_else(|| match &p.backend {
+                BackendRef::Service { name, .. } => format!("{name}.{}.svc", refs.namespace),
+                BackendRef::Resource { name, .. } => name.clone(),
+            });
+            Arc::new(UpstreamTls::new(
+                m.clone(),
+                s.verify,
+                name,
+                s.verify || s.server_name,
+            ))
+        }),
+        response_headers: refs.response_headers.clone(),
     };
     // Whose X-Forwarded-For tells the client IP, for the lists (the ConfigMap's
     // use-forwarded-headers); else --trusted-proxies.

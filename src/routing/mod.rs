@@ -79,6 +79,24 @@ pub struct NginxRoute {
     /// The ConfigMap's `use-forwarded-headers` and `proxy-real-ip-cidr`: the peers whose
     /// `X-Forwarded-For` tells the client IP for the lists, instead of `--trusted-proxies`.
     pub trusted: Option<Arc<[crate::model::Cidr]>>,
+    /// `proxy-ssl-*`: how connections to an HTTPS backend are verified.
+    pub upstream_tls: Option<Arc<crate::tls::upstream::UpstreamTls>>,
+    /// `custom-headers`: response headers set on every proxied response.
+    pub response_headers: Option<ResponseHeaders>,
+}
+
+/// Response headers set (replacing the backend's of the same name) on a route's responses.
+pub type ResponseHeaders = Arc<[(http::HeaderName, http::HeaderValue)]>;
+
+/// What an Ingress in compatibility mode refers to, resolved once for all its paths.
+#[derive(Clone, Default)]
+pub struct NginxRefs {
+    /// The Ingress's namespace, where what it refers to lives.
+    pub namespace: String,
+    /// The `proxy-ssl-secret`'s certificates.
+    pub ssl: Option<crate::tls::upstream::SslMaterial>,
+    /// The `custom-headers` ConfigMap's headers.
+    pub response_headers: Option<ResponseHeaders>,
 }
 
 impl NginxRoute {

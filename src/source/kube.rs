@@ -48,6 +48,12 @@ pub const DEBOUNCE: Duration = Duration::from_millis(10);
 pub const SOURCE: &str = "kubernetes";
 /// The field selector that keeps every Secret but TLS ones out of memory.
 pub const TLS_SECRET_SELECTOR: &str = "type=kubernetes.io/tls";
+/// In ingress-nginx compatibility mode: TLS and Opaque Secrets (a `proxy-ssl-secret` may be
+/// either); the bulky and sensitive kinds Portico never reads stay out of memory.
+pub const COMPAT_SECRET_SELECTOR: &str = "type!=helm.sh/release.v1,\
+type!=kubernetes.io/service-account-token,type!=kubernetes.io/dockerconfigjson,\
+type!=kubernetes.io/dockercfg,type!=kubernetes.io/basic-auth,type!=kubernetes.io/ssh-auth,\
+type!=bootstrap.kubernetes.io/token";
 
 /// Why the Kubernetes client could not be built. Both are retried: a mounted service account
 /// token can appear late, and a kubeconfig can be fixed in place.
@@ -184,6 +190,9 @@ pub enum Change {
     Remove(Kind, ObjectKey),
     /// A (re)list finished: these are now all the objects of the kind.
     Relisted(Kind, Vec<Object>),
+    /// A (re)list of one namespace's objects of the kind finished (a second watch of a kind,
+    /// in a namespace the first does not cover): these are now all of that namespace.
+    RelistedIn(Kind, String, Vec<Object>),
 }
 
 /// A kind the source watches: how to key it and translate it.
@@ -296,6 +305,7 @@ async fn reflect<K: Watched>(
     store: Store<K>,
     tx: mpsc::UnboundedSender<Change>,
     shared: Arc<Shared>,
+    namespace: Option<String>,
 ) {
     let stream = watcher(api, config)
         .default_backoff()
@@ -332,7 +342,10 @@ async fn reflect<K: Watched>(
                     })
                     .collect::<Vec<_>>();
                 tracing::debug!(kind = %K::KIND, objects = objects.len(), "listed");
-                Change::Relisted(K::KIND, objects)
+                match &namespace {
+                    None => Change::Relisted(K::KIND, objects),
+                    Some(ns) => Change::RelistedIn(K::KIND, ns.clone(), objects),
+                }
             }
             Err(e) => {
                 shared.metrics.source_error(SOURCE, error_reason(&e));
@@ -354,6 +367,19 @@ fn spawn_reflector<K: Watched>(
     tx: &mpsc::UnboundedSender<Change>,
     shared: &Arc<Shared>,
 ) -> Store<K> {
+    spawn_reflector_in(tasks, api, config, tx, shared, None)
+}
+
+/// Starts a reflector; with `namespace`, one of two of its kind, which lists that namespace only
+/// ([`Change::RelistedIn`]).
+fn spawn_reflector_in<K: Watched>(
+    tasks: &mut JoinSet<()>,
+    api: Api<K>,
+    config: watcher::Config,
+    tx: &mpsc::UnboundedSender<Change>,
+    shared: &Arc<Shared>,
+    namespace: Option<String>,
+) -> Store<K> {
     let writer = reflector::store::Writer::<K>::default();
     let store = writer.as_reader();
     tasks.spawn(reflect(
@@ -363,6 +389,7 @@ fn spawn_reflector<K: Watched>(
         store.clone(),
         tx.clone(),
         shared.clone(),
+        namespace,
     ));
     store
 }
@@ -397,7 +424,10 @@ fn upsert<K: Ord, V: PartialEq>(
 pub struct Controller {
     shared: Arc<Shared>,
     model: Model,
-    synced: BTreeSet<Kind>,
+    /// The lists done: a kind, or a kind in one namespace (a second watch of the kind).
+    synced: BTreeSet<(Kind, Option<String>)>,
+    /// How many lists must be done before the first publish.
+    lists: usize,
     published: bool,
     routes_dirty: bool,
     /// Services whose EndpointSlices changed since the last publish.
@@ -421,6 +451,7 @@ impl Controller {
         rejections: mpsc::UnboundedSender<Vec<Rejected>>,
     ) -> Self {
         Self {
+            lists: KINDS + usize::from(shared.options.nginx.is_some()),
             shared,
             model: Model::default(),
             synced: BTreeSet::new(),
@@ -432,6 +463,27 @@ impl Controller {
             owned,
             rejections,
         }
+    }
+
+    /// One more list (a second watch of a kind) must be done before the first publish.
+    pub fn expect_list(&mut self) {
+        self.lists += 1;
+    }
+
+    /// Whether a ConfigMap changes routes: ingress-nginx's own, or one an Ingress's
+    /// `custom-headers` names. Every other ConfigMap of the cluster is kept (an Ingress may name
+    /// it later) but costs no recompile.
+    fn config_map_matters(&self, key: &ObjectKey) -> bool {
+        self.shared
+            .options
+            .nginx
+            .as_ref()
+            .is_some_and(|n| n.configmap == *key)
+            || self.model.ingresses.values().any(|i| {
+                i.nginx
+                    .as_ref()
+                    .is_some_and(|n| n.custom_headers.as_ref() == Some(key))
+            })
     }
 
     /// True once the first complete snapshot is published.
@@ -457,7 +509,15 @@ impl Controller {
         match change {
             Change::Upsert(object) => self.upsert(object),
             Change::Remove(kind, key) => self.remove(kind, &key),
-            Change::Relisted(kind, objects) => {
+            Change::Relisted(kind, objects) => self.relisted(kind, None, objects),
+            Change::RelistedIn(kind, ns, objects) => self.relisted(kind, Some(ns), objects),
+        }
+    }
+
+    /// A list is done: `objects` replace every object of the kind (in `namespace`, if given).
+    fn relisted(&mut self, kind: Kind, namespace: Option<String>, objects: Vec<Object>) {
+        {
+            {
                 let mut keep = BTreeSet::new();
                 for object in objects {
                     keep.insert(object.key());
@@ -476,14 +536,15 @@ impl Controller {
                     Kind::Secret => self.model.secrets.keys().cloned().collect(),
                     Kind::ConfigMap => self.model.config_maps.keys().cloned().collect(),
                 };
-                for key in gone.into_iter().filter(|k| !keep.contains(k)) {
+                let scope = |k: &ObjectKey| namespace.as_ref().is_none_or(|ns| k.namespace == *ns);
+                for key in gone.into_iter().filter(|k| !keep.contains(k) && scope(k)) {
                     self.remove(kind, &key);
                 }
                 if kind == Kind::Ingress || kind == Kind::IngressClass {
                     self.status_dirty = true;
                 }
-                if self.synced.insert(kind) {
-                    tracing::info!(kind = %kind, "initial list done");
+                if self.synced.insert((kind, namespace.clone())) {
+                    tracing::info!(kind = %kind, namespace = namespace.as_deref().unwrap_or(""), "initial list done");
                 }
             }
         }
@@ -507,7 +568,9 @@ impl Controller {
                 self.routes_dirty |= upsert(&mut m.secrets, o.key.clone(), o).is_some();
             }
             Object::ConfigMap(o) => {
-                self.routes_dirty |= upsert(&mut m.config_maps, o.key.clone(), o).is_some();
+                let key = o.key.clone();
+                let changed = upsert(&mut m.config_maps, o.key.clone(), o).is_some();
+                self.routes_dirty |= changed && self.config_map_matters(&key);
             }
             Object::EndpointSlice(o) => {
                 let new = o.clone();
@@ -532,7 +595,10 @@ impl Controller {
             }
             Kind::Service => self.routes_dirty |= m.services.remove(key).is_some(),
             Kind::Secret => self.routes_dirty |= m.secrets.remove(key).is_some(),
-            Kind::ConfigMap => self.routes_dirty |= m.config_maps.remove(key).is_some(),
+            Kind::ConfigMap => {
+                let changed = m.config_maps.remove(key).is_some();
+                self.routes_dirty |= changed && self.config_map_matters(key);
+            }
             Kind::EndpointSlice => {
                 let old = m.slices.remove(key);
                 self.touch_slice(old.as_ref());
@@ -544,7 +610,7 @@ impl Controller {
     /// nothing: a half-listed cluster would drop routes and turn ready too early.
     pub fn flush(&mut self) {
         if !self.published {
-            if self.synced.len() < KINDS + usize::from(self.shared.options.nginx.is_some()) {
+            if self.synced.len() < self.lists {
                 return;
             }
             self.published = true;
@@ -711,20 +777,38 @@ impl KubeSource {
         spawn_reflector::<Secret>(
             &mut tasks,
             scoped(&client, ns),
-            watcher::Config::default().fields(TLS_SECRET_SELECTOR),
+            // In compatibility mode Opaque Secrets are read too (proxy-ssl-secret's ca.crt).
+            watcher::Config::default().fields(match shared.options.nginx {
+                Some(_) => COMPAT_SECRET_SELECTOR,
+                None => TLS_SECRET_SELECTOR,
+            }),
             &tx,
             shared,
         );
+        let mut extra_lists = 0;
         if let Some(nginx) = &shared.options.nginx {
-            // ingress-nginx's ConfigMap, and only it.
-            let key = &nginx.configmap;
+            // ConfigMaps where Ingresses are watched (custom-headers names one in the Ingress's
+            // namespace), and ingress-nginx's own, in its namespace: one watch when that is
+            // covered, else a second one for it alone.
             spawn_reflector::<K8sConfigMap>(
                 &mut tasks,
-                Api::namespaced(client.clone(), &key.namespace),
-                watcher::Config::default().fields(&format!("metadata.name={}", key.name)),
+                scoped(&client, ns),
+                watcher::Config::default(),
                 &tx,
                 shared,
             );
+            let key = &nginx.configmap;
+            if ns.is_some_and(|ns| ns != key.namespace) {
+                spawn_reflector_in::<K8sConfigMap>(
+                    &mut tasks,
+                    Api::namespaced(client.clone(), &key.namespace),
+                    watcher::Config::default().fields(&format!("metadata.name={}", key.name)),
+                    &tx,
+                    shared,
+                    Some(key.namespace.clone()),
+                );
+                extra_lists += 1;
+            }
         }
         drop(tx);
 
@@ -772,6 +856,9 @@ impl KubeSource {
         }
 
         let mut controller = Controller::new(shared.clone(), owned_tx, rejections_tx);
+        for _ in 0..extra_lists {
+            controller.expect_list();
+        }
         controller.run(rx, shutdown).await;
         // Shutdown: give the elector a moment to release the Lease, then stop everything.
         if let Some(mut elector) = elector_task {
@@ -978,6 +1065,56 @@ mod tests {
         c.flush();
         assert!(c.shared.is_ready());
         assert_eq!(c.shared.load().generation, 1);
+    }
+
+    /// A second watch of a kind (ingress-nginx's ConfigMap in its namespace, beside the
+    /// ConfigMaps of the watched namespace) must list before the first publish, and its relist
+    /// replaces only its namespace's objects.
+    #[test]
+    fn a_second_watch_of_a_kind_lists_and_relists_its_namespace_only() {
+        let (mut c, _owned) = controller();
+        // As in compatibility mode: the ConfigMaps, and ingress-nginx's in another namespace.
+        c.expect_list();
+        c.expect_list();
+        let map = |ns: &str, name: &str| {
+            Object::ConfigMap(Arc::new(crate::model::ConfigMap {
+                key: ObjectKey::new(ns, name),
+                data: Default::default(),
+            }))
+        };
+        relist_all(&mut c);
+        c.apply(Change::Relisted(Kind::ConfigMap, vec![map("apps", "a")]));
+        c.flush();
+        assert!(!c.shared.is_ready(), "the second watch has not listed");
+        c.apply(Change::RelistedIn(
+            Kind::ConfigMap,
+            "ingress-nginx".into(),
+            vec![map("ingress-nginx", "controller")],
+        ));
+        c.flush();
+        assert!(c.shared.is_ready());
+        assert_eq!(c.model.config_maps.len(), 2);
+        // A relist of the second watch that no longer has its object removes it, and nothing else.
+        c.apply(Change::RelistedIn(
+            Kind::ConfigMap,
+            "ingress-nginx".into(),
+            vec![],
+        ));
+        assert_eq!(
+            c.model.config_maps.keys().cloned().collect::<Vec<_>>(),
+            [ObjectKey::new("apps", "a")]
+        );
+        // A relist of the first leaves the second's objects alone.
+        c.apply(Change::RelistedIn(
+            Kind::ConfigMap,
+            "ingress-nginx".into(),
+            vec![map("ingress-nginx", "controller")],
+        ));
+        c.apply(Change::RelistedIn(Kind::ConfigMap, "apps".into(), vec![]));
+        assert_eq!(
+            c.model.config_maps.keys().cloned().collect::<Vec<_>>(),
+            [ObjectKey::new("ingress-nginx", "controller")]
+        );
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! - [`cert`] parses and checks one PEM certificate and key, at compile time;
 //! - [`store`] is the certificate part of the snapshot, built with the routes and the pools and
 //!   published with them in the one [`crate::dataplane::DataPlane`];
-//! - [`resolver`] is the rustls hook that reads the current snapshot in each handshake.
+//! - [`resolver`] is the rustls hook that reads the current snapshot in each handshake;
+//! - [`upstream`] is TLS to backends: the CA, name and client certificate a route verifies with.
 
 pub mod cert;
 pub mod resolver;
 pub mod store;
+pub mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

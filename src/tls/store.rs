@@ -173,7 +173,8 @@ impl CertStore {
         now_unix: i64,
         rejected: &mut Vec<Rejected>,
     ) -> Option<Result<Arc<LoadedCert>, ()>> {
-        let secret = secrets.get(key)?;
+        // Only a kubernetes.io/tls Secret serves a certificate (an Opaque one is a CA bundle).
+        let secret = secrets.get(key).filter(|s| s.tls)?;
         if let Some(p) = self.secrets.get(key) {
             return Some(p.result.clone().map_err(drop));
         }
@@ -224,8 +225,10 @@ mod tests {
             k.clone(),
             Arc::new(TlsSecret {
                 key: k,
+                tls: true,
                 cert_pem: cert.as_bytes().to_vec(),
                 key_pem: key.as_bytes().to_vec(),
+                ca_pem: None,
             }),
         )
     }

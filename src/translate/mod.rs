@@ -42,8 +42,10 @@ pub const HSTS_ANNOTATION: &str = "portico.dev/hsts";
 pub const BACKEND_PROTOCOL_ANNOTATION: &str = "portico.dev/backend-protocol";
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// The only Secret type Portico reads.
+/// The Secret type of certificates Portico serves.
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+/// The generic Secret type, read for its `ca.crt` (ingress-nginx's `proxy-ssl-secret`).
+pub const OPAQUE_SECRET_TYPE: &str = "Opaque";
 
 /// Why a document or object could not be turned into the model.
 #[derive(Debug, thiserror::Error)]
@@ -653,13 +655,15 @@ pub fn slice_from_k8s(s: &K8sSlice) -> Result<EndpointSlice, String> {
     })
 }
 
-/// Translates a Secret. Only `kubernetes.io/tls` Secrets are kept (`Ok(None)` for the others).
-/// `stringData` wins over `data`, as the API server merges them.
+/// Translates a Secret. `kubernetes.io/tls` Secrets are kept, and `Opaque` ones with a `ca.crt`
+/// (for ingress-nginx's `proxy-ssl-secret`); `Ok(None)` for the others. Only the fields Portico
+/// uses are kept. `stringData` wins over `data`, as the API server merges them.
 pub fn secret_from_k8s(s: &Secret) -> Result<Option<TlsSecret>, String> {
-    if s.type_.as_deref() != Some(TLS_SECRET_TYPE) {
-        return Ok(None);
-    }
-    let key = key_of(&s.metadata)?;
+    let tls = match s.type_.as_deref() {
+        Some(TLS_SECRET_TYPE) => true,
+        Some(OPAQUE_SECRET_TYPE) | None => false,
+        Some(_) => return Ok(None),
+    };
     let field = |name: &str| -> Option<Vec<u8>> {
         s.string_data
             .as_ref()
@@ -672,18 +676,34 @@ pub fn secret_from_k8s(s: &Secret) -> Result<Option<TlsSecret>, String> {
                     .map(|b| b.0.clone())
             })
     };
+    let ca_pem = field("ca.crt");
+    if !tls && ca_pem.is_none() {
+        return Ok(None);
+    }
+    let key = key_of(&s.metadata)?;
     let missing = |name: &str| {
         format!(
             "data[{name}] is missing; a kubernetes.io/tls Secret holds the PEM certificate chain \
              in tls.crt and its private key in tls.key"
         )
     };
-    let cert_pem = field("tls.crt").ok_or_else(|| missing("tls.crt"))?;
-    let key_pem = field("tls.key").ok_or_else(|| missing("tls.key"))?;
+    let (cert_pem, key_pem) = if tls {
+        (
+            field("tls.crt").ok_or_else(|| missing("tls.crt"))?,
+            field("tls.key").ok_or_else(|| missing("tls.key"))?,
+        )
+    } else {
+        (
+            field("tls.crt").unwrap_or_default(),
+            field("tls.key").unwrap_or_default(),
+        )
+    };
     Ok(Some(TlsSecret {
         key,
+        tls,
         cert_pem,
         key_pem,
+        ca_pem,
     }))
 }
 

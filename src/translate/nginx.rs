@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use crate::model::{
-    AnnotationProblem, BackendProtocol, Cidr, Hsts, NginxAnnotations, NginxGlobals, RouteLimits,
-    Template,
+    AnnotationProblem, BackendProtocol, Cidr, Hsts, NginxAnnotations, NginxGlobals, ObjectKey,
+    ProxySsl, RouteLimits, Template,
 };
 
 /// The prefix of ingress-nginx's annotations.
@@ -33,10 +33,6 @@ const CLOSED: &[&str] = &[
     "enable-owasp-core-rules",
     "satisfy",
     "ssl-passthrough",
-    "proxy-ssl-verify",
-    "proxy-ssl-secret",
-    "proxy-ssl-name",
-    "proxy-ssl-server-name",
 ];
 
 /// Known annotations that Portico accepts and does not need: what they configure is how Portico
@@ -59,6 +55,10 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
     let mut permanent_code = 301;
     let mut temporal: Option<Template> = None;
     let mut temporal_code = 302;
+    let mut ssl_secret: Option<ObjectKey> = None;
+    let mut ssl_verify: Option<bool> = None;
+    let mut ssl_name: Option<String> = None;
+    let mut ssl_server_name = false;
     for (full, value) in annotations {
         let Some(name) = full.strip_prefix(PREFIX) else {
             continue;
@@ -192,6 +192,51 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                 Ok(b) => n.enable_access_log = Some(b),
                 Err(e) => refuse(ignored(&e), false),
             },
+            "proxy-ssl-secret" => match object_ref(v) {
+                Ok(k) => ssl_secret = Some(k),
+                // Without it nothing is verified: refused rather than served unverified.
+                Err(e) => refuse(
+                    format!("{e}; the Ingress is not served until it is corrected"),
+                    true,
+                ),
+            },
+            "proxy-ssl-verify" => match v {
+                "on" => ssl_verify = Some(true),
+                "off" => ssl_verify = Some(false),
+                _ => refuse(
+                    format!(
+                        "{v:?} is not \"on\" or \"off\"; the Ingress is not served until it \
+                         is corrected"
+                    ),
+                    true,
+                ),
+            },
+            "proxy-ssl-name" => match host_value(v) {
+                Ok(h) if !h.contains(':') => ssl_name = Some(h.to_ascii_lowercase()),
+                _ => refuse(
+                    format!(
+                        "{v:?} is not a host name; the Ingress is not served until it is \
+                         corrected"
+                    ),
+                    true,
+                ),
+            },
+            "proxy-ssl-server-name" => match v {
+                "on" => ssl_server_name = true,
+                "off" => ssl_server_name = false,
+                _ => refuse(ignored(&format!("{v:?} is not \"on\" or \"off\"")), false),
+            },
+            "proxy-ssl-verify-depth" | "proxy-ssl-ciphers" | "proxy-ssl-protocols" => refuse(
+                "not applied: Portico speaks TLS 1.2 and 1.3 to backends with rustls's \
+                     cipher suites and verifies chains of any depth to the proxy-ssl-secret's \
+                     ca.crt; the annotation is ignored"
+                    .into(),
+                false,
+            ),
+            "custom-headers" => match object_ref(v) {
+                Ok(k) => n.custom_headers = Some(k),
+                Err(e) => refuse(ignored(&e), false),
+            },
             "proxy-http-version" => match v {
                 "1.1" => {}
                 "1.0" => refuse(
@@ -223,6 +268,39 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
     }
     if !any {
         return None;
+    }
+    match ssl_secret {
+        Some(secret) => {
+            n.proxy_ssl = Some(ProxySsl {
+                secret,
+                verify: ssl_verify.unwrap_or(false),
+                name: ssl_name,
+                server_name: ssl_server_name,
+            })
+        }
+        // ingress-nginx ignores every proxy-ssl-* setting without a Secret; a request to verify
+        // that cannot be honoured is refused instead of served unverified.
+        None if ssl_verify == Some(true) => n.problems.push(AnnotationProblem {
+            annotation: format!("{PREFIX}proxy-ssl-verify"),
+            message: "\"on\" needs proxy-ssl-secret (a Secret with the ca.crt to verify with); \
+                      the Ingress is not served until it has one"
+                .into(),
+            closes: true,
+        }),
+        None => {
+            for (name, set) in [
+                ("proxy-ssl-name", ssl_name.is_some()),
+                ("proxy-ssl-server-name", ssl_server_name),
+            ] {
+                if set {
+                    n.problems.push(AnnotationProblem {
+                        annotation: format!("{PREFIX}{name}"),
+                        message: "has no effect without proxy-ssl-secret; ignored".into(),
+                        closes: false,
+                    });
+                }
+            }
+        }
     }
     // Both set: temporal wins, as in ingress-nginx.
     n.redirect = match (temporal, permanent) {
@@ -383,6 +461,21 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                 ));
             }
             "global-auth-url" => {}
+            "global-allowed-response-headers" => {
+                let mut names = Vec::new();
+                for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    if custom_header_name(name) {
+                        names.push(name.to_string());
+                    } else {
+                        problems.push((
+                            key.clone(),
+                            "InvalidValue",
+                            format!("{name:?} is not a header name; it is not allowed"),
+                        ));
+                    }
+                }
+                g.allowed_response_headers = names;
+            }
             "compute-full-forwarded-for" | "enable-real-ip" => problems.push((
                 key.clone(),
                 "NotApplied",
@@ -451,6 +544,38 @@ pub fn cidrs(v: &str) -> Result<Vec<Cidr>, String> {
 }
 
 /// Go's `strconv.ParseBool`, which ingress-nginx uses.
+/// `namespace/name` of an object (a Secret or ConfigMap), as ingress-nginx's `ParseNameNS` reads it,
+/// with the names checked against Kubernetes' grammar (RFC 1123 labels and subdomains).
+fn object_ref(v: &str) -> Result<ObjectKey, String> {
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    match v.split_once('/') {
+        Some((ns, name)) if label(ns) && name.len() <= 253 && name.split('.').all(label) => {
+            Ok(ObjectKey::new(ns, name))
+        }
+        _ => Err(format!("{v:?} is not namespace/name")),
+    }
+}
+
+/// A header name a `custom-headers` ConfigMap may set: ingress-nginx's `^[a-zA-Z\d\-_]+$`.
+pub fn custom_header_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A header value a `custom-headers` ConfigMap may set: ingress-nginx's value grammar (printable
+/// ASCII and spaces; no control characters, so no header can be smuggled in).
+pub fn custom_header_value(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
@@ -584,6 +709,7 @@ fn accepted_value(name: &str, v: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{ObjectKey, ProxySsl};
 
     fn parse_map(pairs: &[(&str, &str)]) -> NginxAnnotations {
         let map = pairs
@@ -724,5 +850,63 @@ mod tests {
         let n = parse_map(&[("enable-cors", "true"), ("proxy-buffering", "on")]);
         assert!(!n.closed());
         assert_eq!(n.problems.len(), 1, "{:?}", n.problems);
+    }
+
+    #[test]
+    fn proxy_ssl_and_custom_headers_are_typed_and_fail_closed() {
+        let n = parse_map(&[
+            ("proxy-ssl-secret", "apps/backend-ca"),
+            ("proxy-ssl-verify", "on"),
+            ("proxy-ssl-name", "Backend.Internal"),
+            ("proxy-ssl-server-name", "on"),
+            ("custom-headers", "apps/headers"),
+        ]);
+        assert!(n.problems.is_empty(), "{:?}", n.problems);
+        assert_eq!(
+            n.proxy_ssl,
+            Some(ProxySsl {
+                secret: ObjectKey::new("apps", "backend-ca"),
+                verify: true,
+                name: Some("backend.internal".into()),
+                server_name: true,
+            })
+        );
+        assert_eq!(n.custom_headers, Some(ObjectKey::new("apps", "headers")));
+        // Off by default, as in ingress-nginx.
+        let n = parse_map(&[("proxy-ssl-secret", "apps/ca")]);
+        assert!(!n.proxy_ssl.is_some_and(|s| s.verify || s.server_name));
+        // Verifying cannot be honoured without a Secret, or with one that cannot be named: the
+        // Ingress is not served rather than served unverified.
+        for pairs in [
+            &[("proxy-ssl-verify", "on")][..],
+            &[("proxy-ssl-verify", "yes"), ("proxy-ssl-secret", "apps/ca")],
+            &[("proxy-ssl-verify", "on"), ("proxy-ssl-secret", "ca")],
+            &[
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-secret", "apps/ca/x"),
+            ],
+            &[("proxy-ssl-verify", "on"), ("proxy-ssl-secret", "Apps/ca")],
+            &[
+                ("proxy-ssl-secret", "apps/ca"),
+                ("proxy-ssl-name", "a.example\r\nX: y"),
+            ],
+        ] {
+            assert!(parse_map(pairs).closed(), "{pairs:?}");
+        }
+        // Settings Portico does not apply are reported; the Ingress serves.
+        let n = parse_map(&[
+            ("proxy-ssl-secret", "apps/ca"),
+            ("proxy-ssl-verify-depth", "2"),
+            ("custom-headers", "../etc"),
+        ]);
+        assert!(!n.closed());
+        assert_eq!(n.problems.len(), 2, "{:?}", n.problems);
+        // The header grammar: no field can be smuggled in a name or a value.
+        assert!(custom_header_name("X-Frame_Options"));
+        assert!(!custom_header_name("X: y") && !custom_header_name(""));
+        assert!(custom_header_value(
+            "max-age=1; includeSubDomains \"q\" `x`"
+        ));
+        assert!(!custom_header_value("a\r\nSet-Cookie: x") && !custom_header_value("\u{e9}"));
     }
 }

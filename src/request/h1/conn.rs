@@ -930,6 +930,9 @@ impl Engine {
             keep,
             &self.policy.server_header,
             hsts.map(|h| &**h),
+            self.policy
+                .response_headers(plane, Some(routed.route))
+                .map(|h| &**h),
             &mut out,
         );
         let write = self.policy.upstream.write_timeout;

@@ -101,7 +101,10 @@ pub fn request_head_edited(
     out.extend_from_slice(b"\r\n");
 }
 
-/// The response head for the client. `rhead` holds the backend's head that `response` indexes.
+/// The response head for the client. `rhead` holds the backend's head that `response` indexes;
+/// `set` are the route's own headers (ingress-nginx's `custom-headers`), replacing the backend's
+/// of the same names.
+#[allow(clippy::too_many_arguments)]
 pub fn response_head(
     response: &ResponseHead,
     rhead: &[u8],
@@ -109,6 +112,7 @@ pub fn response_head(
     keep: bool,
     server: &ServerHeader,
     hsts: Option<&str>,
+    set: Option<&[(http::HeaderName, http::HeaderValue)]>,
     out: &mut Vec<u8>,
 ) {
     status_line(response.status, response.reason.get(rhead), out);
@@ -145,11 +149,23 @@ pub fn response_head(
                 Out::None => copy(f, rhead, out),
                 _ => {}
             },
-            _ => copy(f, rhead, out),
+            _ => {
+                let name = f.name.get(rhead);
+                let replaced = set.is_some_and(|set| {
+                    set.iter()
+                        .any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+                });
+                if !replaced {
+                    copy(f, rhead, out)
+                }
+            }
         }
     }
     if !server_done {
         own_server(server, out);
+    }
+    for (name, value) in set.unwrap_or_default() {
+        field(name.as_str().as_bytes(), value.as_bytes(), out);
     }
     if let (Some(hsts), false) = (hsts, response.hsts) {
         field(b"Strict-Transport-Security", hsts.as_bytes(), out);

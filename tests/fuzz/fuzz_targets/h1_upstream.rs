@@ -20,6 +20,18 @@ fuzz_target!(|data: &[u8]| {
     let client_11 = flags & 2 == 0;
     let keep = flags & 4 == 0;
     let hsts = (flags & 8 == 8).then_some("max-age=60");
+    // A route's custom-headers, replacing the backend's fields of these names.
+    let set = [
+        (
+            http::HeaderName::from_static("x-frame-options"),
+            http::HeaderValue::from_static("DENY"),
+        ),
+        (
+            http::HeaderName::from_static("content-type"),
+            http::HeaderValue::from_static("text/plain"),
+        ),
+    ];
+    let set = (flags & 32 == 32).then_some(&set[..]);
     let server = ServerHeader {
         pass_upstream: flags & 16 == 16,
         ..ServerHeader::default()
@@ -40,7 +52,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let framing = encode::out_framing(response.framing, client_11);
-    encode::response_head(&response, rhead, framing, keep, &server, hsts, &mut out);
+    encode::response_head(
+        &response, rhead, framing, keep, &server, hsts, set, &mut out,
+    );
     let head_len = out.len();
     let mut body = Vec::new();
     match response.framing {
