@@ -288,6 +288,10 @@ pub struct NginxAnnotations {
     pub deny: Option<Vec<Cidr>>,
     /// `enable-global-auth`.
     pub enable_global_auth: Option<bool>,
+    /// `proxy-next-upstream`: `Some(false)` for `off` (or a list without `error` and `timeout`).
+    pub next_upstream: Option<bool>,
+    /// `proxy-next-upstream-tries` (0: as many as there are, up to [`MAX_UPSTREAM_ATTEMPTS`]).
+    pub next_upstream_tries: Option<usize>,
     /// `proxy-ssl-secret` and the settings that go with it: how an HTTPS backend is verified.
     pub proxy_ssl: Option<ProxySsl>,
     /// `custom-headers`: the ConfigMap (in the Ingress's namespace) of response headers to set.
@@ -348,6 +352,9 @@ pub struct NginxGlobals {
     /// `global-allowed-response-headers` [none]: the only header names a `custom-headers`
     /// ConfigMap may set.
     pub allowed_response_headers: Vec<String>,
+    /// `proxy-next-upstream` ["error timeout"] and `proxy-next-upstream-tries` [3].
+    pub next_upstream: Option<bool>,
+    pub next_upstream_tries: Option<usize>,
 }
 
 impl Default for NginxGlobals {
@@ -368,6 +375,8 @@ impl Default for NginxGlobals {
             forwarded_trust: None,
             closed: None,
             allowed_response_headers: Vec::new(),
+            next_upstream: None,
+            next_upstream_tries: None,
         }
     }
 }
@@ -495,7 +504,13 @@ pub struct RouteLimits {
     pub read_timeout: Option<std::time::Duration>,
     /// `portico.dev/proxy-send-timeout`
     pub send_timeout: Option<std::time::Duration>,
+    /// Endpoints an idempotent request may try (ingress-nginx's `proxy-next-upstream` and
+    /// `-tries`); else `--upstream-attempts`.
+    pub upstream_attempts: Option<usize>,
 }
+
+/// The most endpoints one request tries, whatever a route asks (nginx's `tries 0`, unlimited).
+pub const MAX_UPSTREAM_ATTEMPTS: usize = 16;
 
 /// How Portico speaks to the backends of one Ingress.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -98,7 +98,11 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         grace_period_seconds: Some(config.shutdown_drain_timeout.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         // Retries are decided per request (idempotent, not answered yet, attempts left).
-        max_retries: config.limits.upstream_attempts.max(1),
+        // A route may allow more attempts (ingress-nginx's proxy-next-upstream-tries).
+        max_retries: config
+            .limits
+            .upstream_attempts
+            .max(crate::model::MAX_UPSTREAM_ATTEMPTS),
         upgrade_sock: format!("/tmp/portico_upgrade_{}.sock", config.admin_listen.port()),
         pid_file: format!("/tmp/portico_{}.pid", config.admin_listen.port()),
         ..ServerConf::default()

@@ -807,3 +807,83 @@ async fn proxy_ssl_verifies_the_backend_and_presents_a_client_certificate() {
     assert_eq!(get(&p, "elsewhere.test", "/").await.0, 404);
 }
 }
+
+/// A Service whose endpoints are a live echo pod and a port where nothing listens (a second
+/// EndpointSlice), behind an Ingress with `annotations`.
+fn flaky_service(pods: &Pods, name: &str, annotations: &str) -> String {
+    let dead = common::free_port();
+    let live = pods
+        .manifests("default", "", 80)
+        .replace(&format!("name: {}", pods.service), &format!("name: {name}"));
+    let live = live.replace(
+        &format!("kubernetes.io/service-name: {}", pods.service),
+        &format!("kubernetes.io/service-name: {name}"),
+    );
+    format!(
+        "{live}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-dead
+  namespace: default
+  labels: {{ kubernetes.io/service-name: {name} }}
+addressType: IPv4
+ports:
+  - port: {dead}
+endpoints:
+  - addresses: [\"127.0.0.1\"]
+    conditions: {{ ready: true }}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {name}
+  namespace: default
+  annotations:
+{annotations}
+spec:
+  ingressClassName: nginx
+  rules:
+    - host: {name}.example.com
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service: {{name: {name}, port: {{number: 80}}}}
+"
+    )
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_next_upstream_retries_as_configured() {
+    let pods = Pods::start("retry-echo", 1).await;
+    let files = [
+        ("00-class.yaml".to_string(), fixtures()[0].1.clone()),
+        // ingress-nginx's default: "error timeout", 3 tries.
+        ("default.yaml".into(), flaky_service(&pods, "retried", "    x: y")),
+        (
+            "off.yaml".into(),
+            flaky_service(&pods, "unretried", "    nginx.ingress.kubernetes.io/proxy-next-upstream: \"off\""),
+        ),
+        (
+            "one.yaml".into(),
+            flaky_service(&pods, "one-try", "    nginx.ingress.kubernetes.io/proxy-next-upstream-tries: \"1\""),
+        ),
+    ];
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let p = Portico::start_with(&refs, |f| f.ingress_nginx_compat = Some(true)).await;
+    // Round robin over two endpoints: one of two requests meets the dead one, which is ejected
+    // only after its second failure.
+    for host in ["unretried.example.com", "one-try.example.com"] {
+        let statuses = [get(&p, host, "/").await.0, get(&p, host, "/").await.0];
+        assert!(statuses.contains(&502), "{host}: {statuses:?}");
+        assert!(statuses.contains(&200), "{host}: {statuses:?}");
+    }
+    for _ in 0..4 {
+        assert_eq!(get(&p, "retried.example.com", "/").await.0, 200);
+    }
+}
+}

@@ -192,7 +192,7 @@ impl ProxyHttp for PingoraApp {
             .policy
             .pick(plane, routed, &ctx.attempts.tried)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "empty pool"))?;
-        ctx.attempts.current = Some((endpoint.addr, endpoint.health.clone()));
+        ctx.attempts.start(&endpoint);
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(endpoint.peer()))
     }

@@ -197,6 +197,8 @@ pub struct Endpoint {
     pub idle_timeout: Duration,
     /// ingress-nginx's `proxy-ssl-*`: the CA, name and client certificate of an HTTPS backend.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// Endpoints a request of the route may try.
+    pub attempts: usize,
 }
 
 impl Endpoint {
@@ -248,6 +250,17 @@ pub struct Attempts {
     pub current: Option<(SocketAddr, Arc<EndpointHealth>)>,
     /// The upstream answered: from here on a failure is never retried.
     pub responded: bool,
+    /// Endpoints this request may try (the route's, from [`Endpoint::attempts`]); 0 until the
+    /// first pick.
+    pub max: usize,
+}
+
+impl Attempts {
+    /// Starts an attempt on `endpoint`.
+    pub fn start(&mut self, endpoint: &Endpoint) {
+        self.current = Some((endpoint.addr, endpoint.health.clone()));
+        self.max = endpoint.attempts;
+    }
 }
 
 /// The redirects an ingress-nginx route answers itself, in nginx's order: the other name of a
@@ -530,6 +543,9 @@ impl Policy {
             write_timeout: limits.send_timeout.unwrap_or(self.upstream.write_timeout),
             idle_timeout: self.upstream.idle_timeout,
             tls: route.nginx.as_ref().and_then(|x| x.upstream_tls.clone()),
+            attempts: limits
+                .upstream_attempts
+                .unwrap_or(self.limits.upstream_attempts),
         })
     }
 
@@ -561,7 +577,11 @@ impl Policy {
             }
             a.tried.push(*addr);
         }
-        !a.responded && a.tried.len() < self.limits.upstream_attempts
+        let max = match a.max {
+            0 => self.limits.upstream_attempts,
+            n => n,
+        };
+        !a.responded && a.tried.len() < max
     }
 
     /// Records that the current endpoint answered.

@@ -1101,6 +1101,17 @@ impl<'m> Compiler<'m, '_> {
                             .or(p.connect_timeout),
                         read_timeout: a.read_timeout.or(g.read_timeout).or(p.read_timeout),
                         send_timeout: a.send_timeout.or(g.send_timeout).or(p.send_timeout),
+                        // ingress-nginx's defaults: retried ("error timeout"), 3 tries.
+                        upstream_attempts: Some(
+                            match n.next_upstream.or(self.nginx_globals.next_upstream) {
+                                Some(false) => 1,
+                                _ => n
+                                    .next_upstream_tries
+                                    .or(self.nginx_globals.next_upstream_tries)
+                                    .unwrap_or(3)
+                                    .max(1),
+                            },
+                        ),
                     }
                 }
                 None => ing.annotations.limits,

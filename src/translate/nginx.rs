@@ -233,6 +233,19 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                     .into(),
                 false,
             ),
+            "proxy-next-upstream" => match next_upstream(v) {
+                Ok((retry, unsupported)) => {
+                    n.next_upstream = Some(retry);
+                    if !unsupported.is_empty() {
+                        refuse(not_yet_retried(&unsupported), false);
+                    }
+                }
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "proxy-next-upstream-tries" => match tries(v) {
+                Ok(t) => n.next_upstream_tries = Some(t),
+                Err(e) => refuse(ignored(&e), false),
+            },
             "custom-headers" => match object_ref(v) {
                 Ok(k) => n.custom_headers = Some(k),
                 Err(e) => refuse(ignored(&e), false),
@@ -483,9 +496,21 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                  --trusted-proxies"
                     .into(),
             )),
+            "proxy-next-upstream" => match next_upstream(v) {
+                Ok((retry, unsupported)) => {
+                    g.next_upstream = Some(retry);
+                    if !unsupported.is_empty() {
+                        problems.push((key.clone(), "NotApplied", not_yet_retried(&unsupported)));
+                    }
+                }
+                Err(e) => invalid(e),
+            },
+            "proxy-next-upstream-tries" => match tries(v) {
+                Ok(t) => g.next_upstream_tries = Some(t),
+                Err(e) => invalid(e),
+            },
+            "proxy-next-upstream-timeout" if v == "0" => {}
             "custom-http-errors"
-            | "proxy-next-upstream"
-            | "proxy-next-upstream-tries"
             | "proxy-next-upstream-timeout"
             | "limit-req-status-code"
             | "limit-conn-status-code" => problems.push((
@@ -512,6 +537,59 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
         g.forwarded_trust = Some(real_ip_cidr);
     }
     (g, problems)
+}
+
+/// nginx's `proxy_next_upstream` list: whether connect errors, resets and timeouts before a
+/// response are retried (`error`, `timeout`; `off` and a list without them: not), and the
+/// conditions Portico does not retry on yet.
+fn next_upstream(v: &str) -> Result<(bool, Vec<&str>), String> {
+    const KNOWN: &[&str] = &[
+        "error",
+        "timeout",
+        "invalid_header",
+        "http_500",
+        "http_502",
+        "http_503",
+        "http_504",
+        "http_403",
+        "http_404",
+        "http_429",
+        "non_idempotent",
+        "off",
+    ];
+    let tokens: Vec<&str> = v.split_ascii_whitespace().collect();
+    if tokens.is_empty() {
+        return Err("is empty".into());
+    }
+    if let Some(bad) = tokens.iter().find(|t| !KNOWN.contains(t)) {
+        return Err(format!("{bad:?} is not one of {}", KNOWN.join(", ")));
+    }
+    if tokens.contains(&"off") {
+        return Ok((false, Vec::new()));
+    }
+    let retry = tokens.iter().any(|t| *t == "error" || *t == "timeout");
+    let unsupported = tokens
+        .into_iter()
+        .filter(|t| *t != "error" && *t != "timeout")
+        .collect();
+    Ok((retry, unsupported))
+}
+
+fn not_yet_retried(tokens: &[&str]) -> String {
+    format!(
+        "{} not retried yet (connect errors, resets and timeouts before a response are); the \
+         rest applies",
+        tokens.join(", ")
+    )
+}
+
+/// `proxy-next-upstream-tries`: a count; 0 is nginx's "unlimited", capped here.
+fn tries(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(0) => Ok(crate::model::MAX_UPSTREAM_ATTEMPTS),
+        Ok(n) => Ok(n.min(crate::model::MAX_UPSTREAM_ATTEMPTS)),
+        Err(_) => Err(format!("{v:?} is not a number")),
+    }
 }
 
 fn ignored(e: &str) -> String {
@@ -758,6 +836,40 @@ mod tests {
                 ("use-gzip", "UnknownKey")
             ]
         );
+        // Retries: what Portico retries on applies, the rest is reported.
+        let data: BTreeMap<String, String> = [
+            (
+                "proxy-next-upstream",
+                "error timeout http_502 non_idempotent",
+            ),
+            ("proxy-next-upstream-tries", "0"),
+            ("global-allowed-response-headers", "X-Frame-Options, X Bad"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (g, problems) = globals(&data);
+        assert_eq!(g.next_upstream, Some(true));
+        assert_eq!(
+            g.next_upstream_tries,
+            Some(crate::model::MAX_UPSTREAM_ATTEMPTS)
+        );
+        assert_eq!(g.allowed_response_headers, ["X-Frame-Options"]);
+        let reasons: Vec<(&str, &str)> =
+            problems.iter().map(|(k, r, _)| (k.as_str(), *r)).collect();
+        assert_eq!(
+            reasons,
+            [
+                ("global-allowed-response-headers", "InvalidValue"),
+                ("proxy-next-upstream", "NotApplied")
+            ]
+        );
+        for (v, retry) in [("off", false), ("http_502", false), ("timeout", true)] {
+            let data = BTreeMap::from([("proxy-next-upstream".to_string(), v.to_string())]);
+            assert_eq!(globals(&data).0.next_upstream, Some(retry), "{v}");
+        }
+        let data = BTreeMap::from([("proxy-next-upstream".to_string(), "error; x".to_string())]);
+        assert_eq!(globals(&data).1[0].1, "InvalidValue");
     }
 
     #[test]

@@ -495,7 +495,7 @@ impl Engine {
                     .answer(client, head, raw, &answer, closing, outcome)
                     .await;
             };
-            attempts.current = Some((endpoint.addr, endpoint.health.clone()));
+            attempts.start(&endpoint);
             outcome.upstream = Some(endpoint.addr);
             let result = self
                 .attempt(
