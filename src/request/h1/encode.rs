@@ -149,16 +149,18 @@ pub fn response_head(
                 Out::None => copy(f, rhead, out),
                 _ => {}
             },
-            _ => {
-                let name = f.name.get(rhead);
-                let replaced = set.is_some_and(|set| {
-                    set.iter()
+            _ => match set {
+                None => copy(f, rhead, out),
+                Some(set) => {
+                    let name = f.name.get(rhead);
+                    if !set
+                        .iter()
                         .any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
-                });
-                if !replaced {
-                    copy(f, rhead, out)
+                    {
+                        copy(f, rhead, out)
+                    }
                 }
-            }
+            },
         }
     }
     if !server_done {
