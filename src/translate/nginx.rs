@@ -510,8 +510,18 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                 Err(e) => invalid(e),
             },
             "proxy-next-upstream-timeout" if v == "0" => {}
-            "custom-http-errors"
-            | "proxy-next-upstream-timeout"
+            "custom-http-errors" => match status_codes(v) {
+                Ok(codes) if codes.is_empty() => {}
+                Ok(_) => problems.push((
+                    key.clone(),
+                    "NotApplied",
+                    "read, but error pages are not served yet: the backend's own error \
+                     responses reach the client"
+                        .into(),
+                )),
+                Err(e) => invalid(e),
+            },
+            "proxy-next-upstream-timeout"
             | "limit-req-status-code"
             | "limit-conn-status-code" => problems.push((
                 key.clone(),
@@ -581,6 +591,18 @@ fn not_yet_retried(tokens: &[&str]) -> String {
          rest applies",
         tokens.join(", ")
     )
+}
+
+/// A comma-separated list of HTTP status codes (ingress-nginx's `custom-http-errors`).
+fn status_codes(v: &str) -> Result<Vec<u16>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| match c.parse::<u16>() {
+            Ok(n @ 100..=599) => Ok(n),
+            _ => Err(format!("{c:?} is not an HTTP status code")),
+        })
+        .collect()
 }
 
 /// `proxy-next-upstream-tries`: a count; 0 is nginx's "unlimited", capped here.
