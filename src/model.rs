@@ -288,6 +288,8 @@ pub struct NginxAnnotations {
     pub deny: Option<Vec<Cidr>>,
     /// `enable-global-auth`.
     pub enable_global_auth: Option<bool>,
+    /// `enable-cors` with the `cors-*` settings.
+    pub cors: Option<Cors>,
     /// `proxy-next-upstream`: `Some(false)` for `off` (or a list without `error` and `timeout`).
     pub next_upstream: Option<bool>,
     /// `proxy-next-upstream-tries` (0: as many as there are, up to [`MAX_UPSTREAM_ATTEMPTS`]).
@@ -304,6 +306,84 @@ impl NginxAnnotations {
     /// Whether an annotation that could widen access was refused: the Ingress is not served.
     pub fn closed(&self) -> bool {
         self.problems.iter().any(|p| p.closes)
+    }
+}
+
+/// ingress-nginx's CORS settings (`enable-cors` and `cors-*`), with its defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cors {
+    /// `cors-allow-origin` [`*`]: `None` is `*` (every request, origin sent as `*`).
+    pub origins: Option<Vec<CorsOrigin>>,
+    /// `cors-allow-methods`, `cors-allow-headers`, `cors-expose-headers` (empty: not sent).
+    pub methods: String,
+    pub headers: String,
+    pub expose: String,
+    /// `cors-allow-credentials` [true].
+    pub credentials: bool,
+    /// `cors-max-age` [1728000].
+    pub max_age: u64,
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Self {
+            origins: None,
+            methods: "GET, PUT, POST, DELETE, PATCH, OPTIONS".into(),
+            headers: "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,\
+                      Content-Type,Range,Authorization"
+                .into(),
+            expose: String::new(),
+            credentials: true,
+            max_age: 1_728_000,
+        }
+    }
+}
+
+/// One allowed origin: `scheme://host[:port]`, where the host may start with `*.` (one label).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorsOrigin {
+    /// Lowercase; with `*.` the part after the `*` (`.example.com`).
+    pub scheme: String,
+    pub host: String,
+    pub wildcard: bool,
+    pub port: Option<u16>,
+}
+
+impl CorsOrigin {
+    /// Whether a request's `Origin` is this one, case-insensitively (the whole value: ingress-nginx
+    /// anchors its regex only at the end, which lets `https://evilexample.com` through an
+    /// entry `example.com`; Portico does not).
+    pub fn matches(&self, origin: &[u8]) -> bool {
+        let Ok(origin) = std::str::from_utf8(origin) else {
+            return false;
+        };
+        let origin = origin.to_ascii_lowercase();
+        let Some(rest) = origin
+            .strip_prefix(&self.scheme)
+            .and_then(|r| r.strip_prefix("://"))
+        else {
+            return false;
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) => (h, Some(p)),
+                Err(_) => return false,
+            },
+            None => (rest, None),
+        };
+        if port != self.port {
+            return false;
+        }
+        if self.wildcard {
+            host.strip_suffix(self.host.as_str()).is_some_and(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+        } else {
+            host == self.host
+        }
     }
 }
 

@@ -243,8 +243,7 @@ async fn snippets_and_allowlists_close_their_ingress_and_are_reported() {
     // An allowlist that cannot be read keeps its Ingress out too.
     assert_eq!(get(p, "typo.example.com", "/").await.0, 404);
     // Not access control: served without it, and reported.
-    let e = echo(p, "cors.example.com", "/").await;
-    assert!(!e.headers.contains_key("access-control-allow-origin"));
+    assert_eq!(echo(p, "ewma.example.com", "/").await.service, "web");
     let metrics = p.metrics().await;
     let count = |reason: &str| -> f64 {
         metrics
@@ -260,7 +259,7 @@ async fn snippets_and_allowlists_close_their_ingress_and_are_reported() {
     // The two above, and the custom-headers Ingresses whose ConfigMap is missing or sets a
     // header that is not allowed.
     assert_eq!(count("AnnotationRefused"), 4.0, "{metrics}");
-    // enable-cors, and the nginx annotation on Portico's own class.
+    // load-balance, and the nginx annotation on Portico's own class.
     assert_eq!(count("AnnotationIgnored"), 2.0, "{metrics}");
 }
 }
@@ -319,7 +318,7 @@ async fn the_configmap_is_followed_live() {
     let p = &s.p;
     assert_eq!(get(p, "secure.example.com", "/").await.0, 308);
     let body = vec![b'x'; 1536];
-    assert_eq!(send(p, "POST", "cors.example.com", "/", body.clone()).await.0, 200);
+    assert_eq!(send(p, "POST", "ewma.example.com", "/", body.clone()).await.0, 200);
     let metrics = p.metrics().await;
     assert!(
         metrics.contains("portico_rejected_objects{kind=\"ConfigMap\",reason=\"UnknownKey\"} 2"),
@@ -334,7 +333,7 @@ async fn the_configmap_is_followed_live() {
     std::fs::write(p.dir.path().join("10-configmap.yaml"), cm).expect("write");
     p.eventually("secure.example.com", "/", Duration::from_secs(10), |status, _| status == 301)
         .await;
-    assert_eq!(send(p, "POST", "cors.example.com", "/", body.clone()).await.0, 413);
+    assert_eq!(send(p, "POST", "ewma.example.com", "/", body.clone()).await.0, 413);
     // An annotation wins over the ConfigMap.
     assert_eq!(send(p, "POST", "bulk.example.com", "/", body.clone()).await.0, 200);
     // A value Portico cannot parse is reported; the rest keeps working.
@@ -344,10 +343,10 @@ async fn the_configmap_is_followed_live() {
         cm.replace("proxy-body-size: 1k", "proxy-body-size: lots"),
     )
     .expect("write");
-    p.eventually("cors.example.com", "/", Duration::from_secs(10), |status, _| status == 200)
+    p.eventually("ewma.example.com", "/", Duration::from_secs(10), |status, _| status == 200)
         .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while send(p, "POST", "cors.example.com", "/", body.clone()).await.0 != 200 {
+    while send(p, "POST", "ewma.example.com", "/", body.clone()).await.0 != 200 {
         assert!(std::time::Instant::now() < deadline, "the invalid value was applied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -436,7 +435,7 @@ async fn allowlists_check_the_real_client_ip_and_fail_closed() {
         assert!(std::time::Instant::now() < deadline, "use-proxy-protocol not refused");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(echo(p, "cors.example.com", "/").await.service, "web");
+    assert_eq!(echo(p, "ewma.example.com", "/").await.service, "web");
 }
 }
 
@@ -537,7 +536,7 @@ async fn custom_headers_come_from_an_allowed_configmap_in_the_namespace() {
     // Set, not added: the backend's own Content-Type is replaced.
     assert_eq!(all("content-type"), ["text/plain; charset=utf-8"]);
     // Routes without the annotation are untouched.
-    let (_, plain) = headers("cors.example.com").await;
+    let (_, plain) = headers("ewma.example.com").await;
     assert!(plain.get("x-frame-options").is_none());
     // A header outside global-allowed-response-headers, or a missing ConfigMap: not served, as
     // ingress-nginx denies the location.
@@ -890,5 +889,116 @@ async fn proxy_next_upstream_retries_as_configured() {
     for _ in 0..4 {
         assert_eq!(get(&p, "retried.example.com", "/").await.0, 200);
     }
+}
+}
+
+/// A request with an `Origin`; the status, the `Access-Control-*` fields and the body.
+async fn cors(
+    p: &Portico,
+    method: &str,
+    host: &str,
+    origin: Option<&str>,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut r = common::client()
+        .request(method.parse().expect("method"), p.url("/"))
+        .header("host", host);
+    if let Some(o) = origin {
+        r = r.header("origin", o);
+    }
+    let r = r.send().await.expect("request");
+    let status = r.status().as_u16();
+    let fields = r
+        .headers()
+        .iter()
+        .filter(|(n, _)| n.as_str().starts_with("access-control-") || *n == "content-length")
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    (status, fields, r.text().await.unwrap_or_default())
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_preflights_and_announces_allowed_origins() {
+    let s = start(|_| {}).await;
+    let p = &s.p;
+    // Defaults: any origin, `*`, on every response (ingress-nginx sends them even without an
+    // Origin); the preflight is answered here with 204 and never reaches the backend.
+    let defaults = [
+        ("access-control-allow-origin", "*"),
+        ("access-control-allow-credentials", "true"),
+        ("access-control-allow-methods", "GET, PUT, POST, DELETE, PATCH, OPTIONS"),
+        (
+            "access-control-allow-headers",
+            "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,\
+             Content-Type,Range,Authorization",
+        ),
+        ("access-control-max-age", "1728000"),
+    ];
+    for origin in [Some("https://anywhere.test"), None] {
+        let (status, got, body) = cors(p, "GET", "cors.example.com", origin).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("\"service\":\"api\""), "{body}");
+        let mut want = fields(&defaults);
+        want.push(("content-length".into(), body.len().to_string()));
+        let mut got = got;
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{origin:?}");
+    }
+    let (status, got, body) = cors(p, "OPTIONS", "cors.example.com", Some("https://a.test")).await;
+    assert_eq!((status, body.as_str()), (204, ""));
+    assert_eq!(got, fields(&defaults), "no Content-Length in a 204");
+
+    // A list: the allowed origin is echoed; others get nothing, and their preflight goes to
+    // the backend.
+    let listed = |origin: &str| {
+        fields(&[
+            ("access-control-allow-origin", origin),
+            ("access-control-allow-methods", "GET, POST"),
+            ("access-control-allow-headers", "X-Custom-Header, Content-Type"),
+            ("access-control-expose-headers", "X-Total-Count"),
+            ("access-control-max-age", "600"),
+        ])
+    };
+    for origin in ["https://app.example.com", "https://APP.example.com", "https://eu.example.org"] {
+        let (status, got, _) = cors(p, "OPTIONS", "cors-list.example.com", Some(origin)).await;
+        assert_eq!(status, 204, "{origin}");
+        assert_eq!(got, listed(origin), "{origin}");
+        let (status, got, _) = cors(p, "POST", "cors-list.example.com", Some(origin)).await;
+        assert_eq!(status, 200);
+        let got: Vec<_> = got.into_iter().filter(|(n, _)| n != "content-length").collect();
+        assert_eq!(got, listed(origin), "{origin}");
+    }
+    for origin in [
+        Some("https://evilapp.example.com"),
+        Some("https://app.example.com.evil.test"),
+        Some("http://app.example.com"),
+        Some("https://app.example.com:8443"),
+        Some("https://a.b.example.org"),
+        Some("https://example.org"),
+        Some("null"),
+        None,
+    ] {
+        let (status, got, body) = cors(p, "OPTIONS", "cors-list.example.com", origin).await;
+        assert_eq!(status, 200, "{origin:?}: the backend answers");
+        assert!(body.contains("\"method\":\"OPTIONS\""), "{body}");
+        assert!(
+            got.iter().all(|(n, _)| n == "content-length"),
+            "{origin:?}: {got:?}"
+        );
+    }
+
+    // The preflight comes before the allowlist (ingress-nginx's rewrite phase, then its access
+    // phase); the request itself is refused.
+    let origin = Some("https://app.example.com");
+    assert_eq!(cors(p, "OPTIONS", "cors-private.example.com", origin).await.0, 204);
+    assert_eq!(cors(p, "GET", "cors-private.example.com", origin).await.0, 403);
 }
 }

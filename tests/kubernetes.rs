@@ -1033,7 +1033,7 @@ async fn ingress_nginx_mode_follows_its_configmap_and_warns_on_its_ingresses() {
         server.apply(class("nginx", "k8s.io/ingress-nginx"));
         let mut theirs = ingress("theirs", Some("nginx"), "n.example", "/", "web");
         theirs["metadata"]["annotations"] = json!({
-            "nginx.ingress.kubernetes.io/enable-cors": "true",
+            "nginx.ingress.kubernetes.io/load-balance": "ewma",
         });
         server.apply(theirs);
         let mut snippet = ingress("snippet", Some("nginx"), "s.example", "/", "web");

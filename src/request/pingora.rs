@@ -17,7 +17,7 @@ use pingora_proxy::{ProxyHttp, Session};
 
 use super::edge;
 use super::guard;
-use super::policy::{Answer, Attempts, Decision, LogEntry, Policy, Routed};
+use super::policy::{Answer, Attempts, Cidr, Decision, LogEntry, Policy, RequestView, Routed};
 use crate::dataplane::DataPlane;
 
 /// The `ProxyHttp` application; one instance serves every listener.
@@ -66,7 +66,13 @@ impl PingoraApp {
         if !answer.body.is_empty() {
             resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
         }
-        resp.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
+        for (name, value) in &answer.headers {
+            resp.insert_header(name.clone(), value.clone())?;
+        }
+        // RFC 9110 8.6: never in a 204.
+        if answer.status != 204 {
+            resp.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
+        }
         let head_only = session.req_header().method == http::Method::HEAD;
         session
             .write_response_header(Box::new(resp), answer.body.is_empty() || head_only)
@@ -143,10 +149,10 @@ impl ProxyHttp for PingoraApp {
             path_and_query,
             ctx.tls,
             declared,
-            |trusted| {
-                let lines = req.headers.get_all("x-forwarded-for").into_iter();
-                let lines: Vec<&[u8]> = lines.map(|v| v.as_bytes()).collect();
-                self.policy.real_ip(ctx.client, lines.into_iter(), trusted)
+            &View {
+                policy: &self.policy,
+                req,
+                client: ctx.client,
             },
         );
         ctx.plane = Some(plane);
@@ -358,7 +364,7 @@ impl ProxyHttp for PingoraApp {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -388,10 +394,15 @@ impl ProxyHttp for PingoraApp {
                 upstream_response.insert_header(header::STRICT_TRANSPORT_SECURITY, &**hsts)?;
             }
         }
+        let view = View {
+            policy: &self.policy,
+            req: session.req_header(),
+            client: ctx.client,
+        };
         if let Some(set) = ctx
             .plane
             .as_ref()
-            .and_then(|p| self.policy.response_headers(p, ctx.route))
+            .and_then(|p| self.policy.response_set(p, ctx.route, &view))
         {
             for (name, value) in set.iter() {
                 upstream_response.insert_header(name.clone(), value.clone())?;
@@ -467,4 +478,27 @@ fn host_value(req: &RequestHeader) -> Result<HeaderValue> {
             .unwrap_or(HeaderValue::from_static("")));
     }
     HeaderValue::from_str(request_host(req)).or_err(ErrorType::InvalidHTTPHeader, "host")
+}
+
+/// The policy's view of a request parsed by Pingora.
+struct View<'a> {
+    policy: &'a Policy,
+    req: &'a RequestHeader,
+    client: Option<IpAddr>,
+}
+
+impl RequestView for View<'_> {
+    fn client_ip(&self, trusted: Option<&[Cidr]>) -> Option<IpAddr> {
+        let lines = self.req.headers.get_all("x-forwarded-for").into_iter();
+        let lines: Vec<&[u8]> = lines.map(|v| v.as_bytes()).collect();
+        self.policy.real_ip(self.client, lines.into_iter(), trusted)
+    }
+
+    fn method(&self) -> &[u8] {
+        self.req.method.as_str().as_bytes()
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.req.headers.get(name).map(|v| v.as_bytes())
+    }
 }

@@ -9,7 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderValue;
+use std::borrow::Cow;
+
+use http::header::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::dataplane::{DataPlane, Shared};
@@ -17,7 +19,7 @@ use crate::metrics::RouteMetrics;
 use crate::model::BackendProtocol;
 pub use crate::model::Cidr;
 use crate::request::guard::Limits;
-use crate::routing::{normalize_path, normalize_request_host, NginxRoute, ResponseHeaders, Route};
+use crate::routing::{normalize_path, normalize_request_host, NginxRoute, Route};
 use crate::tls::upstream::UpstreamTls;
 use crate::upstream::{now_ms, EndpointHealth};
 
@@ -134,6 +136,20 @@ pub struct Answer {
     pub location: Option<String>,
     /// Close the client connection after the answer (a refused request may be hostile).
     pub close: bool,
+    /// More header fields (a CORS preflight's); empty for most answers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// What the policy may ask of a request beyond its target; each engine reads its own parsed
+/// head, and only when a route needs the answer.
+pub trait RequestView {
+    /// The client's IP as ingress-nginx's real-IP module tells it (see [`Policy::real_ip`]);
+    /// `trusted` replaces `--trusted-proxies`.
+    fn client_ip(&self, trusted: Option<&[Cidr]>) -> Option<IpAddr>;
+    /// The request method.
+    fn method(&self) -> &[u8];
+    /// The value of the first field called `name` (lowercase).
+    fn header(&self, name: &str) -> Option<&[u8]>;
 }
 
 impl Answer {
@@ -143,6 +159,7 @@ impl Answer {
             body,
             location: None,
             close: false,
+            headers: Vec::new(),
         }
     }
 }
@@ -273,6 +290,7 @@ fn nginx_answer(
     path: &str,
     path_and_query: &str,
     tls: bool,
+    request: &impl RequestView,
 ) -> Option<Answer> {
     let scheme = if tls { "https" } else { "http" };
     let redirect = |status: u16, location: String| Answer {
@@ -280,6 +298,7 @@ fn nginx_answer(
         body: "",
         location: Some(location),
         close: false,
+        headers: Vec::new(),
     };
     if let Some(target) = &x.www_redirect {
         return Some(redirect(
@@ -296,6 +315,22 @@ fn nginx_answer(
         if path == p {
             let query = path_and_query.get(path.len()..).unwrap_or("");
             return Some(redirect(301, format!("{scheme}://{host}{p}/{query}")));
+        }
+    }
+    if let Some(cors) = &x.cors {
+        // The CORS preflight, answered in the location's rewrite phase (before its redirect
+        // and the access checks), when the origin is allowed.
+        if request.method() == b"OPTIONS" {
+            if let Some(mut headers) = cors.headers(request.header("origin")) {
+                headers.push((
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain charset=UTF-8"),
+                ));
+                return Some(Answer {
+                    headers,
+                    ..Answer::error(204, "")
+                });
+            }
         }
     }
     if let Some((template, code)) = &x.redirect {
@@ -340,7 +375,7 @@ impl Policy {
         path_and_query: &str,
         tls: bool,
         declared_len: Option<u64>,
-        client: impl FnOnce(Option<&[Cidr]>) -> Option<IpAddr>,
+        request: &impl RequestView,
     ) -> Decision {
         let raw_host = host;
         let host = normalize_request_host(host);
@@ -374,7 +409,7 @@ impl Policy {
         };
         let id = Some(route.id);
         if let Some(x) = &route.nginx {
-            if let Some(answer) = nginx_answer(x, raw_host, path, path_and_query, tls) {
+            if let Some(answer) = nginx_answer(x, raw_host, path, path_and_query, tls, request) {
                 return Decision::Answer { route: id, answer };
             }
         }
@@ -394,6 +429,7 @@ impl Policy {
                     body: "",
                     location: Some(location),
                     close: false,
+                    headers: Vec::new(),
                 },
             };
         }
@@ -404,7 +440,7 @@ impl Policy {
         {
             // ingress-nginx's access phase, after its redirects: the real client IP against the
             // lists. An IP that cannot be told is refused.
-            let ip = client(x.trusted.as_deref());
+            let ip = request.client_ip(x.trusted.as_deref());
             let allowed = ip.is_some_and(|ip| {
                 x.allow
                     .as_ref()
@@ -701,21 +737,31 @@ impl Policy {
         plane.routes.routes().get(route?)?.hsts.as_ref()
     }
 
-    /// The response headers a route sets (ingress-nginx's `custom-headers`), replacing the
-    /// backend's of the same names.
-    pub fn response_headers<'a>(
+    /// The header fields a route sets on a proxied response, replacing the backend's of the same
+    /// names: ingress-nginx's `custom-headers`, and the CORS fields when the request's origin
+    /// is allowed. `None` (and nothing read of the request) on a route without them.
+    pub fn response_set<'a>(
         &self,
         plane: &'a DataPlane,
         route: Option<usize>,
-    ) -> Option<&'a ResponseHeaders> {
-        plane
-            .routes
-            .routes()
-            .get(route?)?
-            .nginx
-            .as_ref()?
-            .response_headers
+        request: &impl RequestView,
+    ) -> Option<Cow<'a, [(HeaderName, HeaderValue)]>> {
+        let x = plane.routes.routes().get(route?)?.nginx.as_ref()?;
+        let custom = x.response_headers.as_ref();
+        let cors = x
+            .cors
             .as_ref()
+            .and_then(|c| c.headers(request.header("origin")));
+        match (custom, cors) {
+            (None, None) => None,
+            (Some(c), None) => Some(Cow::Borrowed(&c[..])),
+            (c, Some(mut cors)) => {
+                if let Some(c) = c {
+                    cors.extend(c.iter().cloned());
+                }
+                Some(Cow::Owned(cors))
+            }
+        }
     }
 
     /// The metric handles of a request's route (the unrouted set for none).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::host::{parse_host, HostMatch};
 use super::path::{PathMatch, RegexPath};
-use super::{FastMap, FastSet, HostRules, NginxRefs, NginxRoute, Route, RouteTable};
+use super::{FastMap, FastSet, HostRules, NginxRefs, NginxRoute, Route, RouteCors, RouteTable};
 use crate::model::{
     BackendRef, EndpointSlice, HttpPath, Ingress, Kind, Model, NginxAnnotations, NginxGlobals,
     ObjectKey, PathType, PortRef,
@@ -1340,6 +1340,7 @@ fn nginx_route(
             ))
         }),
         response_headers: refs.response_headers.clone(),
+        cors: n.cors.as_ref().and_then(RouteCors::new).map(Arc::new),
     };
     // Whose X-Forwarded-For tells the client IP, for the lists (the ConfigMap's
     // use-forwarded-headers); else --trusted-proxies.

@@ -83,6 +83,66 @@ pub struct NginxRoute {
     pub upstream_tls: Option<Arc<crate::tls::upstream::UpstreamTls>>,
     /// `custom-headers`: response headers set on every proxied response.
     pub response_headers: Option<ResponseHeaders>,
+    /// `enable-cors`: the preflight answer and the fields of allowed origins' responses.
+    pub cors: Option<Arc<RouteCors>>,
+}
+
+/// A route's CORS policy, its header values built once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteCors {
+    /// `None`: any origin, announced as `*` (ingress-nginx's default).
+    pub origins: Option<Vec<crate::model::CorsOrigin>>,
+    /// Allow-Credentials, Allow-Methods, Allow-Headers, Expose-Headers and Max-Age, in
+    /// ingress-nginx's order (the ones it would not send left out).
+    pub fields: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl RouteCors {
+    /// Builds the fields; `None` if a value is not a header value (the grammar prevents it).
+    pub fn new(c: &crate::model::Cors) -> Option<Self> {
+        use http::header::*;
+        let value = |v: &str| HeaderValue::from_str(v).ok();
+        let mut fields = Vec::with_capacity(5);
+        if c.credentials {
+            fields.push((
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            ));
+        }
+        fields.push((ACCESS_CONTROL_ALLOW_METHODS, value(&c.methods)?));
+        fields.push((ACCESS_CONTROL_ALLOW_HEADERS, value(&c.headers)?));
+        if !c.expose.is_empty() {
+            fields.push((ACCESS_CONTROL_EXPOSE_HEADERS, value(&c.expose)?));
+        }
+        fields.push((ACCESS_CONTROL_MAX_AGE, HeaderValue::from(c.max_age)));
+        Some(Self {
+            origins: c.origins.clone(),
+            fields,
+        })
+    }
+
+    /// The CORS fields for a request with this `Origin`: `None` when the origin is not allowed
+    /// (nothing is added, and a preflight goes to the backend). With `*`, every request gets
+    /// them, `Access-Control-Allow-Origin: *` included, as ingress-nginx sends them.
+    pub fn headers(
+        &self,
+        origin: Option<&[u8]>,
+    ) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {
+        let allow = match &self.origins {
+            None => http::HeaderValue::from_static("*"),
+            Some(list) => {
+                let origin = origin?;
+                if !list.iter().any(|o| o.matches(origin)) {
+                    return None;
+                }
+                http::HeaderValue::from_bytes(origin).ok()?
+            }
+        };
+        let mut out = Vec::with_capacity(self.fields.len() + 2);
+        out.push((http::header::ACCESS_CONTROL_ALLOW_ORIGIN, allow));
+        out.extend(self.fields.iter().cloned());
+        Some(out)
+    }
 }
 
 /// Response headers set (replacing the backend's of the same name) on a route's responses.

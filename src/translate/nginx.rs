@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use crate::model::{
-    AnnotationProblem, BackendProtocol, Cidr, Hsts, NginxAnnotations, NginxGlobals, ObjectKey,
-    ProxySsl, RouteLimits, Template,
+    AnnotationProblem, BackendProtocol, Cidr, Cors, CorsOrigin, Hsts, NginxAnnotations,
+    NginxGlobals, ObjectKey, ProxySsl, RouteLimits, Template,
 };
 
 /// The prefix of ingress-nginx's annotations.
@@ -55,6 +55,8 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
     let mut permanent_code = 301;
     let mut temporal: Option<Template> = None;
     let mut temporal_code = 302;
+    let mut enable_cors = false;
+    let mut cors = Cors::default();
     let mut ssl_secret: Option<ObjectKey> = None;
     let mut ssl_verify: Option<bool> = None;
     let mut ssl_name: Option<String> = None;
@@ -246,6 +248,39 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                 Ok(t) => n.next_upstream_tries = Some(t),
                 Err(e) => refuse(ignored(&e), false),
             },
+            "enable-cors" => match parse_bool(v) {
+                Ok(b) => enable_cors = b,
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "cors-allow-origin" => match cors_origins(v) {
+                Ok(o) => cors.origins = o,
+                Err(e) => refuse(format!("{e}; \"*\" is used"), false),
+            },
+            "cors-allow-methods" => match cors_list(v, false, |b| b.is_ascii_alphabetic()) {
+                Ok(l) => cors.methods = l,
+                Err(e) => refuse(format!("{e}; the default is used"), false),
+            },
+            "cors-allow-headers" | "cors-expose-headers" => {
+                let expose = name == "cors-expose-headers";
+                match cors_list(v, expose, |b| {
+                    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+                }) {
+                    Ok(l) if expose => cors.expose = l,
+                    Ok(l) => cors.headers = l,
+                    Err(e) => refuse(format!("{e}; the default is used"), false),
+                }
+            }
+            "cors-allow-credentials" => match parse_bool(v) {
+                Ok(b) => cors.credentials = b,
+                Err(e) => refuse(format!("{e}; true is used"), false),
+            },
+            "cors-max-age" => match v.parse::<u64>() {
+                Ok(n) => cors.max_age = n,
+                Err(_) => refuse(
+                    format!("{v:?} is not a number of seconds; 1728000 is used"),
+                    false,
+                ),
+            },
             "custom-headers" => match object_ref(v) {
                 Ok(k) => n.custom_headers = Some(k),
                 Err(e) => refuse(ignored(&e), false),
@@ -282,6 +317,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
     if !any {
         return None;
     }
+    n.cors = enable_cors.then_some(cors);
     match ssl_secret {
         Some(secret) => {
             n.proxy_ssl = Some(ProxySsl {
@@ -521,15 +557,15 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                 )),
                 Err(e) => invalid(e),
             },
-            "proxy-next-upstream-timeout"
-            | "limit-req-status-code"
-            | "limit-conn-status-code" => problems.push((
-                key.clone(),
-                "NotApplied",
-                "recognised but not supported yet; Portico's own behaviour applies (see the \
+            "proxy-next-upstream-timeout" | "limit-req-status-code" | "limit-conn-status-code" => {
+                problems.push((
+                    key.clone(),
+                    "NotApplied",
+                    "recognised but not supported yet; Portico's own behaviour applies (see the \
                  README's compatibility table)"
-                    .into(),
-            )),
+                        .into(),
+                ))
+            }
             _ => problems.push((
                 key.clone(),
                 "UnknownKey",
@@ -591,6 +627,64 @@ fn not_yet_retried(tokens: &[&str]) -> String {
          rest applies",
         tokens.join(", ")
     )
+}
+
+/// `cors-allow-origin`: `*`, or a comma-separated list of `scheme://host[:port]` where the host
+/// may start with `*.` (ingress-nginx's grammar; a scheme is required here, see
+/// [`CorsOrigin::matches`]). `None` for `*`.
+fn cors_origins(v: &str) -> Result<Option<Vec<CorsOrigin>>, String> {
+    let entries: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entries.is_empty() || entries == ["*"] {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for e in entries {
+        let bad = || format!("{e:?} is not an origin (scheme://host[:port], host maybe *.domain)");
+        let lower = e.to_ascii_lowercase();
+        let (scheme, rest) = lower.split_once("://").ok_or_else(bad)?;
+        if scheme != "http" && scheme != "https" {
+            return Err(bad());
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| bad())?)),
+            None => (rest, None),
+        };
+        let (host, wildcard) = match host.strip_prefix('*') {
+            Some(h) if h.starts_with('.') => (h, true),
+            Some(_) => return Err(bad()),
+            None => (host, false),
+        };
+        let label_chars = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+        if host.trim_matches('.').is_empty() || !host.bytes().all(label_chars) {
+            return Err(bad());
+        }
+        out.push(CorsOrigin {
+            scheme: scheme.to_string(),
+            host: host.to_string(),
+            wildcard,
+            port,
+        });
+    }
+    Ok(Some(out))
+}
+
+/// A `cors-allow-methods`/`-headers`/`-expose-headers` list: comma-separated tokens of `ok`
+/// bytes (`*` too for exposed headers), as ingress-nginx validates them; sent as written.
+fn cors_list(v: &str, star: bool, ok: impl Fn(u8) -> bool) -> Result<String, String> {
+    let items: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .collect();
+    let valid = |i: &&str| (star && *i == "*") || i.bytes().all(&ok);
+    if items.is_empty() || !items.iter().all(valid) {
+        return Err(format!("{v:?} is not a comma-separated list of names"));
+    }
+    Ok(items.join(", "))
 }
 
 /// A comma-separated list of HTTP status codes (ingress-nginx's `custom-http-errors`).
@@ -981,9 +1075,54 @@ mod tests {
         }
         let n = parse_map(&[("backend-protocol", "FCGI")]);
         assert!(n.closed());
-        let n = parse_map(&[("enable-cors", "true"), ("proxy-buffering", "on")]);
+        let n = parse_map(&[("load-balance", "ewma"), ("proxy-buffering", "on")]);
         assert!(!n.closed());
         assert_eq!(n.problems.len(), 1, "{:?}", n.problems);
+    }
+
+    #[test]
+    fn cors_settings_with_ingress_nginx_defaults() {
+        assert_eq!(
+            parse_map(&[("enable-cors", "true")]).cors,
+            Some(Cors::default())
+        );
+        // Settings without enable-cors do nothing, as in ingress-nginx.
+        assert_eq!(
+            parse_map(&[("cors-allow-origin", "https://a.test")]).cors,
+            None
+        );
+        let n = parse_map(&[
+            ("enable-cors", "true"),
+            ("cors-allow-origin", "https://a.test:8443, http://*.b.test"),
+            ("cors-max-age", "60"),
+        ]);
+        let c = n.cors.expect("cors");
+        assert_eq!(c.max_age, 60);
+        let origins = c.origins.expect("a list");
+        assert!(origins[0].matches(b"https://A.test:8443"));
+        assert!(!origins[0].matches(b"https://a.test"));
+        assert!(origins[1].matches(b"http://x-1.b.test"));
+        for bad in [
+            "http://b.test",
+            "http://x.y.b.test",
+            "http://.b.test",
+            "https://x.b.test",
+        ] {
+            assert!(!origins[1].matches(bad.as_bytes()), "{bad}");
+        }
+        for bad in [
+            ("cors-allow-origin", "a.test"),
+            ("cors-allow-origin", "https://a.test/path"),
+            ("cors-allow-origin", "https://a*.test"),
+            ("cors-allow-origin", "javascript://x"),
+            ("cors-allow-methods", "GET; DROP"),
+            ("cors-allow-headers", "X-A\r\nX-B: 1"),
+            ("cors-max-age", "-1"),
+        ] {
+            let n = parse_map(&[("enable-cors", "true"), bad]);
+            assert_eq!(n.problems.len(), 1, "{bad:?} was accepted");
+            assert!(n.cors.is_some(), "the defaults apply");
+        }
     }
 
     #[test]

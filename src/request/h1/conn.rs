@@ -36,7 +36,8 @@ use crate::request::edge::HeaderDeadline;
 use crate::request::guard::Refusal;
 use crate::request::pingora::PingoraApp;
 use crate::request::policy::{
-    Answer, Attempts, ClientAddr, Decision, Edits, Endpoint, LogEntry, Policy, Routed,
+    Answer, Attempts, Cidr, ClientAddr, Decision, Edits, Endpoint, LogEntry, Policy, RequestView,
+    Routed,
 };
 
 /// The first buffer for a request head (nginx: `client_header_buffer_size 1k`).
@@ -329,19 +330,15 @@ impl Engine {
             Framing::Length(n) => Some(n),
             _ => None,
         };
-        let decision =
-            self.policy
-                .decide(&plane, host, path, origin, conn.tls, declared, |trusted| {
-                    let lines = head
-                        .fields
-                        .iter()
-                        .filter(|f| {
-                            f.kind == Kind::Forwarding
-                                && f.name.get(&raw).eq_ignore_ascii_case(b"x-forwarded-for")
-                        })
-                        .map(|f| f.value.get(&raw));
-                    self.policy.real_ip(conn.client, lines, trusted)
-                });
+        let view = View {
+            policy: &self.policy,
+            head: &head,
+            raw: &raw,
+            client: conn.client,
+        };
+        let decision = self
+            .policy
+            .decide(&plane, host, path, origin, conn.tls, declared, &view);
         if let Decision::Proxy(r) = &decision {
             if r.protocol != BackendProtocol::Http {
                 return Next::Fallback(replay(&raw, buf));
@@ -765,6 +762,7 @@ impl Engine {
                 ubuf,
                 &response,
                 head,
+                raw,
                 conn,
                 plane,
                 routed,
@@ -910,6 +908,7 @@ impl Engine {
         mut ubuf: BytesMut,
         response: &ResponseHead,
         head: &RequestHead,
+        raw: &[u8],
         conn: &Conn,
         plane: &DataPlane,
         routed: &Routed,
@@ -923,6 +922,13 @@ impl Engine {
         let rhead = ubuf.split_to(head_bytes).freeze();
         let mut out = Vec::with_capacity(rhead.len() + 256 + ubuf.len().min(BODY_BUFFER) + 32);
         let hsts = self.policy.hsts(plane, Some(routed.route), conn.tls);
+        let view = View {
+            policy: &self.policy,
+            head,
+            raw,
+            client: conn.client,
+        };
+        let set = self.policy.response_set(plane, Some(routed.route), &view);
         encode::response_head(
             response,
             &rhead,
@@ -930,9 +936,7 @@ impl Engine {
             keep,
             &self.policy.server_header,
             hsts.map(|h| &**h),
-            self.policy
-                .response_headers(plane, Some(routed.route))
-                .map(|h| &**h),
+            set.as_deref(),
             &mut out,
         );
         let write = self.policy.upstream.write_timeout;
@@ -1231,4 +1235,41 @@ async fn until<F: Future>(
         Poll::Pending
     })
     .await
+}
+
+/// The policy's view of a request parsed by this engine.
+struct View<'a> {
+    policy: &'a Policy,
+    head: &'a RequestHead,
+    raw: &'a [u8],
+    client: Option<IpAddr>,
+}
+
+impl RequestView for View<'_> {
+    fn client_ip(&self, trusted: Option<&[Cidr]>) -> Option<IpAddr> {
+        let lines = self
+            .head
+            .fields
+            .iter()
+            .filter(|f| {
+                f.kind == Kind::Forwarding
+                    && f.name
+                        .get(self.raw)
+                        .eq_ignore_ascii_case(b"x-forwarded-for")
+            })
+            .map(|f| f.value.get(self.raw));
+        self.policy.real_ip(self.client, lines, trusted)
+    }
+
+    fn method(&self) -> &[u8] {
+        self.head.method.get(self.raw)
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head
+            .fields
+            .iter()
+            .find(|f| f.name.get(self.raw).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|f| f.value.get(self.raw))
+    }
 }

@@ -245,7 +245,13 @@ pub fn answer_head(answer: &Answer, close: bool, server: &ServerHeader, out: &mu
     if !answer.body.is_empty() {
         field(b"Content-Type", b"text/plain; charset=utf-8", out);
     }
-    length_field(answer.body.len() as u64, out);
+    for (name, value) in &answer.headers {
+        field(name.as_str().as_bytes(), value.as_bytes(), out);
+    }
+    // RFC 9110 8.6: never in a 204.
+    if answer.status != 204 {
+        length_field(answer.body.len() as u64, out);
+    }
     date(out);
     connection(!close, out);
     out.extend_from_slice(b"\r\n");
