@@ -288,6 +288,8 @@ pub struct NginxAnnotations {
     pub deny: Option<Vec<Cidr>>,
     /// `enable-global-auth`.
     pub enable_global_auth: Option<bool>,
+    /// `auth-type: basic` with `auth-secret`, `auth-secret-type` and `auth-realm`.
+    pub basic_auth: Option<BasicAuthSpec>,
     /// `enable-cors` with the `cors-*` settings.
     pub cors: Option<Cors>,
     /// `proxy-next-upstream`: `Some(false)` for `off` (or a list without `error` and `timeout`).
@@ -307,6 +309,19 @@ impl NginxAnnotations {
     pub fn closed(&self) -> bool {
         self.problems.iter().any(|p| p.closes)
     }
+}
+
+/// ingress-nginx's basic authentication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BasicAuthSpec {
+    /// `auth-secret`: `name` (in the Ingress's namespace: an empty namespace here) or
+    /// `namespace/name`.
+    pub secret: ObjectKey,
+    /// `auth-secret-type: auth-map`: one user per Secret key; else `auth-file` (the `auth` key
+    /// holds an htpasswd file).
+    pub map: bool,
+    /// `auth-realm` [""].
+    pub realm: String,
 }
 
 /// ingress-nginx's CORS settings (`enable-cors` and `cors-*`), with its defaults.
@@ -823,6 +838,9 @@ pub struct TlsSecret {
     pub key_pem: Vec<u8>,
     /// `ca.crt`: certificates to trust, for verifying a backend.
     pub ca_pem: Option<Vec<u8>>,
+    /// Every field of an Opaque Secret (an htpasswd file in `auth`, or an `auth-map`'s users);
+    /// empty for a TLS Secret.
+    pub data: BTreeMap<String, Vec<u8>>,
 }
 
 // Never print key material, not even in debug logs.
@@ -833,6 +851,7 @@ impl fmt::Debug for TlsSecret {
             .field("tls", &self.tls)
             .field("cert_pem_len", &self.cert_pem.len())
             .field("ca_pem_len", &self.ca_pem.as_ref().map(Vec::len))
+            .field("data_keys", &self.data.keys().collect::<Vec<_>>())
             .field("key_pem", &"<redacted>")
             .finish()
     }

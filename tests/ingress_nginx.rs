@@ -256,11 +256,12 @@ async fn snippets_and_allowlists_close_their_ingress_and_are_reported() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    // The two above, and the custom-headers Ingresses whose ConfigMap is missing or sets a
-    // header that is not allowed.
-    assert_eq!(count("AnnotationRefused"), 4.0, "{metrics}");
-    // load-balance, and the nginx annotation on Portico's own class.
-    assert_eq!(count("AnnotationIgnored"), 2.0, "{metrics}");
+    // The two above; the custom-headers Ingresses whose ConfigMap is missing or sets a header
+    // that is not allowed; basic auth with a missing Secret, digest, and no auth-type.
+    assert_eq!(count("AnnotationRefused"), 7.0, "{metrics}");
+    // load-balance, the nginx annotation on Portico's own class, and the htpasswd line in a
+    // format Portico does not check.
+    assert_eq!(count("AnnotationIgnored"), 3.0, "{metrics}");
 }
 }
 
@@ -1000,5 +1001,83 @@ async fn cors_answers_preflights_and_announces_allowed_origins() {
     let origin = Some("https://app.example.com");
     assert_eq!(cors(p, "OPTIONS", "cors-private.example.com", origin).await.0, 204);
     assert_eq!(cors(p, "GET", "cors-private.example.com", origin).await.0, 403);
+}
+}
+
+/// GET with an `Authorization` value; the status, the `WWW-Authenticate` and the body.
+async fn authorized(
+    p: &Portico,
+    host: &str,
+    authorization: Option<&str>,
+) -> (u16, Option<String>, String) {
+    let mut r = common::client().get(p.url("/")).header("host", host);
+    if let Some(a) = authorization {
+        r = r.header("authorization", a);
+    }
+    let r = r.send().await.expect("request");
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    (
+        r.status().as_u16(),
+        challenge,
+        r.text().await.unwrap_or_default(),
+    )
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_checks_real_htpasswd_hashes_and_fails_closed() {
+    let s = start(|_| {}).await;
+    let p = &s.p;
+    let challenge = Some("Basic realm=\"Authentication Required - foo\"".to_string());
+    let (status, got, _) = authorized(p, "basic.example.com", None).await;
+    assert_eq!((status, got), (401, challenge.clone()));
+    for (user, password) in [("alice", "alice-pass"), ("bob", "bob-pass"), ("carol", "carol-pass")] {
+        let (status, _, body) = authorized(p, "basic.example.com", Some(&basic(user, password))).await;
+        assert_eq!(status, 200, "{user}: {body}");
+        let e: Echo = serde_json::from_str(&body).expect("echo");
+        assert_eq!(e.service, "admin");
+        // Checked here, so not sent on.
+        assert!(!e.headers.contains_key("authorization"), "{:?}", e.headers);
+    }
+    for authorization in [
+        basic("alice", "bob-pass"),
+        basic("bob", "Bob-pass"),
+        basic("carol", "carol-pass "),
+        basic("dave", "dave-pass"),
+        basic("eve", "alice-pass"),
+        "Basic not-base64!".into(),
+        "Bearer alice-pass".into(),
+        basic("alice", "alice-pass").replace("Basic ", "Basic  x"),
+    ] {
+        let (status, got, _) = authorized(p, "basic.example.com", Some(&authorization)).await;
+        assert_eq!((status, got), (401, challenge.clone()), "{authorization}");
+    }
+    // auth-map, and the default realm.
+    for (user, password, want) in [
+        ("alice", "alice-pass", 200),
+        ("bob", "bob-pass", 200),
+        ("carol", "carol-pass", 401),
+    ] {
+        let (status, got, _) =
+            authorized(p, "basic-map.example.com", Some(&basic(user, password))).await;
+        assert_eq!(status, want, "{user}");
+        if want == 401 {
+            assert_eq!(got.as_deref(), Some("Basic realm=\"\""));
+        }
+    }
+    // Never opened: not served at all.
+    for host in ["basic-missing.example.com", "digest.example.com", "no-auth-type.example.com"] {
+        let (status, _, _) = authorized(p, host, Some(&basic("alice", "alice-pass"))).await;
+        assert_eq!(status, 404, "{host}");
+    }
 }
 }

@@ -272,6 +272,9 @@ impl ProxyHttp for PingoraApp {
                 if let Some(prefix) = edits.prefix {
                     upstream_request.insert_header("x-forwarded-prefix", prefix)?;
                 }
+                if edits.drop_authorization {
+                    upstream_request.remove_header(&header::AUTHORIZATION);
+                }
             }
         }
         Ok(())

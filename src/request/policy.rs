@@ -188,6 +188,8 @@ pub struct Edits {
     pub host: Option<HeaderValue>,
     /// An `X-Forwarded-Prefix` field, replacing the client's.
     pub prefix: Option<HeaderValue>,
+    /// Drop the client's `Authorization` (it was checked here: basic authentication).
+    pub drop_authorization: bool,
 }
 
 /// What to do with a request, decided from its head.
@@ -457,6 +459,18 @@ impl Policy {
                 };
             }
         }
+        if let Some(auth) = route.nginx.as_ref().and_then(|x| x.basic_auth.as_ref()) {
+            // After the lists, in the same access phase (nginx's access module runs first).
+            if !auth.users.check(request.header("authorization")) {
+                return Decision::Answer {
+                    route: id,
+                    answer: Answer {
+                        headers: vec![(http::header::WWW_AUTHENTICATE, auth.challenge.clone())],
+                        ..Answer::error(401, "authorization required\n")
+                    },
+                };
+            }
+        }
         if plane.pools.get(route.pool).is_none_or(|p| p.is_empty()) {
             return Decision::Answer {
                 route: id,
@@ -522,6 +536,7 @@ impl Policy {
             target,
             host: x.upstream_host.clone(),
             prefix: x.forwarded_prefix.clone(),
+            drop_authorization: x.basic_auth.is_some(),
         }
     }
 

@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::basic_auth::Users;
 use super::host::{parse_host, HostMatch};
 use super::path::{PathMatch, RegexPath};
-use super::{FastMap, FastSet, HostRules, NginxRefs, NginxRoute, Route, RouteCors, RouteTable};
+use super::{
+    BasicAuth, FastMap, FastSet, HostRules, NginxRefs, NginxRoute, Route, RouteCors, RouteTable,
+};
 use crate::model::{
     BackendRef, EndpointSlice, HttpPath, Ingress, Kind, Model, NginxAnnotations, NginxGlobals,
     ObjectKey, PathType, PortRef,
@@ -461,7 +464,12 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                 continue;
             }
             match c.resolve_refs(ing, n) {
-                Ok(refs) => c.nginx_refs = refs,
+                Ok(refs) => {
+                    for w in &refs.warnings {
+                        c.reject(Kind::Ingress, &ing.key, "AnnotationIgnored", w.clone());
+                    }
+                    c.nginx_refs = refs;
+                }
                 Err(message) => {
                     c.reject(Kind::Ingress, &ing.key, "AnnotationRefused", message);
                     continue;
@@ -1179,6 +1187,63 @@ impl Compiler<'_, '_> {
             }
             refs.ssl = Some(material);
         }
+        if let Some(spec) = &n.basic_auth {
+            let field = annotation("auth-secret");
+            let key = match spec.secret.namespace.as_str() {
+                "" => ObjectKey::new(ns.clone(), spec.secret.name.clone()),
+                _ => spec.secret.clone(),
+            };
+            if key.namespace != *ns {
+                return Err(format!(
+                    "{field}: {key} is in another namespace; only Secrets of the Ingress's \
+                     namespace are read; the Ingress is not served"
+                ));
+            }
+            let secret = self
+                .model
+                .secrets
+                .get(&key)
+                .filter(|s| !s.tls)
+                .ok_or_else(|| {
+                    format!(
+                        "{field}: no Opaque Secret {key}; the Ingress is not served until it \
+                         exists"
+                    )
+                })?;
+            let mut users = Users::default();
+            let mut problems = Vec::new();
+            if spec.map {
+                for (user, hash) in &secret.data {
+                    let hash = String::from_utf8_lossy(hash);
+                    if let Err(e) = users.add(user, &hash) {
+                        problems.push(format!("user {user:?}: {e}"));
+                    }
+                }
+            } else {
+                let file = secret.data.get("auth").ok_or_else(|| {
+                    format!(
+                        "{field}: Secret {key} has no auth key (an htpasswd file); the Ingress \
+                         is not served"
+                    )
+                })?;
+                (users, problems) = Users::from_htpasswd(&String::from_utf8_lossy(file));
+            }
+            if users.is_empty() {
+                return Err(format!(
+                    "{field}: Secret {key} holds no user Portico can check ({}); the Ingress is \
+                     not served",
+                    problems.join("; ")
+                ));
+            }
+            for p in problems {
+                refs.warnings.push(format!(
+                    "{field}: Secret {key}: {p}; that user cannot log in"
+                ));
+            }
+            let challenge = http::HeaderValue::from_str(&format!("Basic realm=\"{}\"", spec.realm))
+                .map_err(|_| format!("{}: not a header value", annotation("auth-realm")))?;
+            refs.basic_auth = Some(Arc::new(BasicAuth { users, challenge }));
+        }
         if let Some(key) = &n.custom_headers {
             let field = annotation("custom-headers");
             if key.namespace != *ns {
@@ -1341,6 +1406,7 @@ fn nginx_route(
         }),
         response_headers: refs.response_headers.clone(),
         cors: n.cors.as_ref().and_then(RouteCors::new).map(Arc::new),
+        basic_auth: refs.basic_auth.clone(),
     };
     // Whose X-Forwarded-For tells the client IP, for the lists (the ConfigMap's
     // use-forwarded-headers); else --trusted-proxies.

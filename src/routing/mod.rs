@@ -4,6 +4,7 @@
 //! [`crate::model::Model`]; the proxy calls [`RouteTable::lookup`] once per request. Lookup hashes
 //! the host once, then scans only that host's rules, which are sorted by precedence.
 
+pub mod basic_auth;
 pub mod compile;
 pub mod host;
 pub mod path;
@@ -85,6 +86,16 @@ pub struct NginxRoute {
     pub response_headers: Option<ResponseHeaders>,
     /// `enable-cors`: the preflight answer and the fields of allowed origins' responses.
     pub cors: Option<Arc<RouteCors>>,
+    /// `auth-type: basic`: the users, and the challenge of a 401.
+    pub basic_auth: Option<Arc<BasicAuth>>,
+}
+
+/// A route's basic authentication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub users: basic_auth::Users,
+    /// `WWW-Authenticate: Basic realm="..."`.
+    pub challenge: http::HeaderValue,
 }
 
 /// A route's CORS policy, its header values built once.
@@ -157,12 +168,16 @@ pub struct NginxRefs {
     pub ssl: Option<crate::tls::upstream::SslMaterial>,
     /// The `custom-headers` ConfigMap's headers.
     pub response_headers: Option<ResponseHeaders>,
+    /// The `auth-secret`'s users.
+    pub basic_auth: Option<Arc<BasicAuth>>,
+    /// What the Ingress is served without (an htpasswd line Portico cannot check), to report.
+    pub warnings: Vec<String>,
 }
 
 impl NginxRoute {
     /// Whether the upstream request is changed (path, Host or an added field).
     pub fn edits(&self) -> bool {
-        self.rewrite.is_some() || self.upstream_host.is_some()
+        self.rewrite.is_some() || self.upstream_host.is_some() || self.basic_auth.is_some()
     }
 }
 

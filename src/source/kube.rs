@@ -486,6 +486,22 @@ impl Controller {
             })
     }
 
+    /// Whether an Opaque Secret changes routes: one an Ingress's `proxy-ssl-secret` or
+    /// `auth-secret` names. Every other one costs no recompile.
+    fn secret_matters(&self, key: &ObjectKey) -> bool {
+        self.model.ingresses.values().any(|i| {
+            i.nginx.as_ref().is_some_and(|n| {
+                n.proxy_ssl.as_ref().is_some_and(|s| s.secret == *key)
+                    || n.basic_auth.as_ref().is_some_and(|a| {
+                        a.secret == *key
+                            || (a.secret.namespace.is_empty()
+                                && a.secret.name == key.name
+                                && i.key.namespace == key.namespace)
+                    })
+            })
+        })
+    }
+
     /// True once the first complete snapshot is published.
     pub fn is_synced(&self) -> bool {
         self.published
@@ -565,7 +581,9 @@ impl Controller {
                 self.routes_dirty |= upsert(&mut m.services, o.key.clone(), o).is_some();
             }
             Object::Secret(o) => {
-                self.routes_dirty |= upsert(&mut m.secrets, o.key.clone(), o).is_some();
+                let (key, tls) = (o.key.clone(), o.tls);
+                let changed = upsert(&mut m.secrets, o.key.clone(), o).is_some();
+                self.routes_dirty |= changed && (tls || self.secret_matters(&key));
             }
             Object::ConfigMap(o) => {
                 let key = o.key.clone();
@@ -594,7 +612,10 @@ impl Controller {
                 self.routes_dirty |= m.classes.remove(&key.name).is_some();
             }
             Kind::Service => self.routes_dirty |= m.services.remove(key).is_some(),
-            Kind::Secret => self.routes_dirty |= m.secrets.remove(key).is_some(),
+            Kind::Secret => {
+                let removed = m.secrets.remove(key);
+                self.routes_dirty |= removed.is_some_and(|s| s.tls) || self.secret_matters(key);
+            }
             Kind::ConfigMap => {
                 let changed = m.config_maps.remove(key).is_some();
                 self.routes_dirty |= changed && self.config_map_matters(key);

@@ -229,6 +229,7 @@ mod tests {
                 cert_pem: cert.as_bytes().to_vec(),
                 key_pem: key.as_bytes().to_vec(),
                 ca_pem: None,
+                data: Default::default(),
             }),
         )
     }

@@ -6,6 +6,7 @@
 
 pub mod nginx;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -655,9 +656,9 @@ pub fn slice_from_k8s(s: &K8sSlice) -> Result<EndpointSlice, String> {
     })
 }
 
-/// Translates a Secret. `kubernetes.io/tls` Secrets are kept, and `Opaque` ones with a `ca.crt`
-/// (for ingress-nginx's `proxy-ssl-secret`); `Ok(None)` for the others. Only the fields Portico
-/// uses are kept. `stringData` wins over `data`, as the API server merges them.
+/// Translates a Secret. `kubernetes.io/tls` Secrets are kept (their certificate, key and CA), and
+/// `Opaque` ones whole (ingress-nginx's `proxy-ssl-secret` and `auth-secret`); `Ok(None)` for the
+/// other types. `stringData` wins over `data`, as the API server merges them.
 pub fn secret_from_k8s(s: &Secret) -> Result<Option<TlsSecret>, String> {
     let tls = match s.type_.as_deref() {
         Some(TLS_SECRET_TYPE) => true,
@@ -677,9 +678,6 @@ pub fn secret_from_k8s(s: &Secret) -> Result<Option<TlsSecret>, String> {
             })
     };
     let ca_pem = field("ca.crt");
-    if !tls && ca_pem.is_none() {
-        return Ok(None);
-    }
     let key = key_of(&s.metadata)?;
     let missing = |name: &str| {
         format!(
@@ -698,12 +696,22 @@ pub fn secret_from_k8s(s: &Secret) -> Result<Option<TlsSecret>, String> {
             field("tls.key").unwrap_or_default(),
         )
     };
+    let mut data = BTreeMap::new();
+    if !tls {
+        for (k, v) in s.data.iter().flatten() {
+            data.insert(k.clone(), v.0.clone());
+        }
+        for (k, v) in s.string_data.iter().flatten() {
+            data.insert(k.clone(), v.as_bytes().to_vec());
+        }
+    }
     Ok(Some(TlsSecret {
         key,
         tls,
         cert_pem,
         key_pem,
         ca_pem,
+        data,
     }))
 }
 
@@ -745,7 +753,7 @@ mod tests {
         assert!(bad.problems[1].contains(BACKEND_PROTOCOL_ANNOTATION));
 
         // The TLS Secret is read (not parsed as PEM yet: that is the compile step's job); the
-        // Opaque one is ignored.
+        // Opaque one is kept whole, never as a certificate.
         let secrets: Vec<&TlsSecret> = docs
             .iter()
             .filter_map(|d| match d {
@@ -753,8 +761,14 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets.len(), 2);
+        assert!(secrets[0].tls);
         assert_eq!(secrets[0].cert_pem, b"cert");
         assert_eq!(secrets[0].key_pem, b"key");
+        assert!(!secrets[1].tls);
+        assert_eq!(
+            secrets[1].data.get("password").map(Vec::as_slice),
+            Some(&b"pass"[..])
+        );
     }
 }

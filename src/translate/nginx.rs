@@ -55,6 +55,11 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
     let mut permanent_code = 301;
     let mut temporal: Option<Template> = None;
     let mut temporal_code = 302;
+    let mut auth_type: Option<String> = None;
+    let mut auth_secret: Option<ObjectKey> = None;
+    let mut auth_map = false;
+    let mut auth_realm = String::new();
+    let mut auth_given: Vec<String> = Vec::new();
     let mut enable_cors = false;
     let mut cors = Cors::default();
     let mut ssl_secret: Option<ObjectKey> = None;
@@ -248,6 +253,41 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                 Ok(t) => n.next_upstream_tries = Some(t),
                 Err(e) => refuse(ignored(&e), false),
             },
+            "auth-type" | "auth-secret" | "auth-secret-type" | "auth-realm" => {
+                auth_given.push(full.clone());
+                let closed =
+                    |e: String| format!("{e}; the Ingress is not served until it is corrected");
+                match name {
+                    "auth-type" => auth_type = Some(v.to_string()),
+                    "auth-secret" => match v.split_once('/') {
+                        Some(_) => match object_ref(v) {
+                            Ok(k) => auth_secret = Some(k),
+                            Err(e) => refuse(closed(e), true),
+                        },
+                        None => match object_ref(&format!("ns/{v}")) {
+                            Ok(k) => auth_secret = Some(ObjectKey::new("", k.name)),
+                            Err(_) => refuse(closed(format!("{v:?} is not a Secret name")), true),
+                        },
+                    },
+                    "auth-secret-type" => match v {
+                        "auth-file" => auth_map = false,
+                        "auth-map" => auth_map = true,
+                        _ => refuse(closed(format!("{v:?} is not auth-file or auth-map")), true),
+                    },
+                    _ => {
+                        if v.bytes()
+                            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+                        {
+                            auth_realm = v.to_string();
+                        } else {
+                            refuse(
+                                ignored(&format!("{v:?} has characters a realm cannot carry")),
+                                false,
+                            );
+                        }
+                    }
+                }
+            }
             "enable-cors" => match parse_bool(v) {
                 Ok(b) => enable_cors = b,
                 Err(e) => refuse(ignored(&e), false),
@@ -318,6 +358,44 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
         return None;
     }
     n.cors = enable_cors.then_some(cors);
+    if !auth_given.is_empty() {
+        let problem = |annotation: &str, message: String| AnnotationProblem {
+            annotation: format!("{PREFIX}{annotation}"),
+            message,
+            closes: true,
+        };
+        match (auth_type.as_deref(), auth_secret) {
+            (Some("basic"), Some(secret)) => {
+                n.basic_auth = Some(crate::model::BasicAuthSpec {
+                    secret,
+                    map: auth_map,
+                    realm: auth_realm,
+                })
+            }
+            (Some("basic"), None) => n.problems.push(problem(
+                "auth-type",
+                "basic needs auth-secret; the Ingress is not served until it has one".into(),
+            )),
+            (Some("digest"), _) => n.problems.push(problem(
+                "auth-type",
+                "digest authentication is not supported; the Ingress is not served rather than \
+                 opened"
+                    .into(),
+            )),
+            (Some(other), _) => n.problems.push(problem(
+                "auth-type",
+                format!("{other:?} is not basic or digest; the Ingress is not served"),
+            )),
+            // ingress-nginx serves such an Ingress without authentication; Portico does not
+            // open what was meant to be closed.
+            (None, _) => n.problems.push(problem(
+                "auth-type",
+                "is missing while other auth-* annotations are set; the Ingress is not served \
+                 until auth-type is set"
+                    .into(),
+            )),
+        }
+    }
     match ssl_secret {
         Some(secret) => {
             n.proxy_ssl = Some(ProxySsl {
@@ -1078,6 +1156,53 @@ mod tests {
         let n = parse_map(&[("load-balance", "ewma"), ("proxy-buffering", "on")]);
         assert!(!n.closed());
         assert_eq!(n.problems.len(), 1, "{:?}", n.problems);
+    }
+
+    #[test]
+    fn basic_auth_is_typed_and_anything_unclear_closes() {
+        let n = parse_map(&[
+            ("auth-type", "basic"),
+            ("auth-secret", "htpasswd"),
+            ("auth-realm", "Staff only"),
+        ]);
+        assert!(n.problems.is_empty(), "{:?}", n.problems);
+        let a = n.basic_auth.expect("basic auth");
+        assert_eq!(a.secret, ObjectKey::new("", "htpasswd"));
+        assert_eq!((a.map, a.realm.as_str()), (false, "Staff only"));
+        let n = parse_map(&[
+            ("auth-type", "basic"),
+            ("auth-secret", "apps/users"),
+            ("auth-secret-type", "auth-map"),
+        ]);
+        assert!(n
+            .basic_auth
+            .is_some_and(|a| a.map && a.secret == ObjectKey::new("apps", "users")));
+        for pairs in [
+            &[("auth-type", "basic")][..],
+            &[("auth-secret", "htpasswd")],
+            &[("auth-type", "digest"), ("auth-secret", "htpasswd")],
+            &[("auth-type", "basic"), ("auth-secret", "../etc/passwd")],
+            &[
+                ("auth-type", "basic"),
+                ("auth-secret", "s"),
+                ("auth-secret-type", "ldap"),
+            ],
+            &[
+                ("auth-type", "basic"),
+                ("auth-secret", "s"),
+                ("auth-url", "http://a.test/"),
+            ],
+        ] {
+            let n = parse_map(pairs);
+            assert!(n.closed(), "{pairs:?}");
+        }
+        // A realm that cannot be carried is ignored, not a reason to open or close.
+        let n = parse_map(&[
+            ("auth-type", "basic"),
+            ("auth-secret", "s"),
+            ("auth-realm", "a\"b"),
+        ]);
+        assert!(!n.closed() && n.basic_auth.is_some());
     }
 
     #[test]

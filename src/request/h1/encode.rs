@@ -56,6 +56,7 @@ pub fn request_head_edited(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let host = edits.and_then(|e| e.host.as_ref());
     let prefix = edits.and_then(|e| e.prefix.as_ref());
+    let drop_authorization = edits.is_some_and(|e| e.drop_authorization);
     let mut upgrade_done = false;
     for f in &head.fields {
         match f.kind {
@@ -66,6 +67,9 @@ pub fn request_head_edited(
             Kind::Other
                 if prefix.is_some()
                     && f.name.get(raw).eq_ignore_ascii_case(b"x-forwarded-prefix") => {}
+            Kind::Other
+                if drop_authorization && f.name.get(raw).eq_ignore_ascii_case(b"authorization") => {
+            }
             // An upgrade asks the backend to switch: `Upgrade` and the one option it needs go on.
             Kind::Upgrade if head.upgrade => copy(f, raw, out),
             Kind::Connection if head.upgrade => {
