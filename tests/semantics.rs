@@ -160,7 +160,9 @@ fn translation_keeps_what_it_can() {
         summary,
         [
             "ignored",
-            "ignored",
+            // Opaque Secrets are read (ingress-nginx's auth-secret and proxy-ssl-secret), but
+            // never serve a certificate.
+            "Secret default/opaque",
             "Secret web/tls",
             "rejected Some(\"default/s\") invalid",
             "rejected Some(\"default/e\") invalid",
