@@ -15,7 +15,11 @@
 #   rewrite-target: path /svc(/|$)(.*), rewrite /$2, requested as /svc/small;
 # - annotated: an ingress-nginx Ingress with a dozen annotations that do not answer themselves
 #   (body size, three timeouts, upstream-vhost, ssl-redirect, app-root, server-alias,
-#   enable-access-log, proxy-http-version, the two buffering switches, backend-protocol).
+#   enable-access-log, proxy-http-version, the two buffering switches, backend-protocol);
+# - allowlist: an ingress-nginx Ingress with whitelist-source-range 127.0.0.0/8 (the client is
+#   checked on every request);
+# - cors: an ingress-nginx Ingress with enable-cors (ingress-nginx's defaults: every response
+#   gets the six CORS fields).
 #
 # Each proxy runs under `valgrind --tool=callgrind` with one worker, in front of the same nginx
 # backend on loopback (a 15-byte body), twice: once for N1 and once for N2 keep-alive requests
@@ -109,8 +113,14 @@ EOF
             'proxy-request-buffering: "on"' 'backend-protocol: HTTP' |
             nginx_ingress / Prefix
         ;;
+    allowlist)
+        printf '%s\n' 'whitelist-source-range: "10.0.0.0/8, 127.0.0.0/8"' | nginx_ingress / Prefix
+        ;;
+    cors)
+        printf '%s\n' 'enable-cors: "true"' | nginx_ingress / Prefix
+        ;;
     *)
-        log "ROUTE must be plain, regex-rewrite or annotated"
+        log "ROUTE must be plain, regex-rewrite, annotated, allowlist or cors"
         exit 1
         ;;
     esac
