@@ -288,6 +288,9 @@ pub struct NginxAnnotations {
     pub deny: Option<Vec<Cidr>>,
     /// `enable-global-auth`.
     pub enable_global_auth: Option<bool>,
+    /// `canary: "true"` with its `canary-*` rules: this Ingress's backends take part of the
+    /// traffic of another Ingress's same host and path.
+    pub canary: Option<CanarySpec>,
     /// `auth-type: basic` with `auth-secret`, `auth-secret-type` and `auth-realm`.
     pub basic_auth: Option<BasicAuthSpec>,
     /// `enable-cors` with the `cors-*` settings.
@@ -309,6 +312,22 @@ impl NginxAnnotations {
     pub fn closed(&self) -> bool {
         self.problems.iter().any(|p| p.closes)
     }
+}
+
+/// ingress-nginx's canary rules, evaluated in its order: header, then cookie, then weight.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CanarySpec {
+    /// `canary-by-header`, lowercase.
+    pub header: Option<String>,
+    /// `canary-by-header-value`: the header's value that selects the canary.
+    pub header_value: Option<String>,
+    /// `canary-by-header-pattern` (ignored when a value is set); RE2 syntax.
+    pub header_pattern: Option<String>,
+    /// `canary-by-cookie`.
+    pub cookie: Option<String>,
+    /// `canary-weight` out of `canary-weight-total` [0 of 100].
+    pub weight: u64,
+    pub weight_total: u64,
 }
 
 /// ingress-nginx's basic authentication.

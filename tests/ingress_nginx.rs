@@ -1081,3 +1081,71 @@ async fn basic_auth_checks_real_htpasswd_hashes_and_fails_closed() {
     }
 }
 }
+
+/// The Service that answered a GET with these extra fields.
+async fn served_by(p: &Portico, host: &str, fields: &[(&str, &str)]) -> String {
+    let mut r = common::client().get(p.url("/")).header("host", host);
+    for (n, v) in fields {
+        r = r.header(*n, *v);
+    }
+    let body = r
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .unwrap_or_default();
+    serde_json::from_str::<Echo>(&body)
+        .map(|e| e.service)
+        .unwrap_or_else(|_| format!("not an echo: {body}"))
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_by_header_cookie_and_exact_weight() {
+    let s = start(|_| {}).await;
+    let p = &s.p;
+    let host = "canary.example.com";
+    // Weight 20 of 100: exactly 20 of any 100 consecutive requests (a counter, not chance).
+    let mut canary = 0;
+    for _ in 0..200 {
+        if served_by(p, host, &[]).await == "api" {
+            canary += 1;
+        }
+    }
+    assert_eq!(canary, 40);
+    // The header first: always and never decide; another value falls through to the cookie.
+    for (fields, want) in [
+        (&[("x-canary", "always")][..], "api"),
+        (&[("x-canary", "never")], "web"),
+        (&[("x-canary", "never"), ("cookie", "canary=always")], "web"),
+        (&[("x-canary", "maybe"), ("cookie", "canary=always")], "api"),
+        (&[("cookie", "a=1; canary=always")], "api"),
+        (&[("cookie", "a=1"), ("cookie", "canary=never")], "web"),
+    ] {
+        for _ in 0..5 {
+            assert_eq!(served_by(p, host, fields).await, want, "{fields:?}");
+        }
+    }
+    // An exact value: only it selects; `always` is not special then; no weight: the main.
+    for (value, want) in [("eu-west", "api"), ("always", "web"), ("eu-west-2", "web")] {
+        let got = served_by(p, "canary-value.example.com", &[("x-region", value)]).await;
+        assert_eq!(got, want, "{value}");
+    }
+    for (user, want) in [("alice", "api"), ("bob", "api"), ("bobby", "web"), ("carol", "web")] {
+        let got = served_by(p, "canary-pattern.example.com", &[("x-user", user)]).await;
+        assert_eq!(got, want, "{user}");
+    }
+    // A canary never serves a path of its own.
+    assert_eq!(get(p, "no-main.example.com", "/").await.0, 404);
+    let metrics = p.metrics().await;
+    for reason in ["CanaryWithoutMain", "Conflict"] {
+        assert!(
+            metrics.contains(&format!(
+                "portico_rejected_objects{{kind=\"Ingress\",reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+}
+}

@@ -504,4 +504,12 @@ impl RequestView for View<'_> {
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.req.headers.get(name).map(|v| v.as_bytes())
     }
+
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.req
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .find_map(|v| super::policy::cookie_in(v.as_bytes(), name))
+    }
 }

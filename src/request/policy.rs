@@ -150,6 +150,17 @@ pub trait RequestView {
     fn method(&self) -> &[u8];
     /// The value of the first field called `name` (lowercase).
     fn header(&self, name: &str) -> Option<&[u8]>;
+    /// The value of the cookie `name`, from any `Cookie` field.
+    fn cookie(&self, name: &str) -> Option<&[u8]>;
+}
+
+/// The value of cookie `name` in one `Cookie` field value (`a=1; b=2`), if there.
+pub fn cookie_in<'a>(field: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    field.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+    })
 }
 
 impl Answer {
@@ -471,7 +482,13 @@ impl Policy {
                 };
             }
         }
-        if plane.pools.get(route.pool).is_none_or(|p| p.is_empty()) {
+        // A canary (ingress-nginx's alternative backend) takes the request once everything else
+        // has let it through.
+        let pool = match route.nginx.as_ref().and_then(|x| x.canary.as_ref()) {
+            Some(c) if c.chooses(|h| request.header(h), |k| request.cookie(k)) => c.pool,
+            _ => route.pool,
+        };
+        if plane.pools.get(pool).is_none_or(|p| p.is_empty()) {
             return Decision::Answer {
                 route: id,
                 answer: Answer::error(503, "no usable endpoint for this backend\n"),
@@ -489,7 +506,7 @@ impl Policy {
         }
         Decision::Proxy(Routed {
             route: route.id,
-            pool: route.pool,
+            pool,
             max_body,
             protocol: route.backend_protocol,
             edits: route.nginx.as_ref().is_some_and(|x| x.edits()),

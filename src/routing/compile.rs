@@ -11,11 +11,12 @@ use super::basic_auth::Users;
 use super::host::{parse_host, HostMatch};
 use super::path::{PathMatch, RegexPath};
 use super::{
-    BasicAuth, FastMap, FastSet, HostRules, NginxRefs, NginxRoute, Route, RouteCors, RouteTable,
+    BasicAuth, CanaryRoute, FastMap, FastSet, HostRules, NginxRefs, NginxRoute, Route, RouteCors,
+    RouteTable,
 };
 use crate::model::{
-    BackendRef, EndpointSlice, HttpPath, Ingress, Kind, Model, NginxAnnotations, NginxGlobals,
-    ObjectKey, PathType, PortRef,
+    BackendRef, CanarySpec, EndpointSlice, HttpPath, Ingress, Kind, Model, NginxAnnotations,
+    NginxGlobals, ObjectKey, PathType, PortRef,
 };
 use crate::tls::upstream::{SslMaterial, UpstreamTls};
 use crate::translate::nginx::{custom_header_name, custom_header_value, PREFIX};
@@ -425,6 +426,7 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
     let mut default_owner: Option<&ObjectKey> = None;
     let mut tls_owner: BTreeMap<HostMatch, TlsBinding> = BTreeMap::new();
 
+    let mut canaries: Vec<(&Ingress, &NginxAnnotations, &CanarySpec)> = Vec::new();
     for (position, &(ing, flavor)) in taken.iter().enumerate() {
         let ing_key = Arc::new(ing.key.clone());
         let nginx = match flavor {
@@ -461,6 +463,11 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
             };
             if let Some(message) = refusal {
                 c.reject(Kind::Ingress, &ing.key, "AnnotationRefused", message);
+                continue;
+            }
+            if let Some(spec) = &n.canary {
+                // Placed on the other Ingresses' routes once they are all compiled.
+                canaries.push((ing, n, spec));
                 continue;
             }
             match c.resolve_refs(ing, n) {
@@ -629,6 +636,15 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                 }
             }
         }
+    }
+
+    let nginx_ingresses: FastSet<&ObjectKey> = taken
+        .iter()
+        .filter(|(_, f)| *f == Flavor::Nginx)
+        .map(|(i, _)| &i.key)
+        .collect();
+    for (ing, n, spec) in canaries {
+        c.place_canary(ing, n, spec, &regex_hosts, &nginx_ingresses);
     }
 
     c.out.tls = tls_owner.into_values().collect();
@@ -1144,6 +1160,100 @@ impl<'m> Compiler<'m, '_> {
     }
 }
 
+impl<'m> Compiler<'m, '_> {
+    /// Attaches a canary Ingress's paths to the routes of the same host and path that another
+    /// ingress-nginx Ingress serves (ingress-nginx merges it as the location's alternative
+    /// backend). A path without such a route, or whose route already has a canary, is reported
+    /// and serves nothing: a canary never takes a path for itself.
+    fn place_canary(
+        &mut self,
+        ing: &'m Ingress,
+        n: &'m NginxAnnotations,
+        spec: &CanarySpec,
+        regex_hosts: &FastSet<Option<&str>>,
+        nginx_ingresses: &FastSet<&ObjectKey>,
+    ) {
+        let ing_key = Arc::new(ing.key.clone());
+        if ing.default_backend.is_some() {
+            self.reject(
+                Kind::Ingress,
+                &ing.key,
+                "AnnotationIgnored",
+                "spec.defaultBackend: a canary's defaultBackend is not supported; ignored".into(),
+            );
+        }
+        for (i, rule) in ing.rules.iter().enumerate() {
+            let host = rule
+                .host
+                .as_deref()
+                .map(parse_host)
+                .transpose()
+                .ok()
+                .flatten();
+            let host_id = self.host_ids.get(&host).copied();
+            let regex = regex_hosts.contains(&rule.host.as_deref());
+            for (j, p) in rule.paths.iter().enumerate() {
+                let field = format!("spec.rules[{i}].http.paths[{j}]");
+                let main = nginx_path(&p.path, p.path_type, regex).ok().and_then(|m| {
+                    let h = self.hosts.get(host_id?)?;
+                    h.rules.rules.iter().find(|(x, _)| *x == m).map(|(_, r)| *r)
+                });
+                let main = main.filter(|&r| {
+                    self.out
+                        .table
+                        .routes
+                        .get(r)
+                        .is_some_and(|r| nginx_ingresses.contains(&*r.ingress))
+                });
+                let Some(main) = main else {
+                    self.reject(
+                        Kind::Ingress,
+                        &ing.key,
+                        "CanaryWithoutMain",
+                        format!(
+                            "{field} ({} {:?}): no ingress-nginx Ingress serves this host and \
+                             path; the canary serves nothing",
+                            rule.host.as_deref().unwrap_or("*"),
+                            p.path
+                        ),
+                    );
+                    continue;
+                };
+                let taken = self.out.table.routes.get(main).and_then(|r| {
+                    let c = r.nginx.as_ref()?.canary.as_ref()?;
+                    Some(c.ingress.to_string())
+                });
+                if let Some(other) = taken {
+                    self.reject(
+                        Kind::Ingress,
+                        &ing.key,
+                        "Conflict",
+                        format!(
+                            "{field}: the path already has the canary {other} (one per rule); \
+                             this one is ignored"
+                        ),
+                    );
+                    continue;
+                }
+                let backend = format!("{field}.backend");
+                let Some(canary_route) =
+                    self.route_for(ing, &ing_key, &p.backend, &backend, (false, Some(n), None))
+                else {
+                    continue;
+                };
+                let Some(pool) = self.out.table.routes.get(canary_route).map(|r| r.pool) else {
+                    continue;
+                };
+                if let Some(r) = self.out.table.routes.get_mut(main) {
+                    let mut x = r.nginx.as_deref().cloned().unwrap_or_default();
+                    x.canary = Some(Arc::new(CanaryRoute::new(ing_key.clone(), pool, spec)));
+                    r.nginx = Some(Arc::new(x));
+                }
+            }
+        }
+    }
+}
+
 impl Compiler<'_, '_> {
     /// Resolves the Secret and ConfigMap an Ingress in compatibility mode refers to. An error
     /// (a missing or unreadable object, one in another namespace, a header not allowed) keeps
@@ -1407,6 +1517,7 @@ fn nginx_route(
         response_headers: refs.response_headers.clone(),
         cors: n.cors.as_ref().and_then(RouteCors::new).map(Arc::new),
         basic_auth: refs.basic_auth.clone(),
+        canary: None,
     };
     // Whose X-Forwarded-For tells the client IP, for the lists (the ConfigMap's
     // use-forwarded-headers); else --trusted-proxies.

@@ -88,7 +88,110 @@ pub struct NginxRoute {
     pub cors: Option<Arc<RouteCors>>,
     /// `auth-type: basic`: the users, and the challenge of a 401.
     pub basic_auth: Option<Arc<BasicAuth>>,
+    /// A canary Ingress's backend for part of this route's traffic.
+    pub canary: Option<Arc<CanaryRoute>>,
 }
+
+/// A canary on a route: its pool, and ingress-nginx's rules for choosing it.
+#[derive(Debug)]
+pub struct CanaryRoute {
+    /// The canary Ingress, for logs.
+    pub ingress: Arc<crate::model::ObjectKey>,
+    /// Index of the canary backend's pool in the snapshot.
+    pub pool: usize,
+    pub header: Option<String>,
+    pub header_value: Option<String>,
+    pub header_pattern: Option<regex::Regex>,
+    pub cookie: Option<String>,
+    pub weight: u64,
+    /// ingress-nginx's weight total: `canary-weight-total` when above 100, else 100.
+    pub total: u64,
+    /// Requests decided by weight so far: the split is exact, `weight` of every `total`
+    /// consecutive ones, rather than random.
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl CanaryRoute {
+    pub fn new(
+        ingress: Arc<crate::model::ObjectKey>,
+        pool: usize,
+        spec: &crate::model::CanarySpec,
+    ) -> Self {
+        Self {
+            ingress,
+            pool,
+            header: spec.header.clone(),
+            header_value: spec.header_value.clone().filter(|v| !v.is_empty()),
+            header_pattern: spec
+                .header_pattern
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .and_then(|p| regex::Regex::new(p).ok()),
+            cookie: spec.cookie.clone(),
+            weight: spec.weight,
+            total: spec.weight_total.max(100),
+            counter: Default::default(),
+        }
+    }
+
+    /// Whether a request goes to the canary, as ingress-nginx's balancer decides it: the header
+    /// (its value, else its pattern, else `always`/`never`), then the cookie (`always`/`never`),
+    /// then the weight. `header` and `cookie` read the request.
+    pub fn chooses<'a>(
+        &self,
+        header: impl Fn(&str) -> Option<&'a [u8]>,
+        cookie: impl Fn(&str) -> Option<&'a [u8]>,
+    ) -> bool {
+        if let Some(value) = self.header.as_deref().and_then(&header) {
+            if let Some(want) = &self.header_value {
+                if value == want.as_bytes() {
+                    return true;
+                }
+            } else if let Some(pattern) = &self.header_pattern {
+                if std::str::from_utf8(value).is_ok_and(|v| pattern.is_match(v)) {
+                    return true;
+                }
+            } else if value == b"always" {
+                return true;
+            } else if value == b"never" {
+                return false;
+            }
+        }
+        if let Some(value) = self.cookie.as_deref().and_then(&cookie) {
+            if value == b"always" {
+                return true;
+            } else if value == b"never" {
+                return false;
+            }
+        }
+        if self.weight == 0 {
+            return false;
+        }
+        if self.weight >= self.total {
+            return true;
+        }
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.total;
+        (n + 1) * self.weight / self.total > n * self.weight / self.total
+    }
+}
+
+impl PartialEq for CanaryRoute {
+    fn eq(&self, other: &Self) -> bool {
+        self.ingress == other.ingress
+            && self.pool == other.pool
+            && self.header == other.header
+            && self.header_value == other.header_value
+            && self.header_pattern.as_ref().map(regex::Regex::as_str)
+                == other.header_pattern.as_ref().map(regex::Regex::as_str)
+            && self.cookie == other.cookie
+            && (self.weight, self.total) == (other.weight, other.total)
+    }
+}
+
+impl Eq for CanaryRoute {}
 
 /// A route's basic authentication.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -27,7 +27,7 @@ const SNIPPETS: &[&str] = &[
 /// Annotations of ingress-nginx's access control and traffic splitting that Portico does not
 /// implement yet: ignoring them would open what they close (or send a canary's rules to all
 /// clients), so the Ingress is not served.
-const CLOSED_PREFIXES: &[&str] = &["auth-", "canary"];
+const CLOSED_PREFIXES: &[&str] = &["auth-"];
 const CLOSED: &[&str] = &[
     "enable-modsecurity",
     "enable-owasp-core-rules",
@@ -60,6 +60,12 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
     let mut auth_map = false;
     let mut auth_realm = String::new();
     let mut auth_given: Vec<String> = Vec::new();
+    let mut canary: Option<bool> = None;
+    let mut canary_spec = crate::model::CanarySpec {
+        weight_total: 100,
+        ..Default::default()
+    };
+    let mut canary_given: Vec<String> = Vec::new();
     let mut enable_cors = false;
     let mut cors = Cors::default();
     let mut ssl_secret: Option<ObjectKey> = None;
@@ -288,6 +294,51 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                     }
                 }
             }
+            "canary" => match parse_bool(v) {
+                Ok(b) => canary = Some(b),
+                // Unclear whether this Ingress is a canary: its rules could take all traffic.
+                Err(e) => refuse(
+                    format!("{e}; the Ingress is not served until it is corrected"),
+                    true,
+                ),
+            },
+            "canary-by-header"
+            | "canary-by-header-value"
+            | "canary-by-header-pattern"
+            | "canary-by-cookie"
+            | "canary-weight"
+            | "canary-weight-total" => {
+                canary_given.push(full.clone());
+                let token = |s: &str| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                };
+                let closed =
+                    |e: String| format!("{e}; the Ingress is not served until it is corrected");
+                match name {
+                    "canary-by-header" if token(v) => {
+                        canary_spec.header = Some(v.to_ascii_lowercase())
+                    }
+                    "canary-by-cookie" if token(v) => canary_spec.cookie = Some(v.to_string()),
+                    "canary-by-header-value" if v.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
+                        canary_spec.header_value = Some(v.to_string())
+                    }
+                    "canary-by-header-pattern" => match regex::Regex::new(v) {
+                        Ok(_) => canary_spec.header_pattern = Some(v.to_string()),
+                        Err(e) => refuse(closed(format!("{v:?} is not a regex (RE2): {e}")), true),
+                    },
+                    "canary-weight" | "canary-weight-total" => match v.parse::<u64>() {
+                        Ok(n) if name == "canary-weight" => canary_spec.weight = n,
+                        Ok(n) => canary_spec.weight_total = n,
+                        Err(_) => refuse(closed(format!("{v:?} is not a whole number")), true),
+                    },
+                    _ => refuse(
+                        closed(format!("{v:?} is not a header or cookie name")),
+                        true,
+                    ),
+                }
+            }
             "enable-cors" => match parse_bool(v) {
                 Ok(b) => enable_cors = b,
                 Err(e) => refuse(ignored(&e), false),
@@ -358,6 +409,18 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
         return None;
     }
     n.cors = enable_cors.then_some(cors);
+    match canary {
+        Some(true) => n.canary = Some(canary_spec),
+        _ => {
+            for annotation in canary_given {
+                n.problems.push(AnnotationProblem {
+                    annotation,
+                    message: "applies only with canary: \"true\"; ignored".into(),
+                    closes: false,
+                });
+            }
+        }
+    }
     if !auth_given.is_empty() {
         let problem = |annotation: &str, message: String| AnnotationProblem {
             annotation: format!("{PREFIX}{annotation}"),
@@ -1146,13 +1209,33 @@ mod tests {
             "auth-url",
             "auth-type",
             "auth-tls-verify-client",
-            "canary",
             "ssl-passthrough",
         ] {
             assert!(parse_map(&[(name, "x")]).closed(), "{name}");
         }
         let n = parse_map(&[("backend-protocol", "FCGI")]);
         assert!(n.closed());
+        // Canaries are understood; whether one is a canary must be clear.
+        let n = parse_map(&[("canary", "true"), ("canary-weight", "10")]);
+        assert!(!n.closed());
+        assert_eq!(
+            n.canary.map(|c| (c.weight, c.weight_total)),
+            Some((10, 100))
+        );
+        for pairs in [
+            &[("canary", "yes")][..],
+            &[("canary", "true"), ("canary-weight", "-1")],
+            &[("canary", "true"), ("canary-by-header", "X Canary")],
+            &[
+                ("canary", "true"),
+                ("canary-by-header-pattern", "(unclosed"),
+            ],
+        ] {
+            assert!(parse_map(pairs).closed(), "{pairs:?}");
+        }
+        // Rules without canary: "true" do nothing, and are reported.
+        let n = parse_map(&[("canary-weight", "50")]);
+        assert!(!n.closed() && n.canary.is_none() && n.problems.len() == 1);
         let n = parse_map(&[("load-balance", "ewma"), ("proxy-buffering", "on")]);
         assert!(!n.closed());
         assert_eq!(n.problems.len(), 1, "{:?}", n.problems);

@@ -1272,4 +1272,12 @@ impl RequestView for View<'_> {
             .find(|f| f.name.get(self.raw).eq_ignore_ascii_case(name.as_bytes()))
             .map(|f| f.value.get(self.raw))
     }
+
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.head
+            .fields
+            .iter()
+            .filter(|f| f.name.get(self.raw).eq_ignore_ascii_case(b"cookie"))
+            .find_map(|f| crate::request::policy::cookie_in(f.value.get(self.raw), name))
+    }
 }
