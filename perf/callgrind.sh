@@ -19,7 +19,9 @@
 # - allowlist: an ingress-nginx Ingress with whitelist-source-range 127.0.0.0/8 (the client is
 #   checked on every request);
 # - cors: an ingress-nginx Ingress with enable-cors (ingress-nginx's defaults: every response
-#   gets the six CORS fields).
+#   gets the six CORS fields);
+# - canary: an ingress-nginx Ingress with a canary Ingress (by header, by cookie, weight 50) on
+#   the same path and backend: every request is decided by the canary's rules.
 #
 # Each proxy runs under `valgrind --tool=callgrind` with one worker, in front of the same nginx
 # backend on loopback (a 15-byte body), twice: once for N1 and once for N2 keep-alive requests
@@ -72,17 +74,18 @@ start_nginx "$WORK/backend"
 mkdir -p "$WORK/manifests"
 # The path requested, and Portico's Ingress for ROUTE.
 REQ=/small
+# nginx_ingress PATH PATH_TYPE [NAME]: ingress-nginx's IngressClass (without NAME) and an Ingress
+# with the annotations read from stdin.
 nginx_ingress() {
+    if [[ -z ${3:-} ]]; then
+        printf '%s\n' 'apiVersion: networking.k8s.io/v1' 'kind: IngressClass' \
+            'metadata: { name: nginx }' 'spec: { controller: k8s.io/ingress-nginx }' ---
+    fi
     cat <<EOF
-apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata: { name: nginx }
-spec: { controller: k8s.io/ingress-nginx }
----
 apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata:
-  name: bench
+  name: ${3:-bench}
   namespace: default
   annotations:
 $(sed 's/^/    nginx.ingress.kubernetes.io\//')
@@ -119,8 +122,14 @@ EOF
     cors)
         printf '%s\n' 'enable-cors: "true"' | nginx_ingress / Prefix
         ;;
+    canary)
+        printf '%s\n' 'ssl-redirect: "false"' | nginx_ingress / Prefix
+        echo ---
+        printf '%s\n' 'canary: "true"' 'canary-by-header: X-Canary' 'canary-by-cookie: canary' \
+            'canary-weight: "50"' | nginx_ingress / Prefix bench-canary
+        ;;
     *)
-        log "ROUTE must be plain, regex-rewrite, annotated, allowlist or cors"
+        log "ROUTE must be plain, regex-rewrite, annotated, allowlist, cors or canary"
         exit 1
         ;;
     esac
