@@ -37,6 +37,8 @@ pub mod names {
     pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
         "portico_tls_certificate_expiry_timestamp_seconds";
     pub const CLIENT_HEADER_TIMEOUTS_TOTAL: &str = "portico_client_header_timeouts_total";
+    pub const AUTH_REQUESTS_TOTAL: &str = "portico_auth_requests_total";
+    pub const AUTH_REQUEST_DURATION_SECONDS: &str = "portico_auth_request_duration_seconds";
 }
 
 /// Methods with their own label value; anything else is counted as `OTHER`.
@@ -83,6 +85,9 @@ pub struct Metrics {
     pub upstream_reused: IntCounter,
     /// Client connections closed because a request header did not arrive in time.
     pub client_header_timeouts: IntCounter,
+    /// External auth sub-requests by result (`allowed`, `denied`, `error`).
+    pub auth_requests: IntCounterVec,
+    pub auth_duration: prometheus::Histogram,
     pub generation: IntGauge,
     compile_duration: Gauge,
     last_success: Gauge,
@@ -211,6 +216,21 @@ impl Metrics {
             names::CLIENT_HEADER_TIMEOUTS_TOTAL,
             "Client connections closed because a request header was not complete in time.",
         )?;
+        let auth_requests = IntCounterVec::new(
+            Opts::new(
+                names::AUTH_REQUESTS_TOTAL,
+                "External auth sub-requests (ingress-nginx's auth-url), by result: allowed (2xx), \
+                 denied (401/403) or error (any other answer, unreachable, timed out).",
+            ),
+            &["result"],
+        )?;
+        let auth_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                names::AUTH_REQUEST_DURATION_SECONDS,
+                "Time from sending an external auth sub-request to its answer.",
+            )
+            .buckets(latency_buckets.clone()),
+        )?;
         let upstream_new = upstream_conns.with_label_values(&["false"]);
         let upstream_reused = upstream_conns.with_label_values(&["true"]);
         for c in [
@@ -231,6 +251,8 @@ impl Metrics {
             Box::new(pool_endpoints.clone()),
             Box::new(tls_expiry.clone()),
             Box::new(client_header_timeouts.clone()),
+            Box::new(auth_requests.clone()),
+            Box::new(auth_duration.clone()),
         ] {
             registry.register(c)?;
         }
@@ -246,6 +268,8 @@ impl Metrics {
             upstream_new,
             upstream_reused,
             client_header_timeouts,
+            auth_requests,
+            auth_duration,
             generation,
             compile_duration,
             last_success,

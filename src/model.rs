@@ -291,6 +291,9 @@ pub struct NginxAnnotations {
     /// `canary: "true"` with its `canary-*` rules: this Ingress's backends take part of the
     /// traffic of another Ingress's same host and path.
     pub canary: Option<CanarySpec>,
+    /// `auth-url` with `auth-method`, `auth-response-headers`, `auth-signin` and
+    /// `auth-signin-redirect-param`.
+    pub external_auth: Option<ExternalAuthSpec>,
     /// `auth-type: basic` with `auth-secret`, `auth-secret-type` and `auth-realm`.
     pub basic_auth: Option<BasicAuthSpec>,
     /// `enable-cors` with the `cors-*` settings.
@@ -311,6 +314,68 @@ impl NginxAnnotations {
     /// Whether an annotation that could widen access was refused: the Ingress is not served.
     pub fn closed(&self) -> bool {
         self.problems.iter().any(|p| p.closes)
+    }
+}
+
+/// ingress-nginx's external authentication (`auth-url`, or the ConfigMap's `global-auth-url`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalAuthSpec {
+    /// The auth service's URL, with the few request values nginx users put in it.
+    pub url: UrlTemplate,
+    /// `auth-method`: the sub-request's method [the client's].
+    pub method: Option<String>,
+    /// `auth-response-headers`: fields of the auth service's answer copied to the upstream
+    /// request.
+    pub response_headers: Vec<String>,
+    /// `auth-signin`: where a 401 is redirected, with the original URL in `signin_param`.
+    pub signin: Option<UrlTemplate>,
+    /// `auth-signin-redirect-param` [rd].
+    pub signin_param: String,
+}
+
+/// A URL with request values in it: literal text and the variables nginx users write in
+/// `auth-url` and `auth-signin` (`$host`, `$scheme`, `$request_uri`, `$escaped_request_uri`).
+/// Parsed once; expanding it pastes values, never configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UrlTemplate(pub Vec<UrlPiece>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UrlPiece {
+    Text(String),
+    /// `$host`, `$http_host`, `$best_http_host`: the request's host.
+    Host,
+    /// `$scheme`, `$pass_access_scheme`: `http` or `https`.
+    Scheme,
+    /// `$request_uri`: the request's target as sent.
+    RequestUri,
+    /// `$escaped_request_uri`: the same, percent-encoded as a URL component.
+    EscapedRequestUri,
+}
+
+impl UrlTemplate {
+    pub fn expand(&self, host: &str, scheme: &str, request_uri: &str) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                UrlPiece::Text(t) => out.push_str(t),
+                UrlPiece::Host => out.push_str(host),
+                UrlPiece::Scheme => out.push_str(scheme),
+                UrlPiece::RequestUri => out.push_str(request_uri),
+                UrlPiece::EscapedRequestUri => escape_component(request_uri, &mut out),
+            }
+        }
+        out
+    }
+}
+
+/// Percent-encodes all but `A-Za-z0-9-._~` (nginx's `set_escape_uri`).
+pub fn escape_component(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
 }
 
@@ -463,6 +528,9 @@ pub struct NginxGlobals {
     /// Why no Ingress in compatibility mode may be served (an access setting Portico cannot
     /// apply, such as `global-auth-url`), unless it opts out of it.
     pub closed: Option<String>,
+    /// `global-auth-url` and its `global-auth-*` settings: external auth for every Ingress without
+    /// its own `auth-url` or `enable-global-auth: "false"`.
+    pub global_auth: Option<ExternalAuthSpec>,
     /// `global-allowed-response-headers` [none]: the only header names a `custom-headers`
     /// ConfigMap may set.
     pub allowed_response_headers: Vec<String>,
@@ -489,6 +557,7 @@ impl Default for NginxGlobals {
             forwarded_trust: None,
             closed: None,
             allowed_response_headers: Vec::new(),
+            global_auth: None,
             next_upstream: None,
             next_upstream_tries: None,
         }

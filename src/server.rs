@@ -126,6 +126,7 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         request_metrics: config.request_metrics,
         https_redirect_port: config.https_redirect_port,
         server_header: config.server_header.clone(),
+        auth_client: crate::request::policy::auth_client(),
     });
     let pingora = Arc::new(pingora_proxy::http_proxy(
         &conf,

@@ -1149,3 +1149,240 @@ async fn canaries_by_header_cookie_and_exact_weight() {
     }
 }
 }
+
+/// What an auth service saw of one sub-request.
+#[derive(Clone, Debug)]
+struct AuthSeen {
+    method: String,
+    path: String,
+    headers: std::collections::BTreeMap<String, String>,
+    body_len: usize,
+}
+
+/// An external auth service on loopback: its answer depends on the path it is asked at
+/// (`/ok`, `/ok-no-user`, `/deny401`, `/deny403`, `/fail`, `/hang`); it records what it saw.
+async fn auth_service() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<AuthSeen>>>) {
+    use http_body_util::BodyExt;
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<AuthSeen>>> = Arc::default();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = l.accept().await else {
+                continue;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            record.lock().unwrap().push(AuthSeen {
+                                method: parts.method.to_string(),
+                                path: parts.uri.path().to_string(),
+                                headers: parts
+                                    .headers
+                                    .iter()
+                                    .map(|(n, v)| {
+                                        (n.to_string(), v.to_str().unwrap_or("").to_string())
+                                    })
+                                    .collect(),
+                                body_len: body.len(),
+                            });
+                            let mut r = hyper::Response::builder();
+                            let status = match parts.uri.path() {
+                                "/ok" => {
+                                    r = r
+                                        .header("x-auth-request-user", "alice")
+                                        .header("set-cookie", "session=abc; Path=/")
+                                        .header("x-not-listed", "1");
+                                    200
+                                }
+                                "/ok-no-user" => 204,
+                                "/deny401" => {
+                                    r = r.header("www-authenticate", "Bearer realm=\"auth\"");
+                                    401
+                                }
+                                "/deny403" => 403,
+                                "/hang" => {
+                                    tokio::time::sleep(Duration::from_secs(10)).await;
+                                    200
+                                }
+                                "/redirect" => {
+                                    r = r.header("location", "http://127.0.0.1:1/");
+                                    302
+                                }
+                                _ => 500,
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                r.status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// An ingress-nginx Ingress for `host` to the echo Service `web`, with annotations.
+fn auth_ingress(name: &str, host: &str, annotations: &[(&str, &str)]) -> String {
+    https_ingress(name, host, annotations)
+        .replace(
+            "    nginx.ingress.kubernetes.io/backend-protocol: HTTPS\n",
+            "",
+        )
+        .replace(
+            "{name: tlsweb, port: {number: 443}}",
+            "{name: web, port: {number: 80}}",
+        )
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_auth_admits_denies_redirects_and_fails_closed() {
+    let (port, seen) = auth_service().await;
+    let web = Pods::start("web", 1).await;
+    let auth = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let down = format!("http://127.0.0.1:{}/ok", common::free_port());
+    let ok = auth("/ok");
+    let mut files = vec![
+        ("00-class.yaml".to_string(), fixtures()[0].1.clone()),
+        ("svc.yaml".into(), web.manifests("default", "", 80)),
+        // ingress-nginx's ConfigMap with global auth: every Ingress without its own auth-url
+        // or enable-global-auth "false".
+        (
+            "cm.yaml".into(),
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ingress-nginx-controller, \
+                 namespace: ingress-nginx}}\ndata: {{global-auth-url: \"{}\"}}\n",
+                auth("/deny403")
+            ),
+        ),
+    ];
+    let hosts: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("ok", vec![("auth-url", ok.clone()), ("auth-response-headers", "X-Auth-Request-User".into())]),
+        ("nouser", vec![("auth-url", auth("/ok-no-user")), ("auth-response-headers", "X-Auth-Request-User".into())]),
+        ("denied", vec![("auth-url", auth("/deny401"))]),
+        (
+            "signin",
+            vec![("auth-url", auth("/deny401")), ("auth-signin", "https://login.test/start".into())],
+        ),
+        ("forbidden", vec![("auth-url", auth("/deny403"))]),
+        ("fail", vec![("auth-url", auth("/fail"))]),
+        ("redirect", vec![("auth-url", auth("/redirect"))]),
+        ("hang", vec![("auth-url", auth("/hang")), ("proxy-read-timeout", "1".into())]),
+        ("down", vec![("auth-url", down)]),
+        ("method", vec![("auth-url", ok.clone()), ("auth-method", "GET".into())]),
+        ("global", vec![]),
+        ("optout", vec![("enable-global-auth", "false".into())]),
+    ];
+    for (name, annotations) in &hosts {
+        let a: Vec<(&str, &str)> = annotations.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        files.push((format!("{name}.yaml"), auth_ingress(name, &format!("{name}.auth.test"), &a)));
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let p = Portico::start_with(&refs, |f| f.ingress_nginx_compat = Some(true)).await;
+    let request = |host: &'static str, method: &'static str, fields: Vec<(&'static str, &'static str)>| {
+        let p = &p;
+        async move {
+            let mut r = common::client()
+                .request(method.parse().unwrap(), p.url("/app?x=1"))
+                .header("host", host)
+                .body("payload");
+            for (n, v) in fields {
+                r = r.header(n, v);
+            }
+            let r = r.send().await.expect("request");
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            (status, headers, r.text().await.unwrap_or_default())
+        }
+    };
+
+    // Admitted: the listed field reaches the backend (the client's forgery replaced), the
+    // auth service's cookie reaches the client, unlisted fields go nowhere.
+    let (status, headers, body) = request(
+        "ok.auth.test",
+        "POST",
+        vec![("x-auth-request-user", "mallory"), ("authorization", "Bearer t")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let e: Echo = serde_json::from_str(&body).expect("echo");
+    assert_eq!(header(&e, "x-auth-request-user"), Some("alice"));
+    assert_eq!(header(&e, "x-not-listed"), None);
+    assert_eq!(e.method, "POST");
+    assert_eq!(headers.get("set-cookie").map(|v| v.to_str().unwrap()), Some("session=abc; Path=/"));
+    // The sub-request: the client's fields, no body, and nginx's X-Original-* fields.
+    let sub = seen.lock().unwrap().last().cloned().expect("a sub-request");
+    assert_eq!((sub.method.as_str(), sub.path.as_str(), sub.body_len), ("POST", "/ok", 0));
+    let h = |n: &str| sub.headers.get(n).map(String::as_str);
+    assert_eq!(h("x-original-url"), Some("http://ok.auth.test/app?x=1"));
+    assert_eq!(h("x-original-method"), Some("POST"));
+    assert_eq!(h("x-auth-request-redirect"), Some("/app?x=1"));
+    assert_eq!(h("authorization"), Some("Bearer t"));
+    assert_eq!(h("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(h("host"), Some(format!("127.0.0.1:{port}").as_str()));
+    assert_eq!(h("content-length"), None);
+
+    // The auth service did not send the field: the client's forgery is removed, not passed.
+    let (status, _, body) =
+        request("nouser.auth.test", "GET", vec![("x-auth-request-user", "mallory")]).await;
+    assert_eq!(status, 200);
+    let e: Echo = serde_json::from_str(&body).expect("echo");
+    assert_eq!(header(&e, "x-auth-request-user"), None);
+
+    let (status, headers, _) = request("denied.auth.test", "GET", vec![]).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        headers.get("www-authenticate").map(|v| v.to_str().unwrap()),
+        Some("Bearer realm=\"auth\"")
+    );
+    let (status, headers, _) = request("signin.auth.test", "GET", vec![]).await;
+    assert_eq!(status, 302);
+    assert_eq!(
+        headers.get("location").map(|v| v.to_str().unwrap()),
+        Some("https://login.test/start?rd=http://signin.auth.test%2Fapp%3Fx%3D1")
+    );
+    assert_eq!(request("forbidden.auth.test", "GET", vec![]).await.0, 403);
+    // Any other answer, a redirect, a hang past the read timeout, or no service: 500.
+    for host in ["fail.auth.test", "redirect.auth.test", "down.auth.test"] {
+        assert_eq!(request(host, "GET", vec![]).await.0, 500, "{host}");
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(request("hang.auth.test", "GET", vec![]).await.0, 500);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // auth-method replaces the client's method in the sub-request only.
+    let (status, _, body) = request("method.auth.test", "PUT", vec![]).await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Echo>(&body).expect("echo").method, "PUT");
+    assert_eq!(seen.lock().unwrap().last().map(|s| s.method.clone()), Some("GET".into()));
+    // The ConfigMap's global auth, and the opt-out.
+    assert_eq!(request("global.auth.test", "GET", vec![]).await.0, 403);
+    assert_eq!(request("optout.auth.test", "GET", vec![]).await.0, 200);
+    let metrics = p.metrics().await;
+    for result in ["allowed", "denied", "error"] {
+        assert!(
+            metrics.contains(&format!("portico_auth_requests_total{{result=\"{result}\"}}")),
+            "{result}: {metrics}"
+        );
+    }
+}
+}

@@ -17,7 +17,9 @@ use pingora_proxy::{ProxyHttp, Session};
 
 use super::edge;
 use super::guard;
-use super::policy::{Answer, Attempts, Cidr, Decision, LogEntry, Policy, RequestView, Routed};
+use super::policy::{
+    Answer, Attempts, AuthGrant, Cidr, Decision, LogEntry, Policy, RequestView, Routed,
+};
 use crate::dataplane::DataPlane;
 
 /// The `ProxyHttp` application; one instance serves every listener.
@@ -36,6 +38,8 @@ pub struct RequestCtx {
     client: Option<IpAddr>,
     attempts: Attempts,
     body_bytes: u64,
+    /// What an external auth service admitted the request with.
+    grant: AuthGrant,
 }
 
 /// The host used for routing: the URI authority (absolute-form, HTTP/2 `:authority`) or else the
@@ -106,6 +110,7 @@ impl ProxyHttp for PingoraApp {
             client: None,
             attempts: Attempts::default(),
             body_bytes: 0,
+            grant: AuthGrant::default(),
         }
     }
 
@@ -164,6 +169,29 @@ impl ProxyHttp for PingoraApp {
             Decision::Proxy(routed) => {
                 ctx.route = Some(routed.route);
                 ctx.routed = Some(routed);
+                if routed.auth {
+                    let req = session.req_header();
+                    let view = View {
+                        policy: &self.policy,
+                        req,
+                        client: ctx.client,
+                    };
+                    let host = request_host(req).to_string();
+                    let target = path_and_query.to_string();
+                    let plane = ctx
+                        .plane
+                        .clone()
+                        .unwrap_or_else(|| self.policy.shared.load());
+                    let client = view.client_ip(None);
+                    let result = self
+                        .policy
+                        .authorize(&plane, &routed, &view, ctx.tls, &host, &target, client)
+                        .await;
+                    match result {
+                        Ok(grant) => ctx.grant = grant,
+                        Err(answer) => return self.answer(session, &answer).await,
+                    }
+                }
                 session.set_read_timeout(Some(self.policy.limits.client_body_timeout));
                 Ok(false)
             }
@@ -274,6 +302,12 @@ impl ProxyHttp for PingoraApp {
                 }
                 if edits.drop_authorization {
                     upstream_request.remove_header(&header::AUTHORIZATION);
+                }
+                for (name, value) in &ctx.grant.upstream {
+                    upstream_request.remove_header(name);
+                    if let Some(v) = value {
+                        upstream_request.insert_header(name.clone(), v.clone())?;
+                    }
                 }
             }
         }
@@ -402,6 +436,9 @@ impl ProxyHttp for PingoraApp {
             req: session.req_header(),
             client: ctx.client,
         };
+        for cookie in &ctx.grant.cookies {
+            upstream_response.append_header(header::SET_COOKIE, cookie.clone())?;
+        }
         if let Some(set) = ctx
             .plane
             .as_ref()
@@ -503,6 +540,14 @@ impl RequestView for View<'_> {
 
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.req.headers.get(name).map(|v| v.as_bytes())
+    }
+
+    fn fields(&self) -> Vec<(&[u8], &[u8])> {
+        self.req
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            .collect()
     }
 
     fn cookie(&self, name: &str) -> Option<&[u8]> {

@@ -125,6 +125,18 @@ pub struct Policy {
     /// `Location` when 443); `None` when HTTPS is off, which turns the redirect off.
     pub https_redirect_port: Option<u16>,
     pub server_header: ServerHeader,
+    /// The client of external auth sub-requests: pooled connections, redirects not followed.
+    pub auth_client: reqwest::Client,
+}
+
+/// The client for external auth sub-requests.
+pub fn auth_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default()
 }
 
 /// A request the policy answers itself, without an upstream.
@@ -152,6 +164,8 @@ pub trait RequestView {
     fn header(&self, name: &str) -> Option<&[u8]>;
     /// The value of the cookie `name`, from any `Cookie` field.
     fn cookie(&self, name: &str) -> Option<&[u8]>;
+    /// Every field, in order (for an external auth sub-request).
+    fn fields(&self) -> Vec<(&[u8], &[u8])>;
 }
 
 /// The value of cookie `name` in one `Cookie` field value (`a=1; b=2`), if there.
@@ -188,6 +202,18 @@ pub struct Routed {
     /// The upstream request is changed ([`Policy::edits`]): ingress-nginx's rewrite-target,
     /// upstream-vhost or x-forwarded-prefix.
     pub edits: bool,
+    /// An external auth sub-request must admit the request first ([`Policy::authorize`]).
+    pub auth: bool,
+}
+
+/// What an external auth service's 2xx answer adds to a request.
+#[derive(Clone, Debug, Default)]
+pub struct AuthGrant {
+    /// `auth-response-headers`: set on the upstream request; `None` removes the client's field
+    /// of that name (the auth service did not send it: a client cannot forge it).
+    pub upstream: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// The auth service's `Set-Cookie` fields, added to the client's response.
+    pub cookies: Vec<HeaderValue>,
 }
 
 /// How the upstream request differs from the client's.
@@ -201,6 +227,8 @@ pub struct Edits {
     pub prefix: Option<HeaderValue>,
     /// Drop the client's `Authorization` (it was checked here: basic authentication).
     pub drop_authorization: bool,
+    /// Fields set from an external auth answer (`None`: removed).
+    pub set: Vec<(HeaderName, Option<HeaderValue>)>,
 }
 
 /// What to do with a request, decided from its head.
@@ -510,6 +538,10 @@ impl Policy {
             max_body,
             protocol: route.backend_protocol,
             edits: route.nginx.as_ref().is_some_and(|x| x.edits()),
+            auth: route
+                .nginx
+                .as_ref()
+                .is_some_and(|x| x.external_auth.is_some()),
         })
     }
 
@@ -554,6 +586,7 @@ impl Policy {
             host: x.upstream_host.clone(),
             prefix: x.forwarded_prefix.clone(),
             drop_authorization: x.basic_auth.is_some(),
+            set: Vec::new(),
         }
     }
 
@@ -660,6 +693,179 @@ impl Policy {
         a.responded = true;
         if let Some((_, health)) = &a.current {
             health.record_success();
+        }
+    }
+
+    /// Asks the route's external auth service whether the request may pass (ingress-nginx's
+    /// `auth-url`, nginx's `auth_request`): a sub-request with the client's fields and no body,
+    /// plus `X-Original-URL`, `X-Original-Method`, `X-Auth-Request-Redirect`, `X-Real-IP` and
+    /// `X-Forwarded-For`. A 2xx admits it; 401 and 403 go back to the client (401 with the
+    /// service's `WWW-Authenticate`, or a redirect to `auth-signin`); anything else, an
+    /// unreachable service or one slower than the route's read timeout, is a 500.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn authorize(
+        &self,
+        plane: &DataPlane,
+        routed: &Routed,
+        request: &impl RequestView,
+        tls: bool,
+        host: &str,
+        request_uri: &str,
+        client: Option<IpAddr>,
+    ) -> Result<AuthGrant, Answer> {
+        let Some((route, auth)) = plane.routes.routes().get(routed.route).and_then(|r| {
+            let a = r.nginx.as_ref()?.external_auth.as_ref()?;
+            Some((r, a))
+        }) else {
+            return Ok(AuthGrant::default());
+        };
+        let scheme = if tls { "https" } else { "http" };
+        let url = auth.url.expand(host, scheme, request_uri);
+        let method = auth
+            .method
+            .as_deref()
+            .map(str::as_bytes)
+            .unwrap_or_else(|| request.method());
+        let failed = |why: &str| {
+            tracing::warn!(auth_url = %url, route = %route.ingress, error = why, "external auth failed; answering 500");
+            self.shared
+                .metrics
+                .auth_requests
+                .with_label_values(&["error"])
+                .inc();
+            Answer::error(500, "authentication service failed\n")
+        };
+        let Ok(method) = reqwest::Method::from_bytes(method) else {
+            return Err(failed("bad method"));
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in request.fields() {
+            const SKIP: &[&str] = &[
+                "host",
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "keep-alive",
+                "te",
+                "trailer",
+                "upgrade",
+                "proxy-connection",
+                "expect",
+                "x-original-url",
+                "x-original-method",
+                "x-auth-request-redirect",
+                "x-sent-from",
+                "x-real-ip",
+                "x-forwarded-for",
+            ];
+            let Ok(name) = HeaderName::from_bytes(name) else {
+                continue;
+            };
+            if SKIP.contains(&name.as_str()) {
+                continue;
+            }
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                headers.append(name, value);
+            }
+        }
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        };
+        set("x-original-url", &format!("{scheme}://{host}{request_uri}"));
+        set(
+            "x-original-method",
+            std::str::from_utf8(request.method()).unwrap_or(""),
+        );
+        set("x-sent-from", "nginx-ingress-controller");
+        set("x-auth-request-redirect", request_uri);
+        if let Some(ip) = client {
+            set("x-real-ip", &ip.to_string());
+            set("x-forwarded-for", &ip.to_string());
+        }
+        let limits = &route.limits;
+        let timeout = limits.read_timeout.unwrap_or(self.upstream.read_timeout);
+        let started = std::time::Instant::now();
+        let sent = self
+            .auth_client
+            .request(method, &url)
+            .headers(headers)
+            .timeout(timeout)
+            .send()
+            .await;
+        self.shared
+            .metrics
+            .auth_duration
+            .observe(started.elapsed().as_secs_f64());
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => return Err(failed(&e.to_string())),
+        };
+        let status = response.status().as_u16();
+        let h = response.headers();
+        match status {
+            200..=299 => {
+                self.shared
+                    .metrics
+                    .auth_requests
+                    .with_label_values(&["allowed"])
+                    .inc();
+                let upstream = auth
+                    .response_headers
+                    .iter()
+                    .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                    .map(|n| {
+                        let v = h.get(&n).cloned();
+                        (n, v)
+                    })
+                    .collect();
+                let cookies = h
+                    .get_all(http::header::SET_COOKIE)
+                    .iter()
+                    .cloned()
+                    .collect();
+                Ok(AuthGrant { upstream, cookies })
+            }
+            401 | 403 => {
+                self.shared
+                    .metrics
+                    .auth_requests
+                    .with_label_values(&["denied"])
+                    .inc();
+                if let (401, Some(signin)) = (status, &auth.signin) {
+                    let mut location = signin.expand(host, scheme, request_uri);
+                    let param = &auth.signin_param;
+                    let has_param = location.split_once('?').is_some_and(|(_, q)| {
+                        q.split('&').any(|kv| kv.split('=').next() == Some(param))
+                    });
+                    if !has_param {
+                        // ingress-nginx's `rd=$pass_access_scheme://$http_host$escaped_request_uri`.
+                        location.push(if location.contains('?') { '&' } else { '?' });
+                        location.push_str(&format!("{param}={scheme}://{host}"));
+                        crate::model::escape_component(request_uri, &mut location);
+                    }
+                    return Err(Answer {
+                        location: Some(location),
+                        ..Answer::error(302, "")
+                    });
+                }
+                let mut answer = Answer::error(
+                    status,
+                    if status == 401 {
+                        "authorization required\n"
+                    } else {
+                        "forbidden\n"
+                    },
+                );
+                if let Some(challenge) = h.get(http::header::WWW_AUTHENTICATE) {
+                    answer
+                        .headers
+                        .push((http::header::WWW_AUTHENTICATE, challenge.clone()));
+                }
+                Err(answer)
+            }
+            other => Err(failed(&format!("the auth service answered {other}"))),
         }
     }
 

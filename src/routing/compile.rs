@@ -1518,6 +1518,15 @@ fn nginx_route(
         cors: n.cors.as_ref().and_then(RouteCors::new).map(Arc::new),
         basic_auth: refs.basic_auth.clone(),
         canary: None,
+        // The Ingress's own auth-url, else the ConfigMap's unless it opts out.
+        external_auth: n
+            .external_auth
+            .as_ref()
+            .or(g
+                .global_auth
+                .as_ref()
+                .filter(|_| n.enable_global_auth != Some(false)))
+            .map(|a| Arc::new(a.clone())),
     };
     // Whose X-Forwarded-For tells the client IP, for the lists (the ConfigMap's
     // use-forwarded-headers); else --trusted-proxies.

@@ -90,6 +90,8 @@ pub struct NginxRoute {
     pub basic_auth: Option<Arc<BasicAuth>>,
     /// A canary Ingress's backend for part of this route's traffic.
     pub canary: Option<Arc<CanaryRoute>>,
+    /// `auth-url` (or the ConfigMap's `global-auth-url`): the sub-request that admits a request.
+    pub external_auth: Option<Arc<crate::model::ExternalAuthSpec>>,
 }
 
 /// A canary on a route: its pool, and ingress-nginx's rules for choosing it.
@@ -280,7 +282,10 @@ pub struct NginxRefs {
 impl NginxRoute {
     /// Whether the upstream request is changed (path, Host or an added field).
     pub fn edits(&self) -> bool {
-        self.rewrite.is_some() || self.upstream_host.is_some() || self.basic_auth.is_some()
+        self.rewrite.is_some()
+            || self.upstream_host.is_some()
+            || self.basic_auth.is_some()
+            || self.external_auth.is_some()
     }
 }
 

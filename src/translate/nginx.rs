@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::model::{
     AnnotationProblem, BackendProtocol, Cidr, Cors, CorsOrigin, Hsts, NginxAnnotations,
-    NginxGlobals, ObjectKey, ProxySsl, RouteLimits, Template,
+    NginxGlobals, ObjectKey, ProxySsl, RouteLimits, Template, UrlPiece, UrlTemplate,
 };
 
 /// The prefix of ingress-nginx's annotations.
@@ -55,6 +55,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
     let mut permanent_code = 301;
     let mut temporal: Option<Template> = None;
     let mut temporal_code = 302;
+    let mut ext = ExtAuthParts::default();
     let mut auth_type: Option<String> = None;
     let mut auth_secret: Option<ObjectKey> = None;
     let mut auth_map = false;
@@ -259,6 +260,18 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                 Ok(t) => n.next_upstream_tries = Some(t),
                 Err(e) => refuse(ignored(&e), false),
             },
+            "auth-url"
+            | "auth-method"
+            | "auth-response-headers"
+            | "auth-signin"
+            | "auth-signin-redirect-param" => {
+                if let Err(e) = ext.set(name, v) {
+                    refuse(
+                        format!("{e}; the Ingress is not served until it is corrected"),
+                        true,
+                    )
+                }
+            }
             "auth-type" | "auth-secret" | "auth-secret-type" | "auth-realm" => {
                 auth_given.push(full.clone());
                 let closed =
@@ -409,6 +422,14 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
         return None;
     }
     n.cors = enable_cors.then_some(cors);
+    match ext.finish() {
+        Ok(spec) => n.external_auth = spec,
+        Err(e) => n.problems.push(AnnotationProblem {
+            annotation: format!("{PREFIX}auth-url"),
+            message: format!("{e}; the Ingress is not served until it is corrected"),
+            closes: true,
+        }),
+    }
     match canary {
         Some(true) => n.canary = Some(canary_spec),
         _ => {
@@ -510,6 +531,8 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
     let mut g = NginxGlobals::default();
     let mut problems = Vec::new();
     let mut hsts_on = true;
+    let mut global_ext = ExtAuthParts::default();
+    let mut global_ext_error: Option<String> = None;
     let mut use_forwarded = false;
     let mut other_header = false;
     // ingress-nginx's default: every peer (IPv4) may tell the client's address.
@@ -635,22 +658,24 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                     ),
                 ));
             }
-            "global-auth-url" if !v.is_empty() => {
-                g.closed = Some(
-                    "the ConfigMap's global-auth-url is not supported yet, and ignoring it \
-                     would open every Ingress; set enable-global-auth: \"false\" on the \
-                     Ingresses that do not need it"
-                        .into(),
-                );
-                problems.push((
-                    key.clone(),
-                    "NotApplied",
-                    "not supported yet: Ingresses without enable-global-auth \"false\" are not \
-                     served"
-                        .into(),
-                ));
+            "global-auth-url"
+            | "global-auth-method"
+            | "global-auth-response-headers"
+            | "global-auth-signin"
+            | "global-auth-signin-redirect-param" => {
+                if let Err(e) = global_ext.set(&key["global-".len()..], v) {
+                    global_ext_error = Some(format!("{key}: {e}"));
+                }
             }
-            "global-auth-url" => {}
+            "global-auth-snippet"
+            | "global-auth-cache-key"
+            | "global-auth-cache-duration"
+            | "global-auth-always-set-cookie"
+            | "global-auth-request-redirect"
+                if !v.is_empty() =>
+            {
+                global_ext_error = Some(format!("{key} is not supported"));
+            }
             "global-allowed-response-headers" => {
                 let mut names = Vec::new();
                 for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -715,6 +740,23 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
         }
     }
     g.hsts = hsts_on.then_some(hsts);
+    // Global auth that cannot be applied as written closes every Ingress that would get it.
+    match (global_ext_error, global_ext.finish()) {
+        (None, Ok(spec)) => g.global_auth = spec,
+        (error, result) => {
+            let why = error.or(result.err()).unwrap_or_default();
+            g.closed = Some(format!(
+                "the ConfigMap's global auth cannot be applied ({why}), and ignoring it would \
+                 open every Ingress; set enable-global-auth: \"false\" on the Ingresses that do \
+                 not need it"
+            ));
+            problems.push((
+                "global-auth-url".into(),
+                "InvalidValue",
+                format!("{why}: Ingresses without enable-global-auth \"false\" are not served"),
+            ));
+        }
+    }
     if use_forwarded {
         if other_header {
             g.client_ip_unknown.get_or_insert_with(|| {
@@ -826,6 +868,137 @@ fn cors_list(v: &str, star: bool, ok: impl Fn(u8) -> bool) -> Result<String, Str
         return Err(format!("{v:?} is not a comma-separated list of names"));
     }
     Ok(items.join(", "))
+}
+
+/// The `auth-*` settings of external auth as they are read, one key at a time.
+#[derive(Default)]
+struct ExtAuthParts {
+    url: Option<UrlTemplate>,
+    method: Option<String>,
+    response_headers: Vec<String>,
+    signin: Option<UrlTemplate>,
+    signin_param: Option<String>,
+    /// A setting given without `auth-url`.
+    orphan: Option<&'static str>,
+}
+
+impl ExtAuthParts {
+    /// One setting, by its name without the `global-` prefix.
+    fn set(&mut self, name: &str, v: &str) -> Result<(), String> {
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        match name {
+            "auth-url" if v.is_empty() => {}
+            "auth-url" => self.url = Some(url_template(v)?),
+            "auth-method" => {
+                const METHODS: &[&str] = &[
+                    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                ];
+                if !METHODS.contains(&v) {
+                    return Err(format!("{v:?} is not an HTTP method"));
+                }
+                self.method = Some(v.to_string());
+                self.orphan.get_or_insert("auth-method");
+            }
+            "auth-response-headers" => {
+                let names: Vec<&str> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                if names.iter().any(|n| !token(n)) {
+                    return Err(format!(
+                        "{v:?} is not a comma-separated list of header names"
+                    ));
+                }
+                self.response_headers = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+            }
+            "auth-signin" if v.is_empty() => {}
+            "auth-signin" => self.signin = Some(url_template(v)?),
+            "auth-signin-redirect-param" => {
+                if !token(v) {
+                    return Err(format!("{v:?} is not a parameter name"));
+                }
+                self.signin_param = Some(v.to_string());
+            }
+            _ => return Err(format!("{name} is not an external auth setting")),
+        }
+        Ok(())
+    }
+
+    /// The spec, `None` without `auth-url`; settings that need it are an error without it (they
+    /// say authentication was meant).
+    fn finish(self) -> Result<Option<crate::model::ExternalAuthSpec>, String> {
+        let Some(url) = self.url else {
+            if self.signin.is_some() || !self.response_headers.is_empty() || self.orphan.is_some() {
+                return Err(
+                    "auth-url is missing while other external auth settings are set".into(),
+                );
+            }
+            return Ok(None);
+        };
+        Ok(Some(crate::model::ExternalAuthSpec {
+            url,
+            method: self.method,
+            response_headers: self.response_headers,
+            signin: self.signin,
+            signin_param: self.signin_param.unwrap_or_else(|| "rd".into()),
+        }))
+    }
+}
+
+/// An `http(s)://` URL with the request variables nginx users put in auth URLs. Anything else
+/// with a `$` is refused: nothing is templated but these values.
+fn url_template(v: &str) -> Result<UrlTemplate, String> {
+    let bad = |why: &str| format!("{v:?}: {why}");
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~:/?#[]@!&'()*+,;=%".contains(&b);
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut rest = v;
+    while let Some(c) = rest.chars().next() {
+        if c == '$' {
+            let name_len = rest[1..]
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count();
+            let piece = match &rest[1..1 + name_len] {
+                "host" | "http_host" | "best_http_host" => UrlPiece::Host,
+                "scheme" | "pass_access_scheme" => UrlPiece::Scheme,
+                "request_uri" => UrlPiece::RequestUri,
+                "escaped_request_uri" => UrlPiece::EscapedRequestUri,
+                other => return Err(bad(&format!("${other} is not a variable Portico fills in"))),
+            };
+            if !text.is_empty() {
+                pieces.push(UrlPiece::Text(std::mem::take(&mut text)));
+            }
+            pieces.push(piece);
+            rest = &rest[1 + name_len..];
+        } else if c.is_ascii() && allowed(c as u8) {
+            text.push(c);
+            rest = &rest[1..];
+        } else {
+            return Err(bad("has a character a URL cannot carry"));
+        }
+    }
+    if !text.is_empty() {
+        pieces.push(UrlPiece::Text(text));
+    }
+    let t = UrlTemplate(pieces);
+    // With sample values it must be an absolute http(s) URL without credentials.
+    let sample = t.expand("example.com", "https", "/p?q=1");
+    let (scheme, after) = sample
+        .split_once("://")
+        .ok_or_else(|| bad("is not an absolute URL"))?;
+    let authority = after.split(['/', '?', '#']).next().unwrap_or("");
+    if !(scheme == "http" || scheme == "https") || authority.is_empty() || authority.contains('@') {
+        return Err(bad(
+            "is not an http(s) URL with a host (and no credentials)",
+        ));
+    }
+    Ok(t)
 }
 
 /// A comma-separated list of HTTP status codes (ingress-nginx's `custom-http-errors`).
@@ -1273,7 +1446,7 @@ mod tests {
             &[
                 ("auth-type", "basic"),
                 ("auth-secret", "s"),
-                ("auth-url", "http://a.test/"),
+                ("auth-cache-key", "x"),
             ],
         ] {
             let n = parse_map(pairs);
@@ -1286,6 +1459,53 @@ mod tests {
             ("auth-realm", "a\"b"),
         ]);
         assert!(!n.closed() && n.basic_auth.is_some());
+    }
+
+    #[test]
+    fn external_auth_urls_take_only_known_variables() {
+        let n = parse_map(&[
+            ("auth-url", "https://$host/oauth2/auth"),
+            (
+                "auth-signin",
+                "https://$host/oauth2/start?rd=$escaped_request_uri",
+            ),
+            (
+                "auth-response-headers",
+                "X-Auth-Request-User, X-Auth-Request-Email",
+            ),
+            ("auth-method", "GET"),
+        ]);
+        assert!(n.problems.is_empty(), "{:?}", n.problems);
+        let a = n.external_auth.expect("external auth");
+        assert_eq!(
+            a.url.expand("app.test", "https", "/x"),
+            "https://app.test/oauth2/auth"
+        );
+        assert_eq!(
+            a.signin.unwrap().expand("app.test", "https", "/a b?c=d"),
+            "https://app.test/oauth2/start?rd=%2Fa%20b%3Fc%3Dd"
+        );
+        assert_eq!(
+            a.response_headers,
+            ["x-auth-request-user", "x-auth-request-email"]
+        );
+        assert_eq!(a.signin_param, "rd");
+        for pairs in [
+            &[("auth-url", "http://a.test/$remote_user")][..],
+            &[("auth-url", "http://a.test/ x")],
+            &[("auth-url", "ftp://a.test/")],
+            &[("auth-url", "http://user:pw@a.test/")],
+            &[("auth-url", "/relative")],
+            &[("auth-url", "http://a.test/\"; return 200")],
+            &[("auth-url", "http://a.test/"), ("auth-method", "get me")],
+            &[("auth-signin", "https://login.test/")],
+            &[
+                ("auth-url", "http://a.test/"),
+                ("auth-response-headers", "X-A;X-B"),
+            ],
+        ] {
+            assert!(parse_map(pairs).closed(), "{pairs:?}");
+        }
     }
 
     #[test]

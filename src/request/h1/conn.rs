@@ -85,6 +85,8 @@ struct Outcome {
     route: Option<usize>,
     upstream: Option<std::net::SocketAddr>,
     error: &'static str,
+    /// An external auth service's `Set-Cookie` fields, for the client's response.
+    cookies: Vec<HeaderValue>,
 }
 
 /// How a failed upstream attempt ends.
@@ -355,19 +357,37 @@ impl Engine {
             }
             Decision::Proxy(routed) => {
                 outcome.route = Some(routed.route);
-                self.proxy(
-                    stream,
-                    buf,
-                    &head,
-                    &raw,
-                    conn,
-                    timers,
-                    &plane,
-                    &routed,
-                    closing,
-                    &mut outcome,
-                )
-                .await
+                let grant = if routed.auth {
+                    let client = view.client_ip(None);
+                    self.policy
+                        .authorize(&plane, &routed, &view, conn.tls, host, origin, client)
+                        .await
+                } else {
+                    Ok(Default::default())
+                };
+                match grant {
+                    Err(answer) => {
+                        self.answer(stream, &head, &raw, &answer, closing, &mut outcome)
+                            .await
+                    }
+                    Ok(grant) => {
+                        outcome.cookies = grant.cookies;
+                        self.proxy(
+                            stream,
+                            buf,
+                            &head,
+                            &raw,
+                            conn,
+                            timers,
+                            &plane,
+                            &routed,
+                            closing,
+                            grant.upstream,
+                            &mut outcome,
+                        )
+                        .await
+                    }
+                }
             }
         };
         metrics.inflight.dec();
@@ -430,6 +450,7 @@ impl Engine {
         plane: &DataPlane,
         routed: &Routed,
         closing: bool,
+        auth_fields: Vec<(http::HeaderName, Option<HeaderValue>)>,
         outcome: &mut Outcome,
     ) -> Next {
         let method = head.method.get(raw);
@@ -482,7 +503,9 @@ impl Engine {
                 Some((p, q)) => (p, Some(q)),
                 None => (origin, None),
             };
-            self.policy.edits(plane, routed, path, query)
+            let mut edits = self.policy.edits(plane, routed, path, query);
+            edits.set = auth_fields;
+            edits
         });
         self.upstream_head(head, raw, conn, edits.as_ref(), &mut upstream_head);
         loop {
@@ -937,6 +960,7 @@ impl Engine {
             &self.policy.server_header,
             hsts.map(|h| &**h),
             set.as_deref(),
+            &outcome.cookies,
             &mut out,
         );
         let write = self.policy.upstream.write_timeout;
@@ -1271,6 +1295,14 @@ impl RequestView for View<'_> {
             .iter()
             .find(|f| f.name.get(self.raw).eq_ignore_ascii_case(name.as_bytes()))
             .map(|f| f.value.get(self.raw))
+    }
+
+    fn fields(&self) -> Vec<(&[u8], &[u8])> {
+        self.head
+            .fields
+            .iter()
+            .map(|f| (f.name.get(self.raw), f.value.get(self.raw)))
+            .collect()
     }
 
     fn cookie(&self, name: &str) -> Option<&[u8]> {

@@ -57,6 +57,7 @@ pub fn request_head_edited(
     let host = edits.and_then(|e| e.host.as_ref());
     let prefix = edits.and_then(|e| e.prefix.as_ref());
     let drop_authorization = edits.is_some_and(|e| e.drop_authorization);
+    let set = edits.map(|e| e.set.as_slice()).unwrap_or_default();
     let mut upgrade_done = false;
     for f in &head.fields {
         match f.kind {
@@ -70,6 +71,11 @@ pub fn request_head_edited(
             Kind::Other
                 if drop_authorization && f.name.get(raw).eq_ignore_ascii_case(b"authorization") => {
             }
+            // Set (or removed) from an external auth answer: the client's own never passes.
+            Kind::Other
+                if set
+                    .iter()
+                    .any(|(n, _)| f.name.get(raw).eq_ignore_ascii_case(n.as_str().as_bytes())) => {}
             // An upgrade asks the backend to switch: `Upgrade` and the one option it needs go on.
             Kind::Upgrade if head.upgrade => copy(f, raw, out),
             Kind::Connection if head.upgrade => {
@@ -99,6 +105,11 @@ pub fn request_head_edited(
     if let Some(p) = prefix {
         field(b"X-Forwarded-Prefix", p.as_bytes(), out);
     }
+    for (name, value) in set {
+        if let Some(v) = value {
+            field(name.as_str().as_bytes(), v.as_bytes(), out);
+        }
+    }
     if head.framing == Framing::Chunked {
         field(b"Transfer-Encoding", b"chunked", out);
     }
@@ -117,6 +128,7 @@ pub fn response_head(
     server: &ServerHeader,
     hsts: Option<&str>,
     set: Option<&[(http::HeaderName, http::HeaderValue)]>,
+    cookies: &[http::HeaderValue],
     out: &mut Vec<u8>,
 ) {
     status_line(response.status, response.reason.get(rhead), out);
@@ -172,6 +184,9 @@ pub fn response_head(
     }
     for (name, value) in set.unwrap_or_default() {
         field(name.as_str().as_bytes(), value.as_bytes(), out);
+    }
+    for cookie in cookies {
+        field(b"Set-Cookie", cookie.as_bytes(), out);
     }
     if let (Some(hsts), false) = (hsts, response.hsts) {
         field(b"Strict-Transport-Security", hsts.as_bytes(), out);
