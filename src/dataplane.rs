@@ -181,6 +181,7 @@ impl Shared {
                 slices: &previous.pool_slices,
                 routes: previous.routes.routes().len(),
                 hosts: previous.routes.host_count(),
+                limiters: Some(&previous.routes.limiters),
             },
         );
         carry_health(&previous, &mut compiled.pools);

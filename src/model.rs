@@ -291,6 +291,9 @@ pub struct NginxAnnotations {
     /// `canary: "true"` with its `canary-*` rules: this Ingress's backends take part of the
     /// traffic of another Ingress's same host and path.
     pub canary: Option<CanarySpec>,
+    /// `limit-rps`, `limit-rpm`, `limit-connections`, `limit-burst-multiplier`,
+    /// `limit-allowlist`.
+    pub rate_limit: Option<RateLimitSpec>,
     /// `auth-url` with `auth-method`, `auth-response-headers`, `auth-signin` and
     /// `auth-signin-redirect-param`.
     pub external_auth: Option<ExternalAuthSpec>,
@@ -315,6 +318,18 @@ impl NginxAnnotations {
     pub fn closed(&self) -> bool {
         self.problems.iter().any(|p| p.closes)
     }
+}
+
+/// ingress-nginx's per-client limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimitSpec {
+    pub rps: Option<u64>,
+    pub rpm: Option<u64>,
+    pub connections: Option<u32>,
+    /// `limit-burst-multiplier` [5]: the burst is the rate times this.
+    pub burst_multiplier: u64,
+    /// `limit-allowlist` (`limit-whitelist`): clients never limited.
+    pub allowlist: Vec<Cidr>,
 }
 
 /// ingress-nginx's external authentication (`auth-url`, or the ConfigMap's `global-auth-url`).
@@ -528,6 +543,9 @@ pub struct NginxGlobals {
     /// Why no Ingress in compatibility mode may be served (an access setting Portico cannot
     /// apply, such as `global-auth-url`), unless it opts out of it.
     pub closed: Option<String>,
+    /// `limit-req-status-code` and `limit-conn-status-code` [503, 503].
+    pub limit_req_status: u16,
+    pub limit_conn_status: u16,
     /// `global-auth-url` and its `global-auth-*` settings: external auth for every Ingress without
     /// its own `auth-url` or `enable-global-auth: "false"`.
     pub global_auth: Option<ExternalAuthSpec>,
@@ -558,6 +576,8 @@ impl Default for NginxGlobals {
             closed: None,
             allowed_response_headers: Vec::new(),
             global_auth: None,
+            limit_req_status: 503,
+            limit_conn_status: 503,
             next_upstream: None,
             next_upstream_tries: None,
         }

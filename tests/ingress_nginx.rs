@@ -1386,3 +1386,48 @@ async fn external_auth_admits_denies_redirects_and_fails_closed() {
     }
 }
 }
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_and_connection_limits_per_client() {
+    let s = start(|_| {}).await;
+    let p = &s.p;
+    // 2 r/s with a burst of 2 × 2: five at once pass, the sixth gets the ConfigMap's 429.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get_from(p, "127.0.0.1", "rps.limit.test", &[]).await);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+    // Another client has its own budget; an allowlisted one is never limited.
+    assert_eq!(get_from(p, "127.0.0.2", "rps.limit.test", &[]).await, 200);
+    for _ in 0..10 {
+        assert_eq!(get_from(p, "127.0.0.3", "rps.limit.test", &[]).await, 200);
+    }
+    // The bucket drains at the rate: after 600 ms, one more passes.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get_from(p, "127.0.0.1", "rps.limit.test", &[]).await, 200);
+    // 2 r/m, burst 2: three, then refused (a request drains in 30 s).
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get_from(p, "127.0.0.4", "rpm.limit.test", &[]).await);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    // One request at a time per client: a second while the first is in flight gets 503.
+    let slow = {
+        let url = p.url("/delay/600");
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .local_address("127.0.0.5".parse::<std::net::IpAddr>().ok())
+                .build()
+                .expect("client");
+            client.get(url).header("host", "conn.limit.test").send().await.map(|r| r.status().as_u16())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get_from(p, "127.0.0.5", "conn.limit.test", &[]).await, 503);
+    assert_eq!(get_from(p, "127.0.0.6", "conn.limit.test", &[]).await, 200);
+    assert_eq!(slow.await.expect("task").expect("slow request"), 200);
+    // Released when it ended.
+    assert_eq!(get_from(p, "127.0.0.5", "conn.limit.test", &[]).await, 200);
+}
+}

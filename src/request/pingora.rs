@@ -40,6 +40,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// What an external auth service admitted the request with.
     grant: AuthGrant,
+    /// One of the client's concurrent requests (limit-connections), released with the context.
+    permit: Option<crate::routing::limit::Permit>,
 }
 
 /// The host used for routing: the URI authority (absolute-form, HTTP/2 `:authority`) or else the
@@ -111,6 +113,7 @@ impl ProxyHttp for PingoraApp {
             attempts: Attempts::default(),
             body_bytes: 0,
             grant: AuthGrant::default(),
+            permit: None,
         }
     }
 
@@ -169,6 +172,21 @@ impl ProxyHttp for PingoraApp {
             Decision::Proxy(routed) => {
                 ctx.route = Some(routed.route);
                 ctx.routed = Some(routed);
+                if routed.conns {
+                    let view = View {
+                        policy: &self.policy,
+                        req: session.req_header(),
+                        client: ctx.client,
+                    };
+                    let plane = ctx
+                        .plane
+                        .clone()
+                        .unwrap_or_else(|| self.policy.shared.load());
+                    match self.policy.enter(&plane, &routed, &view) {
+                        Ok(permit) => ctx.permit = permit,
+                        Err(answer) => return self.answer(session, &answer).await,
+                    }
+                }
                 if routed.auth {
                     let req = session.req_header();
                     let view = View {

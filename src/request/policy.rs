@@ -204,6 +204,8 @@ pub struct Routed {
     pub edits: bool,
     /// An external auth sub-request must admit the request first ([`Policy::authorize`]).
     pub auth: bool,
+    /// The route limits concurrent requests per client ([`Policy::enter`]).
+    pub conns: bool,
 }
 
 /// What an external auth service's 2xx answer adds to a request.
@@ -474,6 +476,24 @@ impl Policy {
                 },
             };
         }
+        if let Some((x, l)) = route.nginx.as_ref().and_then(|x| {
+            let l = x.rate_limit.as_ref().filter(|l| !l.rates.is_empty())?;
+            Some((x, l))
+        }) {
+            // nginx's preaccess phase (limit_req), before the lists: per client IP.
+            if let Some(ip) = request
+                .client_ip(x.trusted.as_deref())
+                .filter(|ip| !l.allowlist.iter().any(|c| c.contains(*ip)))
+            {
+                let now = std::time::Instant::now();
+                if !l.rates.iter().all(|r| l.limiter.allow(ip, *r, now)) {
+                    return Decision::Answer {
+                        route: id,
+                        answer: Answer::error(l.req_status, "too many requests\n"),
+                    };
+                }
+            }
+        }
         if let Some(x) = route
             .nginx
             .as_ref()
@@ -542,6 +562,11 @@ impl Policy {
                 .nginx
                 .as_ref()
                 .is_some_and(|x| x.external_auth.is_some()),
+            conns: route
+                .nginx
+                .as_ref()
+                .and_then(|x| x.rate_limit.as_ref())
+                .is_some_and(|l| l.connections.is_some()),
         })
     }
 
@@ -693,6 +718,33 @@ impl Policy {
         a.responded = true;
         if let Some((_, health)) = &a.current {
             health.record_success();
+        }
+    }
+
+    /// Takes one of the route's concurrent requests for the client (ingress-nginx's
+    /// `limit-connections`), held until the request ends; the answer when all are taken.
+    pub fn enter(
+        &self,
+        plane: &DataPlane,
+        routed: &Routed,
+        request: &impl RequestView,
+    ) -> Result<Option<crate::routing::limit::Permit>, Answer> {
+        let Some((x, l, max)) = plane.routes.routes().get(routed.route).and_then(|r| {
+            let x = r.nginx.as_ref()?;
+            let l = x.rate_limit.as_ref()?;
+            Some((x, l, l.connections?))
+        }) else {
+            return Ok(None);
+        };
+        let Some(ip) = request
+            .client_ip(x.trusted.as_deref())
+            .filter(|ip| !l.allowlist.iter().any(|c| c.contains(*ip)))
+        else {
+            return Ok(None);
+        };
+        match l.limiter.enter(ip, max) {
+            Some(permit) => Ok(Some(permit)),
+            None => Err(Answer::error(l.conn_status, "too many connections\n")),
         }
     }
 

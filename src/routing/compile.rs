@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use super::basic_auth::Users;
 use super::host::{parse_host, HostMatch};
+use super::limit;
 use super::path::{PathMatch, RegexPath};
 use super::{
     BasicAuth, CanaryRoute, FastMap, FastSet, HostRules, NginxRefs, NginxRoute, Route, RouteCors,
-    RouteTable,
+    RouteLimit, RouteTable,
 };
 use crate::model::{
     BackendRef, CanarySpec, EndpointSlice, HttpPath, Ingress, Kind, Model, NginxAnnotations,
@@ -131,6 +132,8 @@ pub struct Previous<'p> {
     /// The number of routes and of hosts of the previous table.
     pub routes: usize,
     pub hosts: usize,
+    /// The previous table's limiter states, to keep counting where it left off.
+    pub limiters: Option<&'p FastMap<String, Arc<limit::Limiter>>>,
 }
 
 /// EndpointSlices grouped by `(namespace, service name)`.
@@ -665,6 +668,34 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
             }
             None => out.table.any_host = rules,
         }
+    }
+    // Per-client limits keep their state across compiles: each route takes the previous state of
+    // its key (routes of one key share one).
+    for r in &mut out.table.routes {
+        let Some((x, l)) = r
+            .nginx
+            .as_ref()
+            .and_then(|x| Some((x, x.rate_limit.as_ref()?)))
+        else {
+            continue;
+        };
+        let limiter = out
+            .table
+            .limiters
+            .entry(l.key.clone())
+            .or_insert_with(|| {
+                previous
+                    .limiters
+                    .and_then(|m| m.get(&l.key).cloned())
+                    .unwrap_or_default()
+            })
+            .clone();
+        let mut x = (**x).clone();
+        x.rate_limit = Some(Arc::new(RouteLimit {
+            limiter,
+            ..(**l).clone()
+        }));
+        r.nginx = Some(Arc::new(x));
     }
     out
 }
@@ -1262,6 +1293,7 @@ impl Compiler<'_, '_> {
         let ns = &ing.key.namespace;
         let mut refs = NginxRefs {
             namespace: ns.clone(),
+            ingress: ing.key.name.clone(),
             ..NginxRefs::default()
         };
         let annotation = |name: &str| format!("metadata.annotations[{PREFIX}{name}]");
@@ -1518,6 +1550,28 @@ fn nginx_route(
         cors: n.cors.as_ref().and_then(RouteCors::new).map(Arc::new),
         basic_auth: refs.basic_auth.clone(),
         canary: None,
+        rate_limit: n.rate_limit.as_ref().map(|l| {
+            let rate = |per_sec_milli: u64, n: u64| limit::Rate {
+                milli_per_sec: per_sec_milli,
+                burst: n.saturating_mul(l.burst_multiplier),
+            };
+            let mut rates = Vec::new();
+            if let Some(n) = l.rps {
+                rates.push(rate(n.saturating_mul(1000), n));
+            }
+            if let Some(n) = l.rpm {
+                rates.push(rate(n.saturating_mul(1000) / 60, n));
+            }
+            Arc::new(RouteLimit {
+                rates,
+                connections: l.connections,
+                allowlist: l.allowlist.clone(),
+                req_status: g.limit_req_status,
+                conn_status: g.limit_conn_status,
+                key: refs.ingress_path(p),
+                limiter: Arc::default(),
+            })
+        }),
         // The Ingress's own auth-url, else the ConfigMap's unless it opts out.
         external_auth: n
             .external_auth

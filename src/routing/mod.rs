@@ -7,6 +7,7 @@
 pub mod basic_auth;
 pub mod compile;
 pub mod host;
+pub mod limit;
 pub mod path;
 
 use std::collections::{HashMap, HashSet};
@@ -92,6 +93,44 @@ pub struct NginxRoute {
     pub canary: Option<Arc<CanaryRoute>>,
     /// `auth-url` (or the ConfigMap's `global-auth-url`): the sub-request that admits a request.
     pub external_auth: Option<Arc<crate::model::ExternalAuthSpec>>,
+    /// `limit-rps`, `limit-rpm`, `limit-connections`.
+    pub rate_limit: Option<Arc<RouteLimit>>,
+}
+
+/// A route's per-client limits, with the state they share across recompiles.
+#[derive(Clone)]
+pub struct RouteLimit {
+    /// The route's key (its Ingress and path): the same key finds the same state again.
+    pub key: String,
+    pub rates: Vec<limit::Rate>,
+    pub connections: Option<u32>,
+    /// Clients never limited.
+    pub allowlist: Vec<crate::model::Cidr>,
+    /// The answers of a refused request (ingress-nginx's ConfigMap; 503 by default).
+    pub req_status: u16,
+    pub conn_status: u16,
+    pub limiter: Arc<limit::Limiter>,
+}
+
+impl PartialEq for RouteLimit {
+    fn eq(&self, o: &Self) -> bool {
+        self.rates == o.rates
+            && self.connections == o.connections
+            && self.allowlist == o.allowlist
+            && (self.req_status, self.conn_status) == (o.req_status, o.conn_status)
+            && Arc::ptr_eq(&self.limiter, &o.limiter)
+    }
+}
+
+impl Eq for RouteLimit {}
+
+impl std::fmt::Debug for RouteLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteLimit")
+            .field("rates", &self.rates)
+            .field("connections", &self.connections)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A canary on a route: its pool, and ingress-nginx's rules for choosing it.
@@ -269,6 +308,8 @@ pub type ResponseHeaders = Arc<[(http::HeaderName, http::HeaderValue)]>;
 pub struct NginxRefs {
     /// The Ingress's namespace, where what it refers to lives.
     pub namespace: String,
+    /// The Ingress's name.
+    pub ingress: String,
     /// The `proxy-ssl-secret`'s certificates.
     pub ssl: Option<crate::tls::upstream::SslMaterial>,
     /// The `custom-headers` ConfigMap's headers.
@@ -277,6 +318,16 @@ pub struct NginxRefs {
     pub basic_auth: Option<Arc<BasicAuth>>,
     /// What the Ingress is served without (an htpasswd line Portico cannot check), to report.
     pub warnings: Vec<String>,
+}
+
+impl NginxRefs {
+    /// The key of one path's limiter: its Ingress and path (nginx keeps a zone per location).
+    pub fn ingress_path(&self, p: &crate::model::HttpPath) -> String {
+        format!(
+            "{}/{}:{:?}:{}",
+            self.namespace, self.ingress, p.path_type, p.path
+        )
+    }
 }
 
 impl NginxRoute {
@@ -331,6 +382,9 @@ pub struct RouteTable {
     /// decoding and normalising it, so a request whose normalised path routes elsewhere is
     /// refused rather than let through on its raw form (see [`normalize_path`]).
     pub(crate) nginx_paths: bool,
+    /// The state of the routes' per-client limits, by route key; the next compile takes over
+    /// the entries of the routes it keeps.
+    pub(crate) limiters: FastMap<String, Arc<limit::Limiter>>,
 }
 
 /// A path nginx would refuse before routing (answered 400).

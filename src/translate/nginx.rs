@@ -61,6 +61,13 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
     let mut auth_map = false;
     let mut auth_realm = String::new();
     let mut auth_given: Vec<String> = Vec::new();
+    let mut limits = crate::model::RateLimitSpec {
+        rps: None,
+        rpm: None,
+        connections: None,
+        burst_multiplier: 5,
+        allowlist: Vec::new(),
+    };
     let mut canary: Option<bool> = None;
     let mut canary_spec = crate::model::CanarySpec {
         weight_total: 100,
@@ -307,6 +314,32 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                     }
                 }
             }
+            "limit-rps" | "limit-rpm" | "limit-connections" | "limit-burst-multiplier" => {
+                match v.parse::<u64>() {
+                    Ok(0) => {}
+                    Ok(n) => match name {
+                        "limit-rps" => limits.rps = Some(n),
+                        "limit-rpm" => limits.rpm = Some(n),
+                        "limit-connections" => {
+                            limits.connections = Some(n.min(u64::from(u32::MAX)) as u32)
+                        }
+                        _ => limits.burst_multiplier = n,
+                    },
+                    // A limit that cannot be read is not left off: the Ingress waits.
+                    Err(_) => refuse(
+                        format!(
+                            "{v:?} is not a whole number; the Ingress is not served until it is \
+                             corrected"
+                        ),
+                        true,
+                    ),
+                }
+            }
+            "limit-allowlist" | "limit-whitelist" => match cidrs(v) {
+                Ok(list) => limits.allowlist = list,
+                // Not access control: an unreadable list exempts nobody.
+                Err(e) => refuse(format!("{e}; nobody is exempt from the limits"), false),
+            },
             "canary" => match parse_bool(v) {
                 Ok(b) => canary = Some(b),
                 // Unclear whether this Ingress is a canary: its rules could take all traffic.
@@ -422,6 +455,9 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
         return None;
     }
     n.cors = enable_cors.then_some(cors);
+    if limits.rps.is_some() || limits.rpm.is_some() || limits.connections.is_some() {
+        n.rate_limit = Some(limits);
+    }
     match ext.finish() {
         Ok(spec) => n.external_auth = spec,
         Err(e) => n.problems.push(AnnotationProblem {
@@ -723,15 +759,18 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                 )),
                 Err(e) => invalid(e),
             },
-            "proxy-next-upstream-timeout" | "limit-req-status-code" | "limit-conn-status-code" => {
-                problems.push((
-                    key.clone(),
-                    "NotApplied",
-                    "recognised but not supported yet; Portico's own behaviour applies (see the \
+            "limit-req-status-code" | "limit-conn-status-code" => match v.parse::<u16>() {
+                Ok(c @ 400..=599) if key == "limit-req-status-code" => g.limit_req_status = c,
+                Ok(c @ 400..=599) => g.limit_conn_status = c,
+                _ => invalid(format!("{v:?} is not a 4xx or 5xx status code")),
+            },
+            "proxy-next-upstream-timeout" => problems.push((
+                key.clone(),
+                "NotApplied",
+                "recognised but not supported yet; Portico's own behaviour applies (see the \
                  README's compatibility table)"
-                        .into(),
-                ))
-            }
+                    .into(),
+            )),
             _ => problems.push((
                 key.clone(),
                 "UnknownKey",

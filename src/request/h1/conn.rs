@@ -357,7 +357,17 @@ impl Engine {
             }
             Decision::Proxy(routed) => {
                 outcome.route = Some(routed.route);
-                let grant = if routed.auth {
+                // Held until the request ends (limit-connections).
+                let (permit, refused) = match routed.conns {
+                    true => match self.policy.enter(&plane, &routed, &view) {
+                        Ok(p) => (p, None),
+                        Err(answer) => (None, Some(answer)),
+                    },
+                    false => (None, None),
+                };
+                let grant = if let Some(answer) = refused {
+                    Err(answer)
+                } else if routed.auth {
                     let client = view.client_ip(None);
                     self.policy
                         .authorize(&plane, &routed, &view, conn.tls, host, origin, client)
@@ -371,6 +381,7 @@ impl Engine {
                             .await
                     }
                     Ok(grant) => {
+                        let _permit = permit;
                         outcome.cookies = grant.cookies;
                         self.proxy(
                             stream,
