@@ -291,6 +291,9 @@ pub struct NginxAnnotations {
     /// `canary: "true"` with its `canary-*` rules: this Ingress's backends take part of the
     /// traffic of another Ingress's same host and path.
     pub canary: Option<CanarySpec>,
+    /// `default-backend`: a Service of the Ingress's namespace that serves when a rule's Service
+    /// has no ready endpoint.
+    pub default_backend: Option<String>,
     /// `limit-rps`, `limit-rpm`, `limit-connections`, `limit-burst-multiplier`,
     /// `limit-allowlist`.
     pub rate_limit: Option<RateLimitSpec>,

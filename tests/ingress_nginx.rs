@@ -1431,3 +1431,15 @@ async fn rate_and_connection_limits_per_client() {
     assert_eq!(get_from(p, "127.0.0.5", "conn.limit.test", &[]).await, 200);
 }
 }
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_backend_serves_when_the_service_has_no_endpoint() {
+    let s = start(|_| {}).await;
+    let p = &s.p;
+    assert_eq!(echo(p, "fallback.example.com", "/").await.service, "assets");
+    // A path whose Service has endpoints is served by it.
+    assert_eq!(echo(p, "fallback.example.com", "/live").await.service, "web");
+    assert_eq!(get(p, "nofallback.example.com", "/").await.0, 503);
+}
+}

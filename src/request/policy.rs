@@ -532,10 +532,17 @@ impl Policy {
         }
         // A canary (ingress-nginx's alternative backend) takes the request once everything else
         // has let it through.
-        let pool = match route.nginx.as_ref().and_then(|x| x.canary.as_ref()) {
+        let mut pool = match route.nginx.as_ref().and_then(|x| x.canary.as_ref()) {
             Some(c) if c.chooses(|h| request.header(h), |k| request.cookie(k)) => c.pool,
             _ => route.pool,
         };
+        // ingress-nginx's default-backend annotation: when the rule's Service has no usable
+        // endpoint.
+        if let Some(fallback) = route.nginx.as_ref().and_then(|x| x.fallback_pool) {
+            if plane.pools.get(pool).is_none_or(|p| p.is_empty()) {
+                pool = fallback;
+            }
+        }
         if plane.pools.get(pool).is_none_or(|p| p.is_empty()) {
             return Decision::Answer {
                 route: id,

@@ -474,10 +474,11 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
                 continue;
             }
             match c.resolve_refs(ing, n) {
-                Ok(refs) => {
+                Ok(mut refs) => {
                     for w in &refs.warnings {
                         c.reject(Kind::Ingress, &ing.key, "AnnotationIgnored", w.clone());
                     }
+                    refs.fallback_pool = c.fallback_pool(ing, n);
                     c.nginx_refs = refs;
                 }
                 Err(message) => {
@@ -1192,6 +1193,37 @@ impl<'m> Compiler<'m, '_> {
 }
 
 impl<'m> Compiler<'m, '_> {
+    /// The pool of an Ingress's `default-backend` annotation: the Service of its namespace, on
+    /// its first port (as ingress-nginx takes it).
+    fn fallback_pool(&mut self, ing: &'m Ingress, n: &'m NginxAnnotations) -> Option<usize> {
+        let name = n.default_backend.as_ref()?;
+        let key = ObjectKey::new(ing.key.namespace.clone(), name.clone());
+        let Some(port) = self.model.services.get(&key).and_then(|s| s.ports.first()) else {
+            self.reject(
+                Kind::Ingress,
+                &ing.key,
+                "ServiceNotFound",
+                format!(
+                    "metadata.annotations[{PREFIX}default-backend]: no Service {key} with a port; \
+                     ignored until it exists"
+                ),
+            );
+            return None;
+        };
+        let spec = PoolSpec {
+            service: key,
+            port: PortRef::Number(port.port),
+            port_name: Some(port.name.clone()),
+            health_check: None,
+        };
+        let (pool, slices) = self.pool_for(&spec);
+        let id = self.out.pools.len();
+        self.out.pools.push(pool);
+        self.out.pool_specs.push(spec);
+        self.out.pool_slices.push(slices);
+        Some(id)
+    }
+
     /// Attaches a canary Ingress's paths to the routes of the same host and path that another
     /// ingress-nginx Ingress serves (ingress-nginx merges it as the location's alternative
     /// backend). A path without such a route, or whose route already has a canary, is reported
@@ -1572,6 +1604,7 @@ fn nginx_route(
                 limiter: Arc::default(),
             })
         }),
+        fallback_pool: refs.fallback_pool,
         // The Ingress's own auth-url, else the ConfigMap's unless it opts out.
         external_auth: n
             .external_auth

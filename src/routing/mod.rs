@@ -95,6 +95,8 @@ pub struct NginxRoute {
     pub external_auth: Option<Arc<crate::model::ExternalAuthSpec>>,
     /// `limit-rps`, `limit-rpm`, `limit-connections`.
     pub rate_limit: Option<Arc<RouteLimit>>,
+    /// `default-backend`: the pool that serves when the route's own has no usable endpoint.
+    pub fallback_pool: Option<usize>,
 }
 
 /// A route's per-client limits, with the state they share across recompiles.
@@ -318,6 +320,8 @@ pub struct NginxRefs {
     pub basic_auth: Option<Arc<BasicAuth>>,
     /// What the Ingress is served without (an htpasswd line Portico cannot check), to report.
     pub warnings: Vec<String>,
+    /// The `default-backend` Service's pool.
+    pub fallback_pool: Option<usize>,
 }
 
 impl NginxRefs {

@@ -340,6 +340,10 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                 // Not access control: an unreadable list exempts nobody.
                 Err(e) => refuse(format!("{e}; nobody is exempt from the limits"), false),
             },
+            "default-backend" => match object_ref(&format!("ns/{v}")) {
+                Ok(k) if !k.name.contains('.') => n.default_backend = Some(k.name),
+                _ => refuse(ignored(&format!("{v:?} is not a Service name")), false),
+            },
             "canary" => match parse_bool(v) {
                 Ok(b) => canary = Some(b),
                 // Unclear whether this Ingress is a canary: its rules could take all traffic.
