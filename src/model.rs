@@ -291,6 +291,8 @@ pub struct NginxAnnotations {
     /// `canary: "true"` with its `canary-*` rules: this Ingress's backends take part of the
     /// traffic of another Ingress's same host and path.
     pub canary: Option<CanarySpec>,
+    /// `affinity: cookie` with `affinity-mode` and the `session-cookie-*` settings.
+    pub affinity: Option<AffinitySpec>,
     /// `default-backend`: a Service of the Ingress's namespace that serves when a rule's Service
     /// has no ready endpoint.
     pub default_backend: Option<String>,
@@ -321,6 +323,25 @@ impl NginxAnnotations {
     pub fn closed(&self) -> bool {
         self.problems.iter().any(|p| p.closes)
     }
+}
+
+/// ingress-nginx's cookie affinity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AffinitySpec {
+    /// `affinity-mode: persistent` (else `balanced`, the default).
+    pub persistent: bool,
+    /// `session-cookie-name` [INGRESSCOOKIE].
+    pub name: String,
+    /// `session-cookie-path` [the location's path].
+    pub path: Option<String>,
+    pub domain: Option<String>,
+    /// `session-cookie-samesite`: None, Lax or Strict.
+    pub samesite: Option<String>,
+    /// `session-cookie-secure` [the request's scheme].
+    pub secure: Option<bool>,
+    /// `session-cookie-max-age`, `session-cookie-expires`, in seconds.
+    pub max_age: Option<u64>,
+    pub expires: Option<u64>,
 }
 
 /// ingress-nginx's per-client limits.

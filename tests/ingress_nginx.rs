@@ -1443,3 +1443,83 @@ async fn default_backend_serves_when_the_service_has_no_endpoint() {
     assert_eq!(get(p, "nofallback.example.com", "/").await.0, 503);
 }
 }
+
+/// The pod that answered, and the affinity cookie set, for a GET with `cookie`.
+async fn sticky_get(p: &Portico, host: &str, cookie: Option<&str>) -> (String, Option<String>) {
+    let mut r = common::client().get(p.url("/")).header("host", host);
+    if let Some(c) = cookie {
+        r = r.header("cookie", c);
+    }
+    let r = r.send().await.expect("request");
+    let set = r
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    let e: Echo = serde_json::from_str(&r.text().await.unwrap_or_default()).expect("echo");
+    (e.pod, set)
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_affinity_keeps_clients_on_their_pod() {
+    let pods = Pods::start("sticky", 3).await;
+    let mut files = vec![
+        ("00-class.yaml".to_string(), fixtures()[0].1.clone()),
+        ("svc.yaml".to_string(), pods.manifests("default", "", 80)),
+    ];
+    for (name, mode) in [("persistent", "persistent"), ("balanced", "balanced")] {
+        let ingress = auth_ingress(
+            name,
+            &format!("{name}.sticky.test"),
+            &[
+                ("affinity", "cookie"),
+                ("affinity-mode", mode),
+                ("session-cookie-name", "route"),
+                ("session-cookie-max-age", "3600"),
+                ("session-cookie-samesite", "Lax"),
+            ],
+        )
+        .replace("name: web,", "name: sticky,");
+        files.push((format!("{name}.yaml"), ingress));
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let p = Portico::start_with(&refs, |f| f.ingress_nginx_compat = Some(true)).await;
+    for host in ["persistent.sticky.test", "balanced.sticky.test"] {
+        // The first answer sets the cookie; with it, every request reaches the same pod, and no
+        // new cookie is set.
+        let (first, set) = sticky_get(&p, host, None).await;
+        let set = set.expect("a cookie is set");
+        assert!(
+            set.starts_with("route=") && set.contains("; Path=/") && set.contains("; Max-Age=3600")
+                && set.contains("; SameSite=Lax") && set.ends_with("; HttpOnly"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().unwrap().to_string();
+        for _ in 0..10 {
+            let (pod, again) = sticky_get(&p, host, Some(&format!("a=1; {cookie}"))).await;
+            assert_eq!(pod, first, "{host}");
+            assert_eq!(again, None, "{host}");
+        }
+        // Without a cookie, clients spread over the pods.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..12 {
+            seen.insert(sticky_get(&p, host, None).await.0);
+        }
+        assert!(seen.len() > 1, "{host}: {seen:?}");
+    }
+    // A persistent cookie naming no pod (a gone one, or a forged value) is re-balanced safely,
+    // with a new cookie that then sticks.
+    for bad in ["route=ffffffffffffffff", "route=not-a-key", "route="] {
+        let (pod, set) = sticky_get(&p, "persistent.sticky.test", Some(bad)).await;
+        let set = set.expect("re-balanced with a new cookie");
+        let cookie = set.split(';').next().unwrap().to_string();
+        assert_eq!(sticky_get(&p, "persistent.sticky.test", Some(&cookie)).await.0, pod);
+    }
+    // Any well-formed balanced key maps to some pod, always the same one.
+    let (pod, _) = sticky_get(&p, "balanced.sticky.test", Some("route=0123456789abcdef")).await;
+    for _ in 0..5 {
+        let again = sticky_get(&p, "balanced.sticky.test", Some("route=0123456789abcdef")).await;
+        assert_eq!(again, (pod.clone(), None));
+    }
+}
+}

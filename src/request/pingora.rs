@@ -457,6 +457,15 @@ impl ProxyHttp for PingoraApp {
         for cookie in &ctx.grant.cookies {
             upstream_response.append_header(header::SET_COOKIE, cookie.clone())?;
         }
+        let affinity = match (&ctx.plane, &ctx.routed, &ctx.attempts.current) {
+            (Some(plane), Some(routed), Some((addr, _))) => {
+                self.policy.affinity_cookie(plane, routed, *addr, ctx.tls)
+            }
+            _ => None,
+        };
+        if let Some(cookie) = affinity {
+            upstream_response.append_header(header::SET_COOKIE, cookie)?;
+        }
         if let Some(set) = ctx
             .plane
             .as_ref()

@@ -206,6 +206,11 @@ pub struct Routed {
     pub auth: bool,
     /// The route limits concurrent requests per client ([`Policy::enter`]).
     pub conns: bool,
+    /// Cookie affinity: the route has it, the key the client's cookie names (or a new one for a
+    /// balanced route), and whether that key is new.
+    pub sticky: bool,
+    pub affinity: Option<u64>,
+    pub affinity_new: bool,
 }
 
 /// What an external auth service's 2xx answer adds to a request.
@@ -559,7 +564,22 @@ impl Policy {
                 },
             };
         }
+        let sticky = route.nginx.as_ref().and_then(|x| x.affinity.as_ref());
+        let (affinity, affinity_new) = match sticky {
+            None => (None, false),
+            Some(a) => match request
+                .cookie(&a.name)
+                .and_then(crate::routing::affinity::Affinity::parse)
+            {
+                Some(key) => (Some(key), false),
+                None if a.persistent => (None, true),
+                None => (Some(crate::routing::affinity::new_key()), true),
+            },
+        };
         Decision::Proxy(Routed {
+            sticky: sticky.is_some(),
+            affinity,
+            affinity_new,
             route: route.id,
             pool,
             max_body,
@@ -659,8 +679,34 @@ impl Policy {
                 .find(|p| p.service == old.service && p.port == old.port)?
         };
         let now = now_ms();
-        let index = pool
-            .pick(|u| u.health.is_available(now) && !tried.contains(&u.addr))
+        let sticky = routed.sticky && tried.is_empty();
+        let chosen = if sticky {
+            route
+                .nginx
+                .as_ref()
+                .and_then(|x| x.affinity.as_ref())
+                .and_then(|a| {
+                    let usable = |u: &&crate::upstream::Upstream| u.health.is_available(now);
+                    let eps = pool.endpoints();
+                    let key = routed.affinity?;
+                    let pos = if a.persistent {
+                        eps.iter().position(|u| {
+                            usable(&u) && crate::routing::affinity::token(u.addr) == key
+                        })
+                    } else {
+                        eps.iter()
+                            .enumerate()
+                            .filter(|(_, u)| usable(u))
+                            .max_by_key(|(_, u)| crate::routing::affinity::score(key, u.addr))
+                            .map(|(i, _)| i)
+                    };
+                    pos
+                })
+        } else {
+            None
+        };
+        let index = chosen
+            .or_else(|| pool.pick(|u| u.health.is_available(now) && !tried.contains(&u.addr)))
             .or_else(|| pool.pick(|u| !tried.contains(&u.addr)))
             .or_else(|| pool.pick(|_| true))?;
         let upstream = pool.endpoints().get(index)?;
@@ -726,6 +772,41 @@ impl Policy {
         if let Some((_, health)) = &a.current {
             health.record_success();
         }
+    }
+
+    /// The affinity cookie to set on a response from `addr` (ingress-nginx's `affinity: cookie`):
+    /// for a new balanced key, or when a persistent cookie does not name `addr` (none, or a pod
+    /// that is gone or ejected: the client was re-balanced).
+    pub fn affinity_cookie(
+        &self,
+        plane: &DataPlane,
+        routed: &Routed,
+        addr: SocketAddr,
+        tls: bool,
+    ) -> Option<HeaderValue> {
+        if !routed.sticky {
+            return None;
+        }
+        let a = plane
+            .routes
+            .routes()
+            .get(routed.route)?
+            .nginx
+            .as_ref()?
+            .affinity
+            .as_ref()?;
+        let key = if a.persistent {
+            let token = crate::routing::affinity::token(addr);
+            if routed.affinity == Some(token) {
+                return None;
+            }
+            token
+        } else if routed.affinity_new {
+            routed.affinity?
+        } else {
+            return None;
+        };
+        HeaderValue::from_str(&a.set_cookie(key, tls)).ok()
     }
 
     /// Takes one of the route's concurrent requests for the client (ingress-nginx's

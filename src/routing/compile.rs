@@ -1605,6 +1605,31 @@ fn nginx_route(
             })
         }),
         fallback_pool: refs.fallback_pool,
+        affinity: n.affinity.as_ref().map(|a| {
+            // nginx's cookie: the location's path unless session-cookie-path, always HttpOnly.
+            let path = a.path.clone().unwrap_or_else(|| match matcher {
+                PathMatch::Regex(_) => "/".to_string(),
+                m => m.path().to_string(),
+            });
+            let mut attributes = format!("; Path={path}");
+            if let Some(d) = &a.domain {
+                attributes.push_str(&format!("; Domain={d}"));
+            }
+            if let Some(m) = a.max_age {
+                attributes.push_str(&format!("; Max-Age={m}"));
+            }
+            if let Some(s) = &a.samesite {
+                attributes.push_str(&format!("; SameSite={s}"));
+            }
+            attributes.push_str("; HttpOnly");
+            Arc::new(super::affinity::Affinity {
+                persistent: a.persistent,
+                name: a.name.clone(),
+                attributes,
+                secure: a.secure,
+                expires: a.expires,
+            })
+        }),
         // The Ingress's own auth-url, else the ConfigMap's unless it opts out.
         external_auth: n
             .external_auth

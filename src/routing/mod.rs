@@ -4,6 +4,7 @@
 //! [`crate::model::Model`]; the proxy calls [`RouteTable::lookup`] once per request. Lookup hashes
 //! the host once, then scans only that host's rules, which are sorted by precedence.
 
+pub mod affinity;
 pub mod basic_auth;
 pub mod compile;
 pub mod host;
@@ -97,6 +98,8 @@ pub struct NginxRoute {
     pub rate_limit: Option<Arc<RouteLimit>>,
     /// `default-backend`: the pool that serves when the route's own has no usable endpoint.
     pub fallback_pool: Option<usize>,
+    /// `affinity: cookie`.
+    pub affinity: Option<Arc<affinity::Affinity>>,
 }
 
 /// A route's per-client limits, with the state they share across recompiles.

@@ -68,6 +68,18 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
         burst_multiplier: 5,
         allowlist: Vec::new(),
     };
+    let mut affinity = crate::model::AffinitySpec {
+        persistent: false,
+        name: "INGRESSCOOKIE".into(),
+        path: None,
+        domain: None,
+        samesite: None,
+        secure: None,
+        max_age: None,
+        expires: None,
+    };
+    let mut affinity_on = false;
+    let mut affinity_given: Vec<String> = Vec::new();
     let mut canary: Option<bool> = None;
     let mut canary_spec = crate::model::CanarySpec {
         weight_total: 100,
@@ -340,6 +352,83 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                 // Not access control: an unreadable list exempts nobody.
                 Err(e) => refuse(format!("{e}; nobody is exempt from the limits"), false),
             },
+            "affinity" => match v {
+                "cookie" => affinity_on = true,
+                _ => refuse(ignored(&format!("{v:?} is not \"cookie\"")), false),
+            },
+            "affinity-mode"
+            | "affinity-canary-behavior"
+            | "session-cookie-name"
+            | "session-cookie-path"
+            | "session-cookie-domain"
+            | "session-cookie-samesite"
+            | "session-cookie-secure"
+            | "session-cookie-max-age"
+            | "session-cookie-expires"
+            | "session-cookie-change-on-failure"
+            | "session-cookie-conditional-samesite-none" => {
+                affinity_given.push(full.clone());
+                let token = |s: &str| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                };
+                let ok = match name {
+                    "affinity-mode" => match v {
+                        "balanced" | "persistent" => {
+                            affinity.persistent = v == "persistent";
+                            true
+                        }
+                        _ => false,
+                    },
+                    "affinity-canary-behavior" => v == "sticky" || v == "legacy",
+                    "session-cookie-name" => {
+                        token(v) && {
+                            affinity.name = v.to_string();
+                            true
+                        }
+                    }
+                    "session-cookie-path" => match path_value(v) {
+                        Ok(p) => {
+                            affinity.path = Some(p);
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                    "session-cookie-domain" => match host_value(v.trim_start_matches('.')) {
+                        Ok(h) if !h.contains(':') => {
+                            affinity.domain = Some(v.to_string());
+                            true
+                        }
+                        _ => false,
+                    },
+                    "session-cookie-samesite" => match v {
+                        "None" | "Lax" | "Strict" => {
+                            affinity.samesite = Some(v.to_string());
+                            true
+                        }
+                        _ => false,
+                    },
+                    "session-cookie-secure" => {
+                        parse_bool(v).map(|b| affinity.secure = Some(b)).is_ok()
+                    }
+                    "session-cookie-max-age" | "session-cookie-expires" => match v.parse::<u64>() {
+                        Ok(n) if name == "session-cookie-max-age" => {
+                            affinity.max_age = Some(n);
+                            true
+                        }
+                        Ok(n) => {
+                            affinity.expires = Some(n);
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                    _ => parse_bool(v).is_ok(),
+                };
+                if !ok {
+                    refuse(ignored(&format!("{v:?} is not a valid value")), false);
+                }
+            }
             "default-backend" => match object_ref(&format!("ns/{v}")) {
                 Ok(k) if !k.name.contains('.') => n.default_backend = Some(k.name),
                 _ => refuse(ignored(&format!("{v:?} is not a Service name")), false),
@@ -459,6 +548,17 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
         return None;
     }
     n.cors = enable_cors.then_some(cors);
+    if affinity_on {
+        n.affinity = Some(affinity);
+    } else {
+        for annotation in affinity_given {
+            n.problems.push(AnnotationProblem {
+                annotation,
+                message: "applies only with affinity: cookie; ignored".into(),
+                closes: false,
+            });
+        }
+    }
     if limits.rps.is_some() || limits.rpm.is_some() || limits.connections.is_some() {
         n.rate_limit = Some(limits);
     }

@@ -963,6 +963,12 @@ impl Engine {
             client: conn.client,
         };
         let set = self.policy.response_set(plane, Some(routed.route), &view);
+        if let Some(cookie) = self
+            .policy
+            .affinity_cookie(plane, routed, endpoint.addr, conn.tls)
+        {
+            outcome.cookies.push(cookie);
+        }
         encode::response_head(
             response,
             &rhead,
