@@ -109,6 +109,11 @@ pub struct Flags {
     /// [default: ingress-nginx/ingress-nginx-controller].
     #[arg(long, global = true, value_name = "NS/NAME")]
     pub ingress_nginx_configmap: Option<String>,
+    /// The catch-all: a Service (its first port) that serves requests no Ingress rule takes,
+    /// unless an Ingress's spec.defaultBackend does (ingress-nginx's flag of the same name)
+    /// [default: none: 404].
+    #[arg(long, global = true, value_name = "NS/NAME")]
+    pub default_backend_service: Option<String>,
     /// ingress-nginx's class in the legacy kubernetes.io/ingress.class annotation [default: nginx].
     #[arg(long, global = true, value_name = "NAME")]
     pub ingress_nginx_class: Option<String>,
@@ -403,6 +408,9 @@ impl Flags {
             ingress_nginx_configmap: self
                 .ingress_nginx_configmap
                 .or(file.ingress_nginx_configmap),
+            default_backend_service: self
+                .default_backend_service
+                .or(file.default_backend_service),
             watch_ingress_without_class: self
                 .watch_ingress_without_class
                 .or(file.watch_ingress_without_class),
@@ -499,6 +507,20 @@ impl Flags {
                 }
             },
         };
+        let default_backend = match flags.default_backend_service.as_deref() {
+            None => None,
+            Some(v) => match v.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    Some(crate::model::ObjectKey::new(ns, name))
+                }
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        flag: "--default-backend-service",
+                        reason: format!("{v:?} is not NAMESPACE/NAME"),
+                    })
+                }
+            },
+        };
         let default_tls = default_tls(
             flags.default_tls_secret,
             flags.default_tls_cert,
@@ -517,6 +539,7 @@ impl Flags {
                     .controller_name
                     .unwrap_or_else(|| "portico.dev/ingress-controller".into()),
                 ingress_class: flags.ingress_class.unwrap_or_else(|| "portico".into()),
+                default_backend,
                 nginx: flags
                     .ingress_nginx_compat
                     .unwrap_or(false)
@@ -815,6 +838,19 @@ mod tests {
             ..Flags::default()
         };
         assert!(bad.resolve().is_err());
+        let bad = Flags {
+            default_backend_service: Some("no-namespace".into()),
+            ..Flags::default()
+        };
+        assert!(bad.resolve().is_err());
+        let good = Flags {
+            default_backend_service: Some("ops/fallback".into()),
+            ..Flags::default()
+        };
+        assert_eq!(
+            good.resolve().expect("valid").compile.default_backend,
+            Some(crate::model::ObjectKey::new("ops", "fallback"))
+        );
         assert!("-bad-.example".parse::<PublishAddress>().is_err());
         assert!("a b".parse::<PublishAddress>().is_err());
         let bad = Flags {

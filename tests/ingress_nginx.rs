@@ -1523,3 +1523,27 @@ async fn cookie_affinity_keeps_clients_on_their_pod() {
     }
 }
 }
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_backend_service_is_the_catch_all() {
+    let s = start(|f| f.default_backend_service = Some("default/assets".into())).await;
+    let p = &s.p;
+    // No rule takes the host: the catch-all Service answers instead of a 404.
+    assert_eq!(echo(p, "unknown.example.com", "/anything").await.service, "assets");
+    // Rules still win.
+    assert_eq!(echo(p, "rewrite.bar.com", "/something").await.service, "http-svc");
+    // An Ingress's spec.defaultBackend wins over the flag.
+    let file = p.dir.path().join("18-catch-all.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: catch-all, namespace: default}\n\
+         spec:\n  ingressClassName: nginx\n  defaultBackend: {service: {name: web, port: {number: 80}}}\n",
+    )
+    .expect("write");
+    p.eventually("unknown.example.com", "/", Duration::from_secs(10), |s, body| {
+        s == 200 && body.contains("\"service\":\"web\"")
+    })
+    .await;
+}
+}

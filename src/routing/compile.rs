@@ -32,6 +32,8 @@ pub struct CompileOptions {
     pub ingress_class: String,
     /// ingress-nginx's classes, taken with its semantics (`--ingress-nginx-compat`); `None`: off.
     pub nginx: Option<NginxCompat>,
+    /// `--default-backend-service`: the catch-all when no Ingress has a `spec.defaultBackend`.
+    pub default_backend: Option<ObjectKey>,
 }
 
 impl Default for CompileOptions {
@@ -40,6 +42,7 @@ impl Default for CompileOptions {
             controller_name: "portico.dev/ingress-controller".into(),
             ingress_class: "portico".into(),
             nginx: None,
+            default_backend: None,
         }
     }
 }
@@ -642,6 +645,9 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
         }
     }
 
+    if let (None, Some(key)) = (c.out.table.default_backend, &opts.default_backend) {
+        c.catch_all(key);
+    }
     let nginx_ingresses: FastSet<&ObjectKey> = taken
         .iter()
         .filter(|(_, f)| *f == Flavor::Nginx)
@@ -1193,25 +1199,42 @@ impl<'m> Compiler<'m, '_> {
 }
 
 impl<'m> Compiler<'m, '_> {
-    /// The pool of an Ingress's `default-backend` annotation: the Service of its namespace, on
-    /// its first port (as ingress-nginx takes it).
-    fn fallback_pool(&mut self, ing: &'m Ingress, n: &'m NginxAnnotations) -> Option<usize> {
-        let name = n.default_backend.as_ref()?;
-        let key = ObjectKey::new(ing.key.namespace.clone(), name.clone());
-        let Some(port) = self.model.services.get(&key).and_then(|s| s.ports.first()) else {
+    /// `--default-backend-service`: a route to the Service's first port for every request no
+    /// rule takes.
+    fn catch_all(&mut self, key: &ObjectKey) {
+        let Some(pool) = self.service_pool(key) else {
             self.reject(
-                Kind::Ingress,
-                &ing.key,
+                Kind::Service,
+                key,
                 "ServiceNotFound",
-                format!(
-                    "metadata.annotations[{PREFIX}default-backend]: no Service {key} with a port; \
-                     ignored until it exists"
-                ),
+                "--default-backend-service: no such Service with a port; requests no rule takes \
+                 get 404 until it exists"
+                    .into(),
             );
-            return None;
+            return;
         };
-        let spec = PoolSpec {
+        let id = self.out.table.routes.len();
+        let key = Arc::new(key.clone());
+        self.out.table.routes.push(Route {
+            id,
+            ingress: key.clone(),
             service: key,
+            pool,
+            redirect_https: false,
+            https_redirect_code: 308,
+            limits: Default::default(),
+            hsts: None,
+            backend_protocol: Default::default(),
+            nginx: None,
+        });
+        self.out.table.default_backend = Some(id);
+    }
+
+    /// A pool for a Service's first port (outside any Ingress), if the Service exists.
+    fn service_pool(&mut self, key: &ObjectKey) -> Option<usize> {
+        let port = self.model.services.get(key)?.ports.first()?;
+        let spec = PoolSpec {
+            service: key.clone(),
             port: PortRef::Number(port.port),
             port_name: Some(port.name.clone()),
             health_check: None,
@@ -1222,6 +1245,31 @@ impl<'m> Compiler<'m, '_> {
         self.out.pool_specs.push(spec);
         self.out.pool_slices.push(slices);
         Some(id)
+    }
+
+    /// The pool of an Ingress's `default-backend` annotation: the Service of its namespace, on
+    /// its first port (as ingress-nginx takes it).
+    fn fallback_pool(&mut self, ing: &'m Ingress, n: &'m NginxAnnotations) -> Option<usize> {
+        let name = n.default_backend.as_ref()?;
+        let key = ObjectKey::new(ing.key.namespace.clone(), name.clone());
+        if self
+            .model
+            .services
+            .get(&key)
+            .is_none_or(|s| s.ports.is_empty())
+        {
+            self.reject(
+                Kind::Ingress,
+                &ing.key,
+                "ServiceNotFound",
+                format!(
+                    "metadata.annotations[{PREFIX}default-backend]: no Service {key} with a port; \
+                     ignored until it exists"
+                ),
+            );
+            return None;
+        }
+        self.service_pool(&key)
     }
 
     /// Attaches a canary Ingress's paths to the routes of the same host and path that another
