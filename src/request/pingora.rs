@@ -201,10 +201,11 @@ impl ProxyHttp for PingoraApp {
                         .clone()
                         .unwrap_or_else(|| self.policy.shared.load());
                     let client = view.client_ip(None);
-                    let result = self
-                        .policy
-                        .authorize(&plane, &routed, &view, ctx.tls, &host, &target, client)
-                        .await;
+                    let result = Box::pin(
+                        self.policy
+                            .authorize(&plane, &routed, &view, ctx.tls, &host, &target, client),
+                    )
+                    .await;
                     match result {
                         Ok(grant) => ctx.grant = grant,
                         Err(answer) => return self.answer(session, &answer).await,

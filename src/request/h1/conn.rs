@@ -369,9 +369,13 @@ impl Engine {
                     Err(answer)
                 } else if routed.auth {
                     let client = view.client_ip(None);
-                    self.policy
-                        .authorize(&plane, &routed, &view, conn.tls, host, origin, client)
-                        .await
+                    // Boxed: the sub-request is a large future, needed only on auth routes;
+                    // inline, every request's future would carry it.
+                    Box::pin(
+                        self.policy
+                            .authorize(&plane, &routed, &view, conn.tls, host, origin, client),
+                    )
+                    .await
                 } else {
                     Ok(Default::default())
                 };
