@@ -23,9 +23,48 @@ enum Hash {
 }
 
 /// The users of one route.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Debug, Default)]
 pub struct Users {
     users: HashMap<String, Hash>,
+    /// Recent successful bcrypt checks: a logged-in browser sends its credentials with every
+    /// request, and bcrypt costs milliseconds of CPU each time. Keyed by a salted SHA-1 of the
+    /// credentials (never stored in clear), bounded, each entry good for [`REMEMBER`].
+    recent: std::sync::Mutex<HashMap<[u8; 20], std::time::Instant>>,
+}
+
+/// How long a successful bcrypt check is remembered.
+const REMEMBER: std::time::Duration = std::time::Duration::from_secs(60);
+/// At most this many remembered checks per route.
+const REMEMBERED: usize = 1024;
+
+impl Clone for Users {
+    fn clone(&self) -> Self {
+        Self {
+            users: self.users.clone(),
+            recent: Default::default(),
+        }
+    }
+}
+
+impl PartialEq for Users {
+    fn eq(&self, other: &Self) -> bool {
+        self.users == other.users
+    }
+}
+
+impl Eq for Users {}
+
+/// A per-process salt for the remembered checks' keys.
+fn salt() -> &'static [u8; 16] {
+    static SALT: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    SALT.get_or_init(|| {
+        let a = crate::routing::affinity::new_key().to_le_bytes();
+        let b = crate::routing::affinity::new_key().to_le_bytes();
+        let mut s = [0u8; 16];
+        s[..8].copy_from_slice(&a);
+        s[8..].copy_from_slice(&b);
+        s
+    })
 }
 
 impl Users {
@@ -102,7 +141,40 @@ impl Users {
             return false;
         };
         match hash {
-            Hash::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
+            Hash::Bcrypt(h) => {
+                let mut key = [0u8; 20];
+                key.copy_from_slice(
+                    &sha1::Sha1::new()
+                        .chain_update(salt())
+                        .chain_update(user.as_bytes())
+                        .chain_update([0u8])
+                        .chain_update(password.as_bytes())
+                        .finalize(),
+                );
+                let now = std::time::Instant::now();
+                let remembered = self
+                    .recent
+                    .lock()
+                    .ok()
+                    .and_then(|r| r.get(&key).copied())
+                    .is_some_and(|at| now.duration_since(at) < REMEMBER);
+                if remembered {
+                    return true;
+                }
+                let ok = bcrypt::verify(password, h).unwrap_or(false);
+                if ok {
+                    if let Ok(mut r) = self.recent.lock() {
+                        if r.len() >= REMEMBERED {
+                            r.retain(|_, at| now.duration_since(*at) < REMEMBER);
+                            if r.len() >= REMEMBERED {
+                                r.clear();
+                            }
+                        }
+                        r.insert(key, now);
+                    }
+                }
+                ok
+            }
             Hash::Apr1 { salt, hash } => apr1(password.as_bytes(), salt.as_bytes())
                 .as_bytes()
                 .ct_eq(hash.as_bytes())
@@ -201,6 +273,20 @@ mod tests {
     fn basic(user: &str, password: &str) -> Vec<u8> {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         format!("Basic {token}").into_bytes()
+    }
+
+    #[test]
+    fn remembered_bcrypt_checks_admit_only_the_same_credentials() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let (users, _) = Users::from_htpasswd(&format!("bob:{hash}\nann:{hash}\n"));
+        assert!(users.check(Some(&basic("bob", "s3cret"))));
+        // Remembered now; the same credentials pass, nothing else does.
+        assert!(users.check(Some(&basic("bob", "s3cret"))));
+        assert!(!users.check(Some(&basic("bob", "s3cret!"))));
+        assert!(!users.check(Some(&basic("bob", "s3cre"))));
+        assert!(users.recent.lock().unwrap().len() == 1);
+        assert!(users.check(Some(&basic("ann", "s3cret"))));
+        assert!(users.recent.lock().unwrap().len() == 2);
     }
 
     #[test]
