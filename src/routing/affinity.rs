@@ -40,8 +40,13 @@ impl Affinity {
     pub fn set_cookie(&self, key: u64, tls: bool) -> String {
         let secure = self.secure.unwrap_or(tls);
         let mut v = format!("{}={key:016x}{}", self.name, self.attributes);
-        if let Some(e) = self.expires {
-            let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(e as i64);
+        // A date past what can be written (an absurd session-cookie-expires) is left out
+        // rather than overflowing.
+        let at = self.expires.and_then(|e| {
+            let e = i64::try_from(e).ok()?;
+            time::OffsetDateTime::now_utc().checked_add(time::Duration::seconds(e))
+        });
+        if let Some(at) = at {
             let format = time::macros::format_description!(
                 "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
             );
@@ -130,5 +135,17 @@ mod tests {
         assert_eq!(Affinity::parse(b"xyz"), None);
         assert_eq!(Affinity::parse(b"00000000deadbeeg"), None);
         assert_ne!(new_key(), new_key());
+        // session-cookie-expires comes from the cluster: no value may panic.
+        for expires in [0, 3600, u64::from(u32::MAX), i64::MAX as u64, u64::MAX] {
+            let a = Affinity {
+                expires: Some(expires),
+                ..a.clone()
+            };
+            let v = a.set_cookie(1, false);
+            assert!(
+                v.starts_with("INGRESSCOOKIE=0000000000000001; Path=/; HttpOnly"),
+                "{v}"
+            );
+        }
     }
 }

@@ -71,9 +71,9 @@ impl Limiter {
             });
             let excess = match e.at {
                 None => 0,
-                Some(_) => e.excess.saturating_sub(drained) + 1000,
+                Some(_) => e.excess.saturating_sub(drained).saturating_add(1000),
             };
-            if excess > rate.burst * 1000 {
+            if excess > rate.burst.saturating_mul(1000) {
                 return false;
             }
             e.excess = excess;
@@ -158,6 +158,14 @@ mod tests {
         assert!(!l.allow(ip, rate, t + Duration::from_millis(200)));
         // Another client has its own bucket.
         assert!(l.allow("10.0.0.2".parse().unwrap(), rate, t));
+        // Limits from the cluster may be anything a u64 holds: no overflow.
+        let huge = Rate {
+            milli_per_sec: u64::MAX,
+            burst: u64::MAX,
+        };
+        for i in 0..3 {
+            assert!(l.allow(ip, huge, t + Duration::from_secs(i)));
+        }
     }
 
     #[test]

@@ -220,7 +220,13 @@ impl CanaryRoute {
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             % self.total;
-        (n + 1) * self.weight / self.total > n * self.weight / self.total
+        // In u128: the weights come from the cluster and may be anything a u64 holds.
+        let (n, w, t) = (
+            u128::from(n),
+            u128::from(self.weight),
+            u128::from(self.total),
+        );
+        (n + 1) * w / t > n * w / t
     }
 }
 
@@ -511,5 +517,38 @@ mod normalize_tests {
         assert_eq!(normalize_path("/a%2"), Err(BadPath));
         assert_eq!(normalize_path("/a%00"), Err(BadPath));
         assert_eq!(normalize_path("/a%ff"), Err(BadPath));
+    }
+}
+
+#[cfg(test)]
+mod canary_tests {
+    use super::CanaryRoute;
+    use crate::model::{CanarySpec, ObjectKey};
+    use std::sync::Arc;
+
+    fn canary(weight: u64, weight_total: u64) -> CanaryRoute {
+        let spec = CanarySpec {
+            weight,
+            weight_total,
+            ..Default::default()
+        };
+        CanaryRoute::new(Arc::new(ObjectKey::new("ns", "c")), 0, &spec)
+    }
+
+    #[test]
+    fn the_weight_split_is_exact_and_any_weight_is_safe() {
+        let none = |_: &str| None;
+        let c = canary(30, 100);
+        let taken = (0..1000).filter(|_| c.chooses(none, none)).count();
+        assert_eq!(taken, 300);
+        // Totals of 100 or less count as 100 (ingress-nginx's Lua).
+        let c = canary(1, 10);
+        assert_eq!((0..100).filter(|_| c.chooses(none, none)).count(), 1);
+        // Weights from the cluster may be anything a u64 holds: no overflow.
+        let c = canary(u64::MAX / 2, u64::MAX);
+        let taken = (0..1000).filter(|_| c.chooses(none, none)).count();
+        assert!((450..=550).contains(&taken), "{taken}");
+        assert!(canary(u64::MAX, u64::MAX).chooses(none, none));
+        assert!(!canary(0, u64::MAX).chooses(none, none));
     }
 }
