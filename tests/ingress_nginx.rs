@@ -256,9 +256,10 @@ async fn snippets_and_allowlists_close_their_ingress_and_are_reported() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    // The two above; the custom-headers Ingresses whose ConfigMap is missing or sets a header
-    // that is not allowed; basic auth with a missing Secret, digest, and no auth-type.
-    assert_eq!(count("AnnotationRefused"), 7.0, "{metrics}");
+    // The two above; the custom-headers Ingresses whose ConfigMap is missing, of another
+    // namespace or sets a header that is not allowed; basic auth with a missing Secret, digest,
+    // and no auth-type.
+    assert_eq!(count("AnnotationRefused"), 8.0, "{metrics}");
     // load-balance, the nginx annotation on Portico's own class, and the htpasswd line in a
     // format Portico does not check.
     assert_eq!(count("AnnotationIgnored"), 3.0, "{metrics}");
@@ -543,6 +544,8 @@ async fn custom_headers_come_from_an_allowed_configmap_in_the_namespace() {
     // ingress-nginx denies the location.
     assert_eq!(get(p, "leaky-headers.example.com", "/").await.0, 404);
     assert_eq!(get(p, "missing-headers.example.com", "/").await.0, 404);
+    // An existing, allowed ConfigMap of another namespace is not read either.
+    assert_eq!(get(p, "elsewhere-headers.example.com", "/").await.0, 404);
     // Both ConfigMaps are followed live: the missing one appears, the other changes.
     std::fs::write(
         p.dir.path().join("13-late.yaml"),
