@@ -398,6 +398,10 @@ fn retire(old: Arc<DataPlane>) {
 pub const ENDPOINT_REMOVED: pingora_core::ErrorType =
     pingora_core::ErrorType::Custom("EndpointRemoved");
 
+/// The error type of a response dropped because the route retries on its status.
+pub const STATUS_RETRIED: pingora_core::ErrorType =
+    pingora_core::ErrorType::Custom("UpstreamStatusRetried");
+
 /// The error for a request whose endpoint was removed while it connected: nothing was sent, so
 /// it is retried (whatever the method) on the current snapshot, and the endpoint's health is not
 /// blamed.

@@ -306,10 +306,12 @@ pub struct NginxAnnotations {
     pub basic_auth: Option<BasicAuthSpec>,
     /// `enable-cors` with the `cors-*` settings.
     pub cors: Option<Cors>,
-    /// `proxy-next-upstream`: `Some(false)` for `off` (or a list without `error` and `timeout`).
-    pub next_upstream: Option<bool>,
+    /// `proxy-next-upstream`: [`RetryOn::NONE`] for `off`.
+    pub next_upstream: Option<RetryOn>,
     /// `proxy-next-upstream-tries` (0: as many as there are, up to [`MAX_UPSTREAM_ATTEMPTS`]).
     pub next_upstream_tries: Option<usize>,
+    /// `proxy-next-upstream-timeout` (0: none).
+    pub next_upstream_timeout: Option<std::time::Duration>,
     /// `proxy-ssl-secret` and the settings that go with it: how an HTTPS backend is verified.
     pub proxy_ssl: Option<ProxySsl>,
     /// `custom-headers`: the ConfigMap (in the Ingress's namespace) of response headers to set.
@@ -342,6 +344,9 @@ pub struct AffinitySpec {
     /// `session-cookie-max-age`, `session-cookie-expires`, in seconds.
     pub max_age: Option<u64>,
     pub expires: Option<u64>,
+    /// `session-cookie-change-on-failure` [false]: a retry after the cookie's endpoint failed
+    /// goes elsewhere and the cookie follows; else it goes to the same endpoint again.
+    pub change_on_failure: bool,
 }
 
 /// ingress-nginx's per-client limits.
@@ -579,9 +584,11 @@ pub struct NginxGlobals {
     /// `global-allowed-response-headers` [none]: the only header names a `custom-headers`
     /// ConfigMap may set.
     pub allowed_response_headers: Vec<String>,
-    /// `proxy-next-upstream` ["error timeout"] and `proxy-next-upstream-tries` [3].
-    pub next_upstream: Option<bool>,
+    /// `proxy-next-upstream` ["error timeout"], `proxy-next-upstream-tries` [3] and
+    /// `proxy-next-upstream-timeout` [0: none].
+    pub next_upstream: Option<RetryOn>,
     pub next_upstream_tries: Option<usize>,
+    pub next_upstream_timeout: Option<std::time::Duration>,
 }
 
 impl Default for NginxGlobals {
@@ -607,6 +614,7 @@ impl Default for NginxGlobals {
             limit_conn_status: 503,
             next_upstream: None,
             next_upstream_tries: None,
+            next_upstream_timeout: None,
         }
     }
 }
@@ -734,9 +742,69 @@ pub struct RouteLimits {
     pub read_timeout: Option<std::time::Duration>,
     /// `portico.dev/proxy-send-timeout`
     pub send_timeout: Option<std::time::Duration>,
-    /// Endpoints an idempotent request may try (ingress-nginx's `proxy-next-upstream` and
-    /// `-tries`); else `--upstream-attempts`.
+    /// Endpoints a request may try (ingress-nginx's `proxy-next-upstream-tries`); else
+    /// `--upstream-attempts`.
     pub upstream_attempts: Option<usize>,
+    /// What sends a request on to the next endpoint (ingress-nginx's `proxy-next-upstream`);
+    /// else [`RetryOn::PORTICO`].
+    pub retry_on: Option<RetryOn>,
+    /// How long after the first attempt another may start (`proxy-next-upstream-timeout`);
+    /// `None`: no limit.
+    pub retry_timeout: Option<std::time::Duration>,
+}
+
+/// What sends a request on to the next endpoint: nginx's `proxy_next_upstream` conditions.
+/// However it is set, a request is sent again only when nothing of it reached the failed
+/// endpoint, or its method is idempotent, or [`RetryOn::NON_IDEMPOTENT`] is in the set; and only
+/// while its body can be sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RetryOn(u16);
+
+impl RetryOn {
+    pub const NONE: Self = Self(0);
+    /// Connect errors, resets and errors writing the request or reading the response head.
+    pub const ERROR: Self = Self(1);
+    /// A timeout connecting, writing the request or waiting for the response head.
+    pub const TIMEOUT: Self = Self(1 << 1);
+    /// An empty or invalid response head.
+    pub const INVALID_HEADER: Self = Self(1 << 2);
+    /// Requests with non-idempotent methods too, after they were sent.
+    pub const NON_IDEMPOTENT: Self = Self(1 << 3);
+    /// Portico's own routes: errors, timeouts and invalid response heads.
+    pub const PORTICO: Self = Self(1 | 1 << 1 | 1 << 2);
+    /// The response statuses nginx retries on (`http_500` …), in bit order from `1 << 4`.
+    pub const STATUSES: [u16; 7] = [500, 502, 503, 504, 403, 404, 429];
+
+    /// The condition for a response `code`, if nginx has one.
+    pub fn status(code: u16) -> Option<Self> {
+        Self::STATUSES
+            .iter()
+            .position(|c| *c == code)
+            .map(|i| Self(1 << (4 + i)))
+    }
+
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// Whether any response status is retried: only then does a response head need a look.
+    pub fn any_status(self) -> bool {
+        self.0 >> 4 != 0
+    }
+
+    /// Whether a response with `code` is retried.
+    pub fn on_status(self, code: u16) -> bool {
+        Self::status(code).is_some_and(|s| self.contains(s))
+    }
+
+    /// Whether anything at all is retried.
+    pub fn retries(self) -> bool {
+        self.0 & !Self::NON_IDEMPOTENT.0 != 0
+    }
 }
 
 /// The most endpoints one request tries, whatever a route asks (nginx's `tries 0`, unlimited).

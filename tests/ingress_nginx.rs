@@ -820,6 +820,19 @@ async fn proxy_ssl_verifies_the_backend_and_presents_a_client_certificate() {
 /// EndpointSlice), behind an Ingress with `annotations`.
 fn flaky_service(pods: &Pods, name: &str, annotations: &str) -> String {
     let dead = common::free_port();
+    two_endpoints(pods, "127.0.0.1", dead, name, annotations)
+}
+
+/// A Service whose endpoints are `pods` and `other_ip:other_port` (a second EndpointSlice),
+/// behind an Ingress `name` for host `{name}.example.com` with `annotations`.
+fn two_endpoints(
+    pods: &Pods,
+    other_ip: &str,
+    other_port: u16,
+    name: &str,
+    annotations: &str,
+) -> String {
+    let (dead, ip) = (other_port, other_ip);
     let live = pods
         .manifests("default", "", 80)
         .replace(&format!("name: {}", pods.service), &format!("name: {name}"));
@@ -840,7 +853,7 @@ addressType: IPv4
 ports:
   - port: {dead}
 endpoints:
-  - addresses: [\"127.0.0.1\"]
+  - addresses: [\"{ip}\"]
     conditions: {{ ready: true }}
 ---
 apiVersion: networking.k8s.io/v1
@@ -893,6 +906,193 @@ async fn proxy_next_upstream_retries_as_configured() {
     for _ in 0..4 {
         assert_eq!(get(&p, "retried.example.com", "/").await.0, 200);
     }
+}
+}
+
+/// A pod that answers every request with `status` after `delay`, keeping the connection, and
+/// counts the requests it saw.
+async fn status_pod(
+    status: u16,
+    delay: Duration,
+) -> (Pods, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = hits.clone();
+    let pods = Pods::scripted("failing", move |mut s, _| {
+        let seen = seen.clone();
+        async move {
+            let mut buf = Vec::new();
+            loop {
+                // One request: its head, then a Content-Length body.
+                let end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < end + length {
+                    let mut chunk = [0u8; 4096];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buf.drain(..end + length);
+                seen.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                let body = format!("failing pod says {status}\n");
+                let answer = format!(
+                    "HTTP/1.1 {status} Nope\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (pods, hits)
+}
+
+fn annotations(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("    nginx.ingress.kubernetes.io/{k}: \"{v}\"\n"))
+        .collect::<String>()
+        .trim_end()
+        .to_string()
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_retries_follow_proxy_next_upstream() {
+    let pods = Pods::start("status-echo", 1).await;
+    let mut files = vec![("00-class.yaml".to_string(), fixtures()[0].1.clone())];
+    // Each Ingress has its own failing pod (passive health is per endpoint) beside the echo pod.
+    let cases: [(&str, &[(&str, &str)], Duration); 6] = [
+        ("retry-503", &[("proxy-next-upstream", "error timeout http_503")], Duration::ZERO),
+        ("pass-503", &[("x", "y")], Duration::ZERO),
+        ("post-503", &[("proxy-next-upstream", "http_503")], Duration::ZERO),
+        ("post-any", &[("proxy-next-upstream", "http_503 non_idempotent")], Duration::ZERO),
+        (
+            "late-503",
+            &[("proxy-next-upstream", "http_503"), ("proxy-next-upstream-timeout", "1")],
+            Duration::from_millis(1500),
+        ),
+        ("no-502", &[("proxy-next-upstream", "http_502")], Duration::ZERO),
+    ];
+    let mut failing = Vec::new();
+    for (name, pairs, delay) in cases {
+        let (pod, hits) = status_pod(503, delay).await;
+        let ip = pod.ips[0].to_string();
+        files.push((
+            format!("{name}.yaml"),
+            two_endpoints(&pods, &ip, pod.port, name, &annotations(pairs)),
+        ));
+        failing.push((name, pod, hits));
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let p = Portico::start_with(&refs, |f| f.ingress_nginx_compat = Some(true)).await;
+    let hits = |name: &str| {
+        failing.iter().find(|f| f.0 == name).unwrap().2.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    // Round robin over the two endpoints: every other first attempt meets the failing pod.
+    for _ in 0..4 {
+        assert_eq!(get(&p, "retry-503.example.com", "/").await.0, 200);
+    }
+    assert!(hits("retry-503") >= 1);
+    // Without http_503, and for a 503 where only http_502 is retried, the backend's answer is
+    // the client's.
+    for host in ["pass-503", "no-502"] {
+        let host = format!("{host}.example.com");
+        let answers = [get(&p, &host, "/").await, get(&p, &host, "/").await];
+        let statuses = [answers[0].0, answers[1].0];
+        assert!(statuses.contains(&503) && statuses.contains(&200), "{host}: {statuses:?}");
+        assert!(answers.iter().any(|a| a.2 == "failing pod says 503\n"), "{host}");
+    }
+    // A POST reached the failing pod: not sent again without non_idempotent.
+    let posts = [
+        send(&p, "POST", "post-503.example.com", "/", b"form".to_vec()).await.0,
+        send(&p, "POST", "post-503.example.com", "/", b"form".to_vec()).await.0,
+    ];
+    assert!(posts.contains(&503) && posts.contains(&200), "{posts:?}");
+    for _ in 0..4 {
+        let (status, _, body) = send(&p, "POST", "post-any.example.com", "/", b"form".to_vec()).await;
+        assert_eq!(status, 200);
+        let e: Echo = serde_json::from_str(&body).expect("echo");
+        assert_eq!(e.body_bytes, 4, "the body went again");
+    }
+    assert!(hits("post-any") >= 1);
+    // proxy-next-upstream-timeout 1 s: a 503 after 1.5 s is past it, so it is the answer.
+    let late = [get(&p, "late-503.example.com", "/").await.0, get(&p, "late-503.example.com", "/").await.0];
+    assert!(late.contains(&503) && late.contains(&200), "{late:?}");
+}
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_on_failure_moves_the_cookie_only_when_asked() {
+    use portico::routing::affinity::{score, token};
+    let pods = Pods::start("cof-echo", 1).await;
+    let echo_addr = std::net::SocketAddr::new(pods.ips[0], pods.port);
+    let mut files = vec![("00-class.yaml".to_string(), fixtures()[0].1.clone())];
+    let mut failing = Vec::new();
+    for (name, mode, change) in [
+        ("keep", "persistent", "false"),
+        ("change", "persistent", "true"),
+        ("rekey", "balanced", "true"),
+    ] {
+        let (pod, hits) = status_pod(503, Duration::ZERO).await;
+        let ip = pod.ips[0].to_string();
+        let pairs = [
+            ("proxy-next-upstream", "error timeout http_503"),
+            ("affinity", "cookie"),
+            ("affinity-mode", mode),
+            ("session-cookie-name", "route"),
+            ("session-cookie-change-on-failure", change),
+        ];
+        files.push((
+            format!("{name}.yaml"),
+            two_endpoints(&pods, &ip, pod.port, name, &annotations(&pairs)),
+        ));
+        failing.push((std::net::SocketAddr::new(pod.ips[0], pod.port), pod, hits));
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let p = Portico::start_with(&refs, |f| f.ingress_nginx_compat = Some(true)).await;
+    let hits = |i: usize| failing[i].2.load(std::sync::atomic::Ordering::SeqCst);
+    // A cookie naming the failing pod. Without change-on-failure the retry goes to it again
+    // (until passive health ejects it after its second failure); with it, straight elsewhere.
+    for (i, host, expected_hits) in [(0, "keep.example.com", 2), (1, "change.example.com", 1)] {
+        let cookie = format!("route={:016x}", token(failing[i].0));
+        let (pod, set) = sticky_get(&p, host, Some(&cookie)).await;
+        assert_eq!(pod, "cof-echo-0", "{host}");
+        assert_eq!(hits(i), expected_hits, "{host}");
+        let set = set.expect("the client moves to the pod that answered");
+        assert!(set.starts_with(&format!("route={:016x};", token(echo_addr))), "{set}");
+    }
+    // Balanced: a key whose pod is the failing one is replaced by a key whose pod answered.
+    let key = (1u64..)
+        .find(|k| score(*k, failing[2].0) > score(*k, echo_addr))
+        .unwrap();
+    let (pod, set) = sticky_get(&p, "rekey.example.com", Some(&format!("route={key:016x}"))).await;
+    assert_eq!(pod, "cof-echo-0");
+    assert_eq!(hits(2), 1);
+    let set = set.expect("a new key");
+    let new = u64::from_str_radix(set.get(6..22).unwrap_or_default(), 16);
+    let new = new.unwrap_or_else(|_| panic!("{set}"));
+    assert!(score(new, echo_addr) > score(new, failing[2].0), "{set}");
 }
 }
 

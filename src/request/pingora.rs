@@ -18,7 +18,7 @@ use pingora_proxy::{ProxyHttp, Session};
 use super::edge;
 use super::guard;
 use super::policy::{
-    Answer, Attempts, AuthGrant, Cidr, Decision, LogEntry, Policy, RequestView, Routed,
+    Answer, Attempts, AuthGrant, Cidr, Decision, Fault, LogEntry, Policy, RequestView, Routed,
 };
 use crate::dataplane::DataPlane;
 
@@ -243,7 +243,7 @@ impl ProxyHttp for PingoraApp {
         };
         let endpoint = self
             .policy
-            .pick(plane, routed, &ctx.attempts.tried)
+            .pick(plane, routed, &ctx.attempts)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "empty pool"))?;
         ctx.attempts.start(&endpoint);
         ctx.upstream_started = Some(Instant::now());
@@ -340,8 +340,16 @@ impl ProxyHttp for PingoraApp {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        // Nothing of the request reached the endpoint: any method may go on to another.
+        let fault = match e.etype() {
+            ErrorType::ConnectTimedout => Fault::Timeout,
+            _ => Fault::Error,
+        };
         let idempotent = session.req_header().method.is_idempotent();
-        if self.policy.upstream_failed(&mut ctx.attempts) && idempotent {
+        if self
+            .policy
+            .upstream_failed(&mut ctx.attempts, fault, false, idempotent)
+        {
             e.set_retry(true);
         }
         e
@@ -358,18 +366,32 @@ impl ProxyHttp for PingoraApp {
         if *e.etype() == crate::dataplane::ENDPOINT_REMOVED {
             return e; // retried, and not the endpoint's fault
         }
+        if *e.etype() == crate::dataplane::STATUS_RETRIED {
+            // upstream_response_filter decided, and recorded the failure.
+            let mut e = e;
+            e.set_retry(true);
+            return e;
+        }
         let mut e = e.more_context(format!("Peer: {peer}"));
         let upstream_fault = *e.esource() == pingora_core::ErrorSource::Upstream;
+        let idempotent = session.req_header().method.is_idempotent();
         // A pooled connection that the upstream closed meanwhile is not the endpoint's fault.
         let stale_pooled = client_reused && !ctx.attempts.responded;
         let may_retry = if upstream_fault && !stale_pooled {
-            self.policy.upstream_failed(&mut ctx.attempts)
+            let fault = match e.etype() {
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => Fault::Timeout,
+                ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error => {
+                    Fault::InvalidHeader
+                }
+                _ => Fault::Error,
+            };
+            self.policy
+                .upstream_failed(&mut ctx.attempts, fault, true, idempotent)
         } else {
-            !ctx.attempts.responded
+            !ctx.attempts.responded && idempotent
         };
-        let idempotent = session.req_header().method.is_idempotent();
         let body_intact = !session.as_ref().retry_buffer_truncated();
-        e.set_retry(upstream_fault && may_retry && idempotent && body_intact);
+        e.set_retry(upstream_fault && may_retry && body_intact);
         e
     }
 
@@ -424,6 +446,24 @@ impl ProxyHttp for PingoraApp {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if status >= 200
+            && ctx.attempts.retries_status(status)
+            && !session.as_ref().retry_buffer_truncated()
+            && self.policy.retry_status(
+                &mut ctx.attempts,
+                status,
+                session.req_header().method.is_idempotent(),
+            )
+        {
+            // nginx's `proxy_next_upstream http_502` …: the response goes no further, and the
+            // request goes to another endpoint (error_while_proxy marks the error retryable).
+            return Err(Error::explain(
+                crate::dataplane::STATUS_RETRIED,
+                format!("upstream answered {status}"),
+            )
+            .into_up());
+        }
         self.policy.upstream_answered(&mut ctx.attempts);
         if let Some(t) = ctx.upstream_started.take() {
             self.policy
@@ -458,9 +498,10 @@ impl ProxyHttp for PingoraApp {
         for cookie in &ctx.grant.cookies {
             upstream_response.append_header(header::SET_COOKIE, cookie.clone())?;
         }
-        let affinity = match (&ctx.plane, &ctx.routed, &ctx.attempts.current) {
-            (Some(plane), Some(routed), Some((addr, _))) => {
-                self.policy.affinity_cookie(plane, routed, *addr, ctx.tls)
+        let affinity = match (&ctx.plane, &ctx.routed) {
+            (Some(plane), Some(routed)) => {
+                self.policy
+                    .affinity_cookie(plane, routed, &ctx.attempts, ctx.tls)
             }
             _ => None,
         };

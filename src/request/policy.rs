@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::borrow::Cow;
 
@@ -16,8 +16,8 @@ use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::dataplane::{DataPlane, Shared};
 use crate::metrics::RouteMetrics;
-use crate::model::BackendProtocol;
 pub use crate::model::Cidr;
+use crate::model::{BackendProtocol, RetryOn};
 use crate::request::guard::Limits;
 use crate::routing::{normalize_path, normalize_request_host, NginxRoute, Route};
 use crate::tls::upstream::UpstreamTls;
@@ -264,6 +264,11 @@ pub struct Endpoint {
     pub tls: Option<Arc<UpstreamTls>>,
     /// Endpoints a request of the route may try.
     pub attempts: usize,
+    /// What sends a request of the route on to another endpoint, and for how long.
+    pub retry_on: RetryOn,
+    pub retry_timeout: Option<Duration>,
+    /// A new affinity key chosen for this attempt (`session-cookie-change-on-failure`).
+    pub rekey: Option<u64>,
 }
 
 impl Endpoint {
@@ -318,6 +323,42 @@ pub struct Attempts {
     /// Endpoints this request may try (the route's, from [`Endpoint::attempts`]); 0 until the
     /// first pick.
     pub max: usize,
+    /// The route's retry conditions, and when the first attempt started (for
+    /// `proxy-next-upstream-timeout`); set by the first [`Attempts::start`].
+    pub retry_on: Option<RetryOn>,
+    pub retry_until: Option<Instant>,
+    /// The affinity key a retry moved the client to, for its new cookie.
+    pub rekeyed: Option<u64>,
+}
+
+/// Why an attempt failed, as nginx's `proxy_next_upstream` tells failures apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Connecting, writing the request or reading the response head failed.
+    Error,
+    /// Connecting, writing the request or waiting for the response head timed out.
+    Timeout,
+    /// The response head was empty or invalid.
+    InvalidHeader,
+    /// The endpoint answered with this status.
+    Status(u16),
+}
+
+impl Fault {
+    /// The [`RetryOn`] condition that covers this fault.
+    fn condition(self) -> Option<RetryOn> {
+        match self {
+            Fault::Error => Some(RetryOn::ERROR),
+            Fault::Timeout => Some(RetryOn::TIMEOUT),
+            Fault::InvalidHeader => Some(RetryOn::INVALID_HEADER),
+            Fault::Status(code) => RetryOn::status(code),
+        }
+    }
+
+    /// Whether the endpoint is to blame (nginx's `max_fails`): not for 403, 404 and 429.
+    fn counts(self) -> bool {
+        !matches!(self, Fault::Status(403 | 404 | 429))
+    }
 }
 
 impl Attempts {
@@ -325,6 +366,31 @@ impl Attempts {
     pub fn start(&mut self, endpoint: &Endpoint) {
         self.current = Some((endpoint.addr, endpoint.health.clone()));
         self.max = endpoint.attempts;
+        if endpoint.rekey.is_some() {
+            self.rekeyed = endpoint.rekey;
+        }
+        if self.retry_on.is_none() {
+            self.retry_on = Some(endpoint.retry_on);
+            self.retry_until = endpoint.retry_timeout.map(|t| Instant::now() + t);
+        }
+    }
+
+    /// Whether a response with `status` might be retried, so that the engine must hold it back
+    /// until [`Policy::upstream_failed`] decides. False on routes that retry on no status.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.retry_on.is_some_and(|r| r.on_status(status))
+    }
+
+    /// Whether the request may go on to another endpoint after `fault`: the route retries on
+    /// it, the attempt budget and the time limit allow another, and the request can be sent
+    /// again — nothing of it reached the endpoint (`sent` false), or its method is idempotent
+    /// (RFC 9110 9.2.2), or the route retries non-idempotent requests too.
+    fn may_retry(&self, fault: Fault, sent: bool, idempotent: bool) -> bool {
+        let on = self.retry_on.unwrap_or(RetryOn::PORTICO);
+        !self.responded
+            && fault.condition().is_some_and(|c| on.contains(c))
+            && (!sent || idempotent || on.contains(RetryOn::NON_IDEMPOTENT))
+            && self.retry_until.is_none_or(|t| Instant::now() < t)
     }
 }
 
@@ -664,8 +730,9 @@ impl Policy {
         &self,
         plane: &DataPlane,
         routed: &Routed,
-        tried: &[SocketAddr],
+        attempts: &Attempts,
     ) -> Option<Endpoint> {
+        let tried = &attempts.tried[..];
         let route = plane.routes.routes().get(routed.route)?;
         let latest;
         let pool = if self.shared.latest_generation() == plane.generation {
@@ -679,8 +746,8 @@ impl Policy {
                 .find(|p| p.service == old.service && p.port == old.port)?
         };
         let now = now_ms();
-        let sticky = routed.sticky && tried.is_empty();
-        let chosen = if sticky {
+        let mut rekey = None;
+        let chosen = if routed.sticky {
             route
                 .nginx
                 .as_ref()
@@ -688,17 +755,36 @@ impl Policy {
                 .and_then(|a| {
                     let usable = |u: &&crate::upstream::Upstream| u.health.is_available(now);
                     let eps = pool.endpoints();
-                    let key = routed.affinity?;
-                    let pos = if a.persistent {
-                        eps.iter().position(|u| {
-                            usable(&u) && crate::routing::affinity::token(u.addr) == key
-                        })
-                    } else {
+                    let winner = |key| {
                         eps.iter()
                             .enumerate()
                             .filter(|(_, u)| usable(u))
                             .max_by_key(|(_, u)| crate::routing::affinity::score(key, u.addr))
                             .map(|(i, _)| i)
+                    };
+                    let key = match (tried.is_empty(), a.change_on_failure) {
+                        // session-cookie-change-on-failure: the retry goes elsewhere. Balanced,
+                        // as ingress-nginx does: new random keys until one's endpoint has not
+                        // failed (20 at most); the cookie then names that key.
+                        (false, true) if !a.persistent => {
+                            return (0..20).find_map(|_| {
+                                let key = crate::routing::affinity::new_key();
+                                let i = winner(key).filter(|i| !tried.contains(&eps[*i].addr))?;
+                                rekey = Some(key);
+                                Some(i)
+                            });
+                        }
+                        (false, true) => return None,
+                        // First attempts, and retries without change-on-failure: the cookie's
+                        // endpoint (again), while it is usable.
+                        _ => routed.affinity?,
+                    };
+                    let pos = if a.persistent {
+                        eps.iter().position(|u| {
+                            usable(&u) && crate::routing::affinity::token(u.addr) == key
+                        })
+                    } else {
+                        winner(key)
                     };
                     pos
                 })
@@ -725,6 +811,9 @@ impl Policy {
             attempts: limits
                 .upstream_attempts
                 .unwrap_or(self.limits.upstream_attempts),
+            retry_on: limits.retry_on.unwrap_or(RetryOn::PORTICO),
+            retry_timeout: limits.retry_timeout,
+            rekey,
         })
     }
 
@@ -747,12 +836,21 @@ impl Policy {
             .is_some_and(|p| p.endpoints().iter().any(|u| u.addr == addr))
     }
 
-    /// Records a failure of the current endpoint (passive health, ejection); true if another
-    /// attempt is allowed by the attempt budget.
-    pub fn upstream_failed(&self, a: &mut Attempts) -> bool {
+    /// Records a failure of the current endpoint (passive health, ejection) and says whether
+    /// the request goes on to another endpoint: see [`Attempts::may_retry`] and the budget.
+    pub fn upstream_failed(
+        &self,
+        a: &mut Attempts,
+        fault: Fault,
+        sent: bool,
+        idempotent: bool,
+    ) -> bool {
+        let retry = a.may_retry(fault, sent, idempotent);
         if let Some((addr, health)) = &a.current {
-            if let Some(time) = health.record_failure(now_ms()) {
-                tracing::warn!(upstream = %addr, ejected_for = ?time, "endpoint ejected after repeated failures");
+            if fault.counts() {
+                if let Some(time) = health.record_failure(now_ms()) {
+                    tracing::warn!(upstream = %addr, ejected_for = ?time, "endpoint ejected after repeated failures");
+                }
             }
             a.tried.push(*addr);
         }
@@ -760,7 +858,21 @@ impl Policy {
             0 => self.limits.upstream_attempts,
             n => n,
         };
-        !a.responded && a.tried.len() < max
+        retry && a.tried.len() < max
+    }
+
+    /// Whether a response with `status` goes on to another endpoint instead of to the client
+    /// (`proxy-next-upstream http_502` …); if so, the failure is recorded as by
+    /// [`Policy::upstream_failed`]. A response that is not retried is the client's, as in nginx.
+    pub fn retry_status(&self, a: &mut Attempts, status: u16, idempotent: bool) -> bool {
+        let max = match a.max {
+            0 => self.limits.upstream_attempts,
+            n => n,
+        };
+        let fault = Fault::Status(status);
+        a.may_retry(fault, true, idempotent)
+            && a.tried.len() + 1 < max
+            && self.upstream_failed(a, fault, true, idempotent)
     }
 
     /// Records that the current endpoint answered.
@@ -781,12 +893,13 @@ impl Policy {
         &self,
         plane: &DataPlane,
         routed: &Routed,
-        addr: SocketAddr,
+        attempts: &Attempts,
         tls: bool,
     ) -> Option<HeaderValue> {
         if !routed.sticky {
             return None;
         }
+        let addr = attempts.current.as_ref()?.0;
         let a = plane
             .routes
             .routes()
@@ -801,6 +914,8 @@ impl Policy {
                 return None;
             }
             token
+        } else if let Some(key) = attempts.rekeyed {
+            key
         } else if routed.affinity_new {
             routed.affinity?
         } else {

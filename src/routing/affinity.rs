@@ -25,6 +25,8 @@ pub struct Affinity {
     pub secure: Option<bool>,
     /// `session-cookie-expires`: seconds from the response.
     pub expires: Option<u64>,
+    /// `session-cookie-change-on-failure`.
+    pub change_on_failure: bool,
 }
 
 impl Affinity {
@@ -125,6 +127,7 @@ mod tests {
             attributes: "; Path=/; HttpOnly".into(),
             secure: None,
             expires: None,
+            change_on_failure: false,
         };
         let v = a.set_cookie(0xdead_beef, true);
         assert_eq!(

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::model::{
     BackendRef, CanarySpec, EndpointSlice, HttpPath, Ingress, Kind, Model, NginxAnnotations,
-    NginxGlobals, ObjectKey, PathType, PortRef,
+    NginxGlobals, ObjectKey, PathType, PortRef, RetryOn,
 };
 use crate::tls::upstream::{SslMaterial, UpstreamTls};
 use crate::translate::nginx::{custom_header_name, custom_header_value, PREFIX};
@@ -1150,6 +1150,10 @@ impl<'m> Compiler<'m, '_> {
             limits: match annotations {
                 // The annotation, then ingress-nginx's ConfigMap, then Portico's own.
                 Some(n) => {
+                    let retry_on = n
+                        .next_upstream
+                        .or(self.nginx_globals.next_upstream)
+                        .unwrap_or(RetryOn::ERROR.with(RetryOn::TIMEOUT));
                     let (a, g, p) = (
                         &n.limits,
                         &self.nginx_globals.limits,
@@ -1163,17 +1167,20 @@ impl<'m> Compiler<'m, '_> {
                             .or(p.connect_timeout),
                         read_timeout: a.read_timeout.or(g.read_timeout).or(p.read_timeout),
                         send_timeout: a.send_timeout.or(g.send_timeout).or(p.send_timeout),
-                        // ingress-nginx's defaults: retried ("error timeout"), 3 tries.
-                        upstream_attempts: Some(
-                            match n.next_upstream.or(self.nginx_globals.next_upstream) {
-                                Some(false) => 1,
-                                _ => n
-                                    .next_upstream_tries
-                                    .or(self.nginx_globals.next_upstream_tries)
-                                    .unwrap_or(3)
-                                    .max(1),
-                            },
-                        ),
+                        // ingress-nginx's defaults: "error timeout", 3 tries, no time limit.
+                        upstream_attempts: Some(if retry_on.retries() {
+                            n.next_upstream_tries
+                                .or(self.nginx_globals.next_upstream_tries)
+                                .unwrap_or(3)
+                                .max(1)
+                        } else {
+                            1
+                        }),
+                        retry_on: Some(retry_on),
+                        retry_timeout: n
+                            .next_upstream_timeout
+                            .or(self.nginx_globals.next_upstream_timeout)
+                            .filter(|t| !t.is_zero()),
                     }
                 }
                 None => ing.annotations.limits,
@@ -1676,6 +1683,7 @@ fn nginx_route(
                 attributes,
                 secure: a.secure,
                 expires: a.expires,
+                change_on_failure: a.change_on_failure,
             })
         }),
         // The Ingress's own auth-url, else the ConfigMap's unless it opts out.

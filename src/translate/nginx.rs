@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::model::{
     AnnotationProblem, BackendProtocol, Cidr, Cors, CorsOrigin, Hsts, NginxAnnotations,
-    NginxGlobals, ObjectKey, ProxySsl, RouteLimits, Template, UrlPiece, UrlTemplate,
+    NginxGlobals, ObjectKey, ProxySsl, RetryOn, RouteLimits, Template, UrlPiece, UrlTemplate,
 };
 
 /// The prefix of ingress-nginx's annotations.
@@ -77,6 +77,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
         secure: None,
         max_age: None,
         expires: None,
+        change_on_failure: false,
     };
     let mut affinity_on = false;
     let mut affinity_given: Vec<String> = Vec::new();
@@ -267,16 +268,15 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                 false,
             ),
             "proxy-next-upstream" => match next_upstream(v) {
-                Ok((retry, unsupported)) => {
-                    n.next_upstream = Some(retry);
-                    if !unsupported.is_empty() {
-                        refuse(not_yet_retried(&unsupported), false);
-                    }
-                }
+                Ok(retry) => n.next_upstream = Some(retry),
                 Err(e) => refuse(ignored(&e), false),
             },
             "proxy-next-upstream-tries" => match tries(v) {
                 Ok(t) => n.next_upstream_tries = Some(t),
+                Err(e) => refuse(ignored(&e), false),
+            },
+            "proxy-next-upstream-timeout" => match seconds(v) {
+                Ok(t) => n.next_upstream_timeout = Some(t),
                 Err(e) => refuse(ignored(&e), false),
             },
             "auth-url"
@@ -423,6 +423,9 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                         }
                         Err(_) => false,
                     },
+                    "session-cookie-change-on-failure" => parse_bool(v)
+                        .map(|b| affinity.change_on_failure = b)
+                        .is_ok(),
                     _ => parse_bool(v).is_ok(),
                 };
                 if !ok {
@@ -839,19 +842,17 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                     .into(),
             )),
             "proxy-next-upstream" => match next_upstream(v) {
-                Ok((retry, unsupported)) => {
-                    g.next_upstream = Some(retry);
-                    if !unsupported.is_empty() {
-                        problems.push((key.clone(), "NotApplied", not_yet_retried(&unsupported)));
-                    }
-                }
+                Ok(retry) => g.next_upstream = Some(retry),
                 Err(e) => invalid(e),
             },
             "proxy-next-upstream-tries" => match tries(v) {
                 Ok(t) => g.next_upstream_tries = Some(t),
                 Err(e) => invalid(e),
             },
-            "proxy-next-upstream-timeout" if v == "0" => {}
+            "proxy-next-upstream-timeout" => match seconds(v) {
+                Ok(t) => g.next_upstream_timeout = Some(t),
+                Err(e) => invalid(e),
+            },
             "custom-http-errors" => match status_codes(v) {
                 Ok(codes) if codes.is_empty() => {}
                 Ok(_) => problems.push((
@@ -868,13 +869,6 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                 Ok(c @ 400..=599) => g.limit_conn_status = c,
                 _ => invalid(format!("{v:?} is not a 4xx or 5xx status code")),
             },
-            "proxy-next-upstream-timeout" => problems.push((
-                key.clone(),
-                "NotApplied",
-                "recognised but not supported yet; Portico's own behaviour applies (see the \
-                 README's compatibility table)"
-                    .into(),
-            )),
             _ => problems.push((
                 key.clone(),
                 "UnknownKey",
@@ -911,10 +905,9 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
     (g, problems)
 }
 
-/// nginx's `proxy_next_upstream` list: whether connect errors, resets and timeouts before a
-/// response are retried (`error`, `timeout`; `off` and a list without them: not), and the
-/// conditions Portico does not retry on yet.
-fn next_upstream(v: &str) -> Result<(bool, Vec<&str>), String> {
+/// nginx's `proxy_next_upstream` list: the conditions that send a request to the next endpoint
+/// (`off`: none, whatever else the list says).
+fn next_upstream(v: &str) -> Result<RetryOn, String> {
     const KNOWN: &[&str] = &[
         "error",
         "timeout",
@@ -937,22 +930,21 @@ fn next_upstream(v: &str) -> Result<(bool, Vec<&str>), String> {
         return Err(format!("{bad:?} is not one of {}", KNOWN.join(", ")));
     }
     if tokens.contains(&"off") {
-        return Ok((false, Vec::new()));
+        return Ok(RetryOn::NONE);
     }
-    let retry = tokens.iter().any(|t| *t == "error" || *t == "timeout");
-    let unsupported = tokens
-        .into_iter()
-        .filter(|t| *t != "error" && *t != "timeout")
-        .collect();
-    Ok((retry, unsupported))
-}
-
-fn not_yet_retried(tokens: &[&str]) -> String {
-    format!(
-        "{} not retried yet (connect errors, resets and timeouts before a response are); the \
-         rest applies",
-        tokens.join(", ")
-    )
+    Ok(tokens.into_iter().fold(RetryOn::NONE, |set, t| {
+        set.with(match t {
+            "error" => RetryOn::ERROR,
+            "timeout" => RetryOn::TIMEOUT,
+            "invalid_header" => RetryOn::INVALID_HEADER,
+            "non_idempotent" => RetryOn::NON_IDEMPOTENT,
+            status => status[5..]
+                .parse()
+                .ok()
+                .and_then(RetryOn::status)
+                .unwrap_or(RetryOn::NONE),
+        })
+    }))
 }
 
 /// `cors-allow-origin`: `*`, or a comma-separated list of `scheme://host[:port]` where the host
@@ -1422,7 +1414,15 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let (g, problems) = globals(&data);
-        assert_eq!(g.next_upstream, Some(true));
+        assert_eq!(
+            g.next_upstream,
+            Some(
+                RetryOn::ERROR
+                    .with(RetryOn::TIMEOUT)
+                    .with(RetryOn::status(502).unwrap())
+                    .with(RetryOn::NON_IDEMPOTENT)
+            )
+        );
         assert_eq!(
             g.next_upstream_tries,
             Some(crate::model::MAX_UPSTREAM_ATTEMPTS)
@@ -1432,15 +1432,27 @@ mod tests {
             problems.iter().map(|(k, r, _)| (k.as_str(), *r)).collect();
         assert_eq!(
             reasons,
-            [
-                ("global-allowed-response-headers", "InvalidValue"),
-                ("proxy-next-upstream", "NotApplied")
-            ]
+            [("global-allowed-response-headers", "InvalidValue")]
         );
-        for (v, retry) in [("off", false), ("http_502", false), ("timeout", true)] {
+        let cases = [
+            ("off", RetryOn::NONE),
+            ("error off", RetryOn::NONE),
+            ("http_503", RetryOn::status(503).unwrap()),
+            ("timeout", RetryOn::TIMEOUT),
+            (
+                "invalid_header http_404",
+                RetryOn::INVALID_HEADER.with(RetryOn::status(404).unwrap()),
+            ),
+        ];
+        for (v, retry) in cases {
             let data = BTreeMap::from([("proxy-next-upstream".to_string(), v.to_string())]);
             assert_eq!(globals(&data).0.next_upstream, Some(retry), "{v}");
         }
+        let data = BTreeMap::from([("proxy-next-upstream-timeout".to_string(), "7".to_string())]);
+        assert_eq!(
+            globals(&data).0.next_upstream_timeout,
+            Some(std::time::Duration::from_secs(7))
+        );
         let data = BTreeMap::from([("proxy-next-upstream".to_string(), "error; x".to_string())]);
         assert_eq!(globals(&data).1[0].1, "InvalidValue");
     }

@@ -36,8 +36,8 @@ use crate::request::edge::HeaderDeadline;
 use crate::request::guard::Refusal;
 use crate::request::pingora::PingoraApp;
 use crate::request::policy::{
-    Answer, Attempts, Cidr, ClientAddr, Decision, Edits, Endpoint, LogEntry, Policy, RequestView,
-    Routed,
+    Answer, Attempts, Cidr, ClientAddr, Decision, Edits, Endpoint, Fault, LogEntry, Policy,
+    RequestView, Routed,
 };
 
 /// The first buffer for a request head (nginx: `client_header_buffer_size 1k`).
@@ -92,7 +92,16 @@ struct Outcome {
 /// How a failed upstream attempt ends.
 enum Failure {
     /// The upstream failed before answering: maybe try another endpoint, else this status.
-    Upstream { status: u16, stale: bool },
+    /// `sent`: some of the request reached it.
+    Upstream {
+        status: u16,
+        stale: bool,
+        fault: Fault,
+        sent: bool,
+    },
+    /// The upstream answered with a status the route retries on, and another attempt is
+    /// allowed: the response was dropped.
+    Retry,
     /// The client failed (closed, too slow, bad body): answer this status if it can take one.
     Client { status: u16, reason: &'static str },
     /// A response was partly sent: the connection can only be closed.
@@ -524,7 +533,7 @@ impl Engine {
         });
         self.upstream_head(head, raw, conn, edits.as_ref(), &mut upstream_head);
         loop {
-            let Some(endpoint) = self.policy.pick(plane, routed, &attempts.tried) else {
+            let Some(endpoint) = self.policy.pick(plane, routed, &attempts) else {
                 let answer = Answer::error(503, "no usable endpoint for this backend\n");
                 return self
                     .answer(client, head, raw, &answer, closing, outcome)
@@ -555,15 +564,23 @@ impl Engine {
                 Err(f) => f,
             };
             match failure {
-                Failure::Upstream { status, stale } => {
-                    let retry = if stale && stale_retries == 0 {
+                Failure::Upstream {
+                    status,
+                    stale,
+                    fault,
+                    sent,
+                } => {
+                    let retry = if stale && stale_retries == 0 && may_resend {
                         // A pooled connection the backend closed while idle: not its fault.
                         stale_retries += 1;
                         true
                     } else {
-                        self.policy.upstream_failed(&mut attempts)
+                        self.policy
+                            .upstream_failed(&mut attempts, fault, sent, may_resend)
                     };
-                    if retry && may_resend && buffered.is_some() {
+                    // A body is sent again only if it is still here; a streamed one is not,
+                    // unless nothing of it was read yet (the connection failed).
+                    if retry && (buffered.is_some() || !sent) {
                         continue;
                     }
                     outcome.error = if status == 504 {
@@ -588,6 +605,8 @@ impl Engine {
                     }
                     return Next::Close;
                 }
+                // Dropped for a retryable status: the policy already decided to go on.
+                Failure::Retry => continue,
                 Failure::Removed if removed_retries < 3 => {
                     removed_retries += 1;
                     continue;
@@ -647,6 +666,12 @@ impl Engine {
                 return Err(Failure::Upstream {
                     status,
                     stale: false,
+                    fault: if status == 504 {
+                        Fault::Timeout
+                    } else {
+                        Fault::Error
+                    },
+                    sent: false,
                 });
             }
         };
@@ -678,12 +703,16 @@ impl Engine {
                 return Err(Failure::Upstream {
                     status: 502,
                     stale: reused,
+                    fault: Fault::Error,
+                    sent: true,
                 })
             }
             Err(_) => {
                 return Err(Failure::Upstream {
                     status: 504,
                     stale: false,
+                    fault: Fault::Timeout,
+                    sent: true,
                 })
             }
         }
@@ -718,6 +747,8 @@ impl Engine {
                             return Err(Failure::Upstream {
                                 status: 502,
                                 stale: false,
+                                fault: Fault::InvalidHeader,
+                                sent: true,
                             });
                         }
                     }
@@ -737,6 +768,8 @@ impl Engine {
                         return Err(Failure::Upstream {
                             status: 502,
                             stale: reused && ubuf.is_empty() && !attempts.responded,
+                            fault: Fault::Error,
+                            sent: true,
                         })
                     }
                     Ok(Ok(_)) => {}
@@ -744,6 +777,8 @@ impl Engine {
                         return Err(Failure::Upstream {
                             status: 504,
                             stale: false,
+                            fault: Fault::Timeout,
+                            sent: true,
                         })
                     }
                 }
@@ -755,6 +790,8 @@ impl Engine {
                         return Err(Failure::Upstream {
                             status: 502,
                             stale: false,
+                            fault: Fault::InvalidHeader,
+                            sent: true,
                         });
                     }
                     self.policy.upstream_answered(attempts);
@@ -782,6 +819,18 @@ impl Engine {
             }
             break parsed;
         };
+        if attempts.retries_status(response.status)
+            && buffered.is_some()
+            && self.policy.retry_status(
+                attempts,
+                response.status,
+                http::Method::from_bytes(head.method.get(raw)).is_ok_and(|m| m.is_idempotent()),
+            )
+        {
+            // nginx's `proxy_next_upstream http_502` …: this answer is dropped with its
+            // connection, and the request goes to another endpoint.
+            return Err(Failure::Retry);
+        }
         self.policy.upstream_answered(attempts);
         metrics.observe_upstream_response(sent_at.elapsed());
         if let Some(n) = buffered {
@@ -793,6 +842,12 @@ impl Engine {
         }
         outcome.status = response.status;
         let keep_client = !(head.close || closing);
+        if let Some(cookie) = self
+            .policy
+            .affinity_cookie(plane, routed, attempts, conn.tls)
+        {
+            outcome.cookies.push(cookie);
+        }
         let (reusable, next) = self
             .forward_response(
                 client,
@@ -967,12 +1022,6 @@ impl Engine {
             client: conn.client,
         };
         let set = self.policy.response_set(plane, Some(routed.route), &view);
-        if let Some(cookie) = self
-            .policy
-            .affinity_cookie(plane, routed, endpoint.addr, conn.tls)
-        {
-            outcome.cookies.push(cookie);
-        }
         encode::response_head(
             response,
             &rhead,
@@ -1149,10 +1198,14 @@ async fn up_write(up: &mut Stream, data: &[u8], limit: Duration) -> Result<(), F
         Ok(Err(_)) => Err(Failure::Upstream {
             status: 502,
             stale: false,
+            fault: Fault::Error,
+            sent: true,
         }),
         Err(_) => Err(Failure::Upstream {
             status: 504,
             stale: false,
+            fault: Fault::Timeout,
+            sent: true,
         }),
     }
 }
