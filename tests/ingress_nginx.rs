@@ -981,7 +981,8 @@ async fn status_retries_follow_proxy_next_upstream() {
     let pods = Pods::start("status-echo", 1).await;
     let mut files = vec![("00-class.yaml".to_string(), fixtures()[0].1.clone())];
     // Each Ingress has its own failing pod (passive health is per endpoint) beside the echo pod.
-    let cases: [(&str, &[(&str, &str)], Duration); 6] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Duration);
+    let cases: [Case; 6] = [
         ("retry-503", &[("proxy-next-upstream", "error timeout http_503")], Duration::ZERO),
         ("pass-503", &[("x", "y")], Duration::ZERO),
         ("post-503", &[("proxy-next-upstream", "http_503")], Duration::ZERO),
