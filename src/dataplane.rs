@@ -402,6 +402,9 @@ pub const ENDPOINT_REMOVED: pingora_core::ErrorType =
 pub const STATUS_RETRIED: pingora_core::ErrorType =
     pingora_core::ErrorType::Custom("UpstreamStatusRetried");
 
+/// The error type of a response replaced by an error page (custom-http-errors).
+pub const ERROR_PAGE: pingora_core::ErrorType = pingora_core::ErrorType::Custom("ErrorPage");
+
 /// The error for a request whose endpoint was removed while it connected: nothing was sent, so
 /// it is retried (whatever the method) on the current snapshot, and the endpoint's health is not
 /// blamed.

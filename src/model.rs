@@ -312,6 +312,9 @@ pub struct NginxAnnotations {
     pub next_upstream_tries: Option<usize>,
     /// `proxy-next-upstream-timeout` (0: none).
     pub next_upstream_timeout: Option<std::time::Duration>,
+    /// `custom-http-errors`: the response codes the default backend answers instead; replaces
+    /// the ConfigMap's list.
+    pub custom_http_errors: Option<Vec<u16>>,
     /// `proxy-ssl-secret` and the settings that go with it: how an HTTPS backend is verified.
     pub proxy_ssl: Option<ProxySsl>,
     /// `custom-headers`: the ConfigMap (in the Ingress's namespace) of response headers to set.
@@ -589,6 +592,8 @@ pub struct NginxGlobals {
     pub next_upstream: Option<RetryOn>,
     pub next_upstream_tries: Option<usize>,
     pub next_upstream_timeout: Option<std::time::Duration>,
+    /// `custom-http-errors` [none].
+    pub custom_http_errors: Vec<u16>,
 }
 
 impl Default for NginxGlobals {
@@ -615,6 +620,7 @@ impl Default for NginxGlobals {
             next_upstream: None,
             next_upstream_tries: None,
             next_upstream_timeout: None,
+            custom_http_errors: Vec::new(),
         }
     }
 }

@@ -1751,3 +1751,142 @@ async fn default_backend_service_is_the_catch_all() {
     .await;
 }
 }
+
+/// A Service `name` whose one endpoint is a port where nothing listens.
+fn dead_service(name: &str) -> String {
+    let port = common::free_port();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{ name: {name}, namespace: default }}
+spec:
+  ports:
+    - port: 80
+      targetPort: {port}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-slice
+  namespace: default
+  labels: {{ kubernetes.io/service-name: {name} }}
+addressType: IPv4
+ports:
+  - port: {port}
+endpoints:
+  - addresses: [\"127.0.0.1\"]
+    conditions: {{ ready: true }}
+"
+    )
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_http_errors_ask_the_default_backend() {
+    let app = Pods::start("app", 1).await;
+    let pages = Pods::start("pages", 1).await;
+    let catch_all = Pods::start("catchall", 1).await;
+    let (failing, _) = status_pod(503, Duration::ZERO).await;
+    let configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ingress-nginx-controller, \
+                     namespace: ingress-nginx}\ndata:\n  custom-http-errors: \"502\"\n";
+    let files = vec![
+        ("00-class.yaml".to_string(), fixtures()[0].1.clone()),
+        ("configmap.yaml".into(), configmap.to_string()),
+        ("app.yaml".into(), app.manifests("default", "", 80)),
+        ("pages.yaml".into(), pages.manifests("default", "", 80)),
+        ("catchall.yaml".into(), catch_all.manifests("default", "", 80)),
+        ("failing.yaml".into(), failing.manifests("default", "", 80)),
+        ("dead.yaml".into(), dead_service("dead")),
+        (
+            "annotated.yaml".into(),
+            auth_ingress(
+                "annotated",
+                "annotated.test",
+                &[("custom-http-errors", "404,503"), ("default-backend", "pages")],
+            )
+            .replace("name: web,", "name: app,"),
+        ),
+        (
+            "global.yaml".into(),
+            auth_ingress("global", "global.test", &[]).replace("name: web,", "name: dead,"),
+        ),
+        (
+            "override.yaml".into(),
+            auth_ingress("override", "override.test", &[("custom-http-errors", "418")])
+                .replace("name: web,", "name: dead,"),
+        ),
+        (
+            "real-status.yaml".into(),
+            auth_ingress(
+                "real-status",
+                "real-status.test",
+                &[("custom-http-errors", "404"), ("default-backend", "failing")],
+            )
+            .replace("name: web,", "name: app,"),
+        ),
+    ];
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let p = Portico::start_with(&refs, |f| {
+        f.ingress_nginx_compat = Some(true);
+        f.default_backend_service = Some("default/catchall".into());
+    })
+    .await;
+    // The backend's 503 goes no further: the Ingress's default-backend answers a request that
+    // says what happened (its status is the client's; this echo page says 200).
+    let r = common::client()
+        .get(p.url("/status/503?x=1"))
+        .header("host", "annotated.test")
+        .header("accept", "application/json")
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let e: Echo = serde_json::from_str(&r.text().await.expect("body")).expect("echo");
+    assert_eq!((e.service.as_str(), e.method.as_str(), e.path.as_str()), ("pages", "GET", "/"));
+    for (name, value) in [
+        ("x-code", "503"),
+        ("x-format", "application/json"),
+        ("x-original-uri", "/status/503?x=1"),
+        ("x-namespace", "default"),
+        ("x-ingress-name", "annotated"),
+        ("x-service-name", "app"),
+        ("x-service-port", "80"),
+        ("x-request-id", "req-42"),
+        ("host", "annotated.test"),
+    ] {
+        assert_eq!(header(&e, name), Some(value), "{name}: {:?}", e.headers);
+    }
+    assert_eq!(header(&e, "x-forwarded-for"), Some("127.0.0.1"));
+    // Without a request ID, one is made up.
+    let e: Echo = serde_json::from_str(&get(&p, "annotated.test", "/status/404").await.2).expect("echo");
+    assert_eq!(header(&e, "x-code"), Some("404"));
+    assert_eq!(header(&e, "x-request-id").map(str::len), Some(32));
+    // Codes not listed, and the rest of the traffic, are the backend's.
+    assert_eq!(get(&p, "annotated.test", "/status/500").await, (500, None, "status 500\n".into()));
+    assert_eq!(echo(&p, "annotated.test", "/fine").await.service, "app");
+    // The ConfigMap's list, for Portico's own 502 (nothing listens): --default-backend-service.
+    let e: Echo = serde_json::from_str(&get(&p, "global.test", "/x").await.2).expect("echo");
+    assert_eq!((e.service.as_str(), header(&e, "x-code")), ("catchall", Some("502")));
+    assert_eq!(header(&e, "x-service-name"), Some("dead"));
+    // The annotation's list replaces the ConfigMap's.
+    assert_eq!(get(&p, "override.test", "/").await.0, 502);
+    // A page's own status, fields and body reach the client unchanged.
+    assert_eq!(
+        get(&p, "real-status.test", "/status/404").await,
+        (503, None, "failing pod says 503\n".into())
+    );
+    // HEAD gets the page's head only.
+    let r = common::client()
+        .head(p.url("/status/404"))
+        .header("host", "annotated.test")
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(r.status(), 200);
+    // Without any default backend, ingress-nginx's built-in one answers: 404.
+    drop(p);
+    let p = Portico::start_with(&refs, |f| f.ingress_nginx_compat = Some(true)).await;
+    assert_eq!(get(&p, "global.test", "/").await, (404, None, "default backend - 404\n".into()));
+}
+}

@@ -42,6 +42,8 @@ pub struct RequestCtx {
     grant: AuthGrant,
     /// One of the client's concurrent requests (limit-connections), released with the context.
     permit: Option<crate::routing::limit::Permit>,
+    /// The upstream's status that an error page replaces (custom-http-errors).
+    error_page: Option<u16>,
 }
 
 /// The host used for routing: the URI authority (absolute-form, HTTP/2 `:authority`) or else the
@@ -57,6 +59,44 @@ fn request_host(req: &RequestHeader) -> &str {
 }
 
 impl PingoraApp {
+    /// Sends a route's answer, or the error page that replaces it (custom-http-errors).
+    async fn route_answer(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        answer: Answer,
+    ) -> Result<bool> {
+        let plane = match (&ctx.plane, ctx.route) {
+            (Some(plane), route) if self.policy.error_page_for(plane, route, answer.status) => {
+                plane.clone()
+            }
+            _ => return self.answer(session, &answer).await,
+        };
+        let req = session.req_header();
+        let view = View {
+            policy: &self.policy,
+            req,
+            client: ctx.client,
+        };
+        let host = request_host(req).to_string();
+        let uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let page = self.policy.error_page(
+            &plane,
+            ctx.route.unwrap_or_default(),
+            answer.status,
+            &view,
+            &host,
+            uri,
+            view.client_ip(None),
+        );
+        let page = Box::pin(page).await;
+        let page = Answer {
+            close: answer.close || page.close,
+            ..page
+        };
+        self.answer(session, &page).await
+    }
+
     /// Sends one of the policy's own answers, with the same headers as the HTTP/1 engine's.
     async fn answer(&self, session: &mut Session, answer: &Answer) -> Result<bool> {
         if answer.close {
@@ -69,11 +109,16 @@ impl PingoraApp {
         if let Some(location) = &answer.location {
             resp.insert_header(header::LOCATION, location.as_str())?;
         }
-        if !answer.body.is_empty() {
+        if !answer.body.is_empty()
+            && !answer
+                .headers
+                .iter()
+                .any(|(n, _)| n == header::CONTENT_TYPE)
+        {
             resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
         }
         for (name, value) in &answer.headers {
-            resp.insert_header(name.clone(), value.clone())?;
+            resp.append_header(name.clone(), value.clone())?;
         }
         // RFC 9110 8.6: never in a 204.
         if answer.status != 204 {
@@ -85,7 +130,7 @@ impl PingoraApp {
             .await?;
         if !answer.body.is_empty() && !head_only {
             session
-                .write_response_body(Some(Bytes::from_static(answer.body.as_bytes())), true)
+                .write_response_body(Some(answer.body.clone()), true)
                 .await?;
         }
         Ok(true)
@@ -114,6 +159,7 @@ impl ProxyHttp for PingoraApp {
             body_bytes: 0,
             grant: AuthGrant::default(),
             permit: None,
+            error_page: None,
         }
     }
 
@@ -167,7 +213,7 @@ impl ProxyHttp for PingoraApp {
         match decision {
             Decision::Answer { route, answer } => {
                 ctx.route = route;
-                self.answer(session, &answer).await
+                self.route_answer(session, ctx, answer).await
             }
             Decision::Proxy(routed) => {
                 ctx.route = Some(routed.route);
@@ -184,7 +230,7 @@ impl ProxyHttp for PingoraApp {
                         .unwrap_or_else(|| self.policy.shared.load());
                     match self.policy.enter(&plane, &routed, &view) {
                         Ok(permit) => ctx.permit = permit,
-                        Err(answer) => return self.answer(session, &answer).await,
+                        Err(answer) => return self.route_answer(session, ctx, answer).await,
                     }
                 }
                 if routed.auth {
@@ -208,7 +254,7 @@ impl ProxyHttp for PingoraApp {
                     .await;
                     match result {
                         Ok(grant) => ctx.grant = grant,
-                        Err(answer) => return self.answer(session, &answer).await,
+                        Err(answer) => return self.route_answer(session, ctx, answer).await,
                     }
                 }
                 session.set_read_timeout(Some(self.policy.limits.client_body_timeout));
@@ -366,6 +412,9 @@ impl ProxyHttp for PingoraApp {
         if *e.etype() == crate::dataplane::ENDPOINT_REMOVED {
             return e; // retried, and not the endpoint's fault
         }
+        if *e.etype() == crate::dataplane::ERROR_PAGE {
+            return e; // answered by fail_to_proxy
+        }
         if *e.etype() == crate::dataplane::STATUS_RETRIED {
             // upstream_response_filter decided, and recorded the failure.
             let mut e = e;
@@ -399,8 +448,24 @@ impl ProxyHttp for PingoraApp {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> pingora_proxy::FailToProxy {
+        if let Some(status) = ctx.error_page.take() {
+            // The upstream's answer is replaced (custom-http-errors). The client connection is
+            // closed after it: Pingora reuses none after an error.
+            let answer = Answer {
+                close: true,
+                ..Answer::error(status, "")
+            };
+            if let Err(err) = self.route_answer(session, ctx, answer).await {
+                tracing::debug!(error = %err, "could not send the error page");
+            }
+            let code = session.response_written().map_or(0, |r| r.status.as_u16());
+            return pingora_proxy::FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -430,7 +495,15 @@ impl ProxyHttp for PingoraApp {
                 close: true,
                 ..Answer::error(code, "")
             };
-            if let Err(err) = self.answer(session, &answer).await {
+            // An upstream failure's answer may be an error page; the client's own faults not.
+            let answer = if *e.esource() == pingora_core::ErrorSource::Upstream
+                || matches!(e.etype(), ErrorType::HTTPStatus(_))
+            {
+                self.route_answer(session, ctx, answer).await
+            } else {
+                self.answer(session, &answer).await
+            };
+            if let Err(err) = answer {
                 tracing::debug!(error = %err, "could not send the error response");
             }
         }
@@ -465,6 +538,17 @@ impl ProxyHttp for PingoraApp {
             .into_up());
         }
         self.policy.upstream_answered(&mut ctx.attempts);
+        if let (Some(plane), Some(routed)) = (&ctx.plane, &ctx.routed) {
+            if routed.errors && self.policy.error_page_for(plane, ctx.route, status) {
+                // custom-http-errors: fail_to_proxy answers with the error page instead.
+                ctx.error_page = Some(status);
+                return Err(Error::explain(
+                    crate::dataplane::ERROR_PAGE,
+                    format!("upstream answered {status}, replaced by an error page"),
+                )
+                .into_up());
+            }
+        }
         if let Some(t) = ctx.upstream_started.take() {
             self.policy
                 .metrics_for(ctx.plane.as_deref(), ctx.route)
@@ -518,6 +602,22 @@ impl ProxyHttp for PingoraApp {
             }
         }
         Ok(())
+    }
+
+    /// The errors that only carry a decision (a status retried, an error page) are not logged as
+    /// failures.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        *e.etype() == crate::dataplane::ERROR_PAGE
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        e: &Error,
+        _context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        *e.etype() == crate::dataplane::STATUS_RETRIED
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -143,8 +143,8 @@ pub fn auth_client() -> reqwest::Client {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
-    /// A plain-text body (empty for a redirect).
-    pub body: &'static str,
+    /// The body: Portico's plain text (empty for a redirect), or an error page's.
+    pub body: bytes::Bytes,
     pub location: Option<String>,
     /// Close the client connection after the answer (a refused request may be hostile).
     pub close: bool,
@@ -181,7 +181,7 @@ impl Answer {
     pub fn error(status: u16, body: &'static str) -> Self {
         Self {
             status,
-            body,
+            body: bytes::Bytes::from_static(body.as_bytes()),
             location: None,
             close: false,
             headers: Vec::new(),
@@ -211,6 +211,8 @@ pub struct Routed {
     pub sticky: bool,
     pub affinity: Option<u64>,
     pub affinity_new: bool,
+    /// Some answers are replaced by error pages ([`Policy::error_page`]).
+    pub errors: bool,
 }
 
 /// What an external auth service's 2xx answer adds to a request.
@@ -409,7 +411,7 @@ fn nginx_answer(
     let scheme = if tls { "https" } else { "http" };
     let redirect = |status: u16, location: String| Answer {
         status,
-        body: "",
+        body: bytes::Bytes::new(),
         location: Some(location),
         close: false,
         headers: Vec::new(),
@@ -540,7 +542,7 @@ impl Policy {
                 route: id,
                 answer: Answer {
                     status: route.https_redirect_code,
-                    body: "",
+                    body: bytes::Bytes::new(),
                     location: Some(location),
                     close: false,
                     headers: Vec::new(),
@@ -660,6 +662,10 @@ impl Policy {
                 .as_ref()
                 .and_then(|x| x.rate_limit.as_ref())
                 .is_some_and(|l| l.connections.is_some()),
+            errors: route
+                .nginx
+                .as_ref()
+                .is_some_and(|x| x.error_pages.is_some()),
         })
     }
 
@@ -958,6 +964,166 @@ impl Policy {
     /// service's `WWW-Authenticate`, or a redirect to `auth-signin`); anything else, an
     /// unreachable service or one slower than the route's read timeout, is a 500.
     #[allow(clippy::too_many_arguments)]
+    /// Whether an answer with `status` on `route` is replaced by an error page
+    /// (ingress-nginx's `custom-http-errors`).
+    pub fn error_page_for(&self, plane: &DataPlane, route: Option<usize>, status: u16) -> bool {
+        route
+            .and_then(|r| plane.routes.routes().get(r))
+            .and_then(|r| r.nginx.as_ref()?.error_pages.as_ref())
+            .is_some_and(|e| e.codes.contains(&status))
+    }
+
+    /// The default backend's answer in place of `status` on `route`: as ingress-nginx's error
+    /// location asks it, with the client's method and fields (no body), the path `/`, and
+    /// `X-Code`, `X-Format`, `X-Original-URI`, `X-Namespace`, `X-Ingress-Name`,
+    /// `X-Service-Name`, `X-Service-Port` and `X-Request-ID`. Its status, fields and body reach
+    /// the client unchanged (bodies up to 1 MiB). Without a default backend the answer is
+    /// Portico's 404, as ingress-nginx's built-in default backend's; a default backend without
+    /// endpoints is a 503, one that fails a 502.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn error_page(
+        &self,
+        plane: &DataPlane,
+        route: usize,
+        status: u16,
+        request: &impl RequestView,
+        host: &str,
+        request_uri: &str,
+        client: Option<IpAddr>,
+    ) -> Answer {
+        const MAX_PAGE: usize = 1 << 20;
+        let Some((r, pages)) = plane
+            .routes
+            .routes()
+            .get(route)
+            .and_then(|r| Some((r, r.nginx.as_ref()?.error_pages.as_ref()?)))
+        else {
+            return Answer::error(status, "");
+        };
+        let Some(pool) = pages
+            .pool
+            .or(plane.routes.error_backend())
+            .and_then(|p| plane.pools.get(p))
+        else {
+            return Answer::error(404, "default backend - 404\n");
+        };
+        let now = now_ms();
+        let Some(upstream) = pool
+            .pick(|u| u.health.is_available(now))
+            .or_else(|| pool.pick(|_| true))
+            .and_then(|i| pool.endpoints().get(i))
+        else {
+            return Answer::error(503, "no usable endpoint for the default backend\n");
+        };
+        let failed = |why: &str| {
+            tracing::warn!(upstream = %upstream.addr, route = %r.ingress, status, error = why, "error page failed; answering 502");
+            Answer::error(502, "")
+        };
+        let Ok(method) = reqwest::Method::from_bytes(request.method()) else {
+            return failed("bad method");
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in request.fields() {
+            const SKIP: &[&str] = &[
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "keep-alive",
+                "te",
+                "trailer",
+                "upgrade",
+                "proxy-connection",
+                "expect",
+                "x-forwarded-for",
+                "x-request-id",
+            ];
+            let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            else {
+                continue;
+            };
+            if !SKIP.contains(&name.as_str()) {
+                headers.append(name, value);
+            }
+        }
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        };
+        set("host", host);
+        set("x-code", &status.to_string());
+        let accept = request.header("accept").unwrap_or_default();
+        set("x-format", std::str::from_utf8(accept).unwrap_or_default());
+        set("x-original-uri", request_uri);
+        let id = match request.header("x-request-id") {
+            Some(id) => String::from_utf8_lossy(id).into_owned(),
+            None => format!(
+                "{:016x}{:016x}",
+                crate::routing::affinity::new_key(),
+                crate::routing::affinity::new_key()
+            ),
+        };
+        set("x-request-id", &id);
+        if let Some(ip) = client {
+            set("x-forwarded-for", &ip.to_string());
+        }
+        for (name, value) in &pages.fields {
+            headers.insert(name.clone(), value.clone());
+        }
+        let limits = &r.limits;
+        let timeout = limits
+            .connect_timeout
+            .unwrap_or(self.upstream.connect_timeout)
+            + limits.read_timeout.unwrap_or(self.upstream.read_timeout);
+        let url = format!("http://{}/", upstream.addr);
+        let fetch = async {
+            let mut response = self
+                .auth_client
+                .request(method, &url)
+                .headers(headers)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+                if body.len() + chunk.len() > MAX_PAGE {
+                    return Err("the error page is over 1 MiB".to_string());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok((response.status().as_u16(), response.headers().clone(), body))
+        };
+        let (code, fields, body) = match tokio::time::timeout(timeout, fetch).await {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => return failed(&e),
+            Err(_) => return failed("timed out"),
+        };
+        const HOP: &[&str] = &[
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "content-length",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-connection",
+            "date",
+            "server",
+        ];
+        Answer {
+            status: code,
+            body: body.into(),
+            location: None,
+            close: false,
+            headers: fields
+                .iter()
+                .filter(|(n, _)| !HOP.contains(&n.as_str()))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
     pub async fn authorize(
         &self,
         plane: &DataPlane,

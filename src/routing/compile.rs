@@ -1235,6 +1235,7 @@ impl<'m> Compiler<'m, '_> {
             nginx: None,
         });
         self.out.table.default_backend = Some(id);
+        self.out.table.error_backend = Some(pool);
     }
 
     /// A pool for a Service's first port (outside any Ingress), if the Service exists.
@@ -1660,6 +1661,35 @@ fn nginx_route(
             })
         }),
         fallback_pool: refs.fallback_pool,
+        error_pages: n
+            .custom_http_errors
+            .as_ref()
+            .unwrap_or(&g.custom_http_errors)
+            .first()
+            .map(|_| {
+                let codes = n
+                    .custom_http_errors
+                    .clone()
+                    .unwrap_or_else(|| g.custom_http_errors.clone());
+                let (service, port) = match &p.backend {
+                    BackendRef::Service { name, port } => (name.clone(), port.to_string()),
+                    BackendRef::Resource { name, .. } => (name.clone(), String::new()),
+                };
+                let fields = [
+                    ("x-namespace", refs.namespace.clone()),
+                    ("x-ingress-name", refs.ingress.clone()),
+                    ("x-service-name", service),
+                    ("x-service-port", port),
+                ]
+                .into_iter()
+                .filter_map(|(n, v)| Some((http::HeaderName::from_static(n), header(&v)?)))
+                .collect();
+                Arc::new(super::ErrorPages {
+                    codes,
+                    pool: refs.fallback_pool,
+                    fields,
+                })
+            }),
         affinity: n.affinity.as_ref().map(|a| {
             // nginx's cookie: the location's path unless session-cookie-path, always HttpOnly.
             let path = a.path.clone().unwrap_or_else(|| match matcher {

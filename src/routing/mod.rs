@@ -100,6 +100,20 @@ pub struct NginxRoute {
     pub fallback_pool: Option<usize>,
     /// `affinity: cookie`.
     pub affinity: Option<Arc<affinity::Affinity>>,
+    /// `custom-http-errors`: the answers the default backend replaces.
+    pub error_pages: Option<Arc<ErrorPages>>,
+}
+
+/// ingress-nginx's `custom-http-errors` on a route: responses with these codes (the backend's,
+/// and Portico's own when the backend fails) are replaced by the default backend's answer to a
+/// request that tells it what happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorPages {
+    pub codes: Vec<u16>,
+    /// The Ingress's `default-backend` pool; else `--default-backend-service`'s.
+    pub pool: Option<usize>,
+    /// `X-Namespace`, `X-Ingress-Name`, `X-Service-Name`, `X-Service-Port`.
+    pub fields: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// A route's per-client limits, with the state they share across recompiles.
@@ -390,6 +404,8 @@ pub struct RouteTable {
     wildcard: FastMap<String, HostRules>,
     any_host: HostRules,
     default_backend: Option<usize>,
+    /// `--default-backend-service`'s pool: where error pages come from.
+    pub(crate) error_backend: Option<usize>,
     routes: Vec<Route>,
     /// Some Ingress is served with ingress-nginx's semantics: nginx matches a path only after
     /// decoding and normalising it, so a request whose normalised path routes elsewhere is
@@ -489,6 +505,11 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// `--default-backend-service`'s pool, if it exists.
+    pub fn error_backend(&self) -> Option<usize> {
+        self.error_backend
     }
 
     /// Number of distinct hosts (precise and wildcard) with rules.

@@ -279,6 +279,10 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                 Ok(t) => n.next_upstream_timeout = Some(t),
                 Err(e) => refuse(ignored(&e), false),
             },
+            "custom-http-errors" => match status_codes(v) {
+                Ok(codes) => n.custom_http_errors = Some(codes),
+                Err(e) => refuse(ignored(&e), false),
+            },
             "auth-url"
             | "auth-method"
             | "auth-response-headers"
@@ -854,14 +858,7 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                 Err(e) => invalid(e),
             },
             "custom-http-errors" => match status_codes(v) {
-                Ok(codes) if codes.is_empty() => {}
-                Ok(_) => problems.push((
-                    key.clone(),
-                    "NotApplied",
-                    "read, but error pages are not served yet: the backend's own error \
-                     responses reach the client"
-                        .into(),
-                )),
+                Ok(codes) => g.custom_http_errors = codes,
                 Err(e) => invalid(e),
             },
             "limit-req-status-code" | "limit-conn-status-code" => match v.parse::<u16>() {

@@ -102,6 +102,9 @@ enum Failure {
     /// The upstream answered with a status the route retries on, and another attempt is
     /// allowed: the response was dropped.
     Retry,
+    /// The upstream answered with a status the route replaces by an error page; nothing was
+    /// sent to the client.
+    ErrorPage(u16),
     /// The client failed (closed, too slow, bad body): answer this status if it can take one.
     Client { status: u16, reason: &'static str },
     /// A response was partly sent: the connection can only be closed.
@@ -267,7 +270,7 @@ impl Engine {
         let started = Instant::now();
         let mut out = Vec::with_capacity(256);
         encode::answer_head(answer, true, &self.policy.server_header, &mut out);
-        out.extend_from_slice(answer.body.as_bytes());
+        out.extend_from_slice(&answer.body);
         let _ = within(self.policy.upstream.write_timeout, stream.write_all(&out)).await;
         let metrics = self.policy.metrics_for(None, None);
         metrics.observe(&http::Method::GET, answer.status, started.elapsed(), 0, 0);
@@ -361,8 +364,18 @@ impl Engine {
         let next = match decision {
             Decision::Answer { route, answer } => {
                 outcome.route = route;
-                self.answer(stream, &head, &raw, &answer, closing, &mut outcome)
-                    .await
+                self.route_answer(
+                    stream,
+                    &head,
+                    &raw,
+                    conn,
+                    &plane,
+                    route,
+                    answer,
+                    closing,
+                    &mut outcome,
+                )
+                .await
             }
             Decision::Proxy(routed) => {
                 outcome.route = Some(routed.route);
@@ -390,8 +403,18 @@ impl Engine {
                 };
                 match grant {
                     Err(answer) => {
-                        self.answer(stream, &head, &raw, &answer, closing, &mut outcome)
-                            .await
+                        self.route_answer(
+                            stream,
+                            &head,
+                            &raw,
+                            conn,
+                            &plane,
+                            Some(routed.route),
+                            answer,
+                            closing,
+                            &mut outcome,
+                        )
+                        .await
                     }
                     Ok(grant) => {
                         let _permit = permit;
@@ -438,6 +461,52 @@ impl Engine {
     }
 
     /// Sends one of the policy's answers. A request body that was not read closes the connection.
+    /// Sends a route's answer, or the error page that replaces it (custom-http-errors).
+    #[allow(clippy::too_many_arguments)]
+    async fn route_answer(
+        &self,
+        stream: &mut Stream,
+        head: &RequestHead,
+        raw: &Bytes,
+        conn: &Conn,
+        plane: &DataPlane,
+        route: Option<usize>,
+        answer: Answer,
+        closing: bool,
+        outcome: &mut Outcome,
+    ) -> Next {
+        let answer = match route {
+            Some(r) if self.policy.error_page_for(plane, route, answer.status) => {
+                let view = View {
+                    policy: &self.policy,
+                    head,
+                    raw,
+                    client: conn.client,
+                };
+                let host = std::str::from_utf8(head.host(raw)).unwrap_or("");
+                let origin = std::str::from_utf8(head.origin.get(raw)).unwrap_or("/");
+                let page = self.policy.error_page(
+                    plane,
+                    r,
+                    answer.status,
+                    &view,
+                    host,
+                    origin,
+                    view.client_ip(None),
+                );
+                // Boxed: a sub-request's future, needed only here.
+                let page = Box::pin(page).await;
+                Answer {
+                    close: answer.close || page.close,
+                    ..page
+                }
+            }
+            _ => answer,
+        };
+        self.answer(stream, head, raw, &answer, closing, outcome)
+            .await
+    }
+
     async fn answer(
         &self,
         stream: &mut Stream,
@@ -451,7 +520,7 @@ impl Engine {
         let mut out = Vec::with_capacity(256 + answer.body.len());
         encode::answer_head(answer, close, &self.policy.server_header, &mut out);
         if head.method.get(raw) != b"HEAD" {
-            out.extend_from_slice(answer.body.as_bytes());
+            out.extend_from_slice(&answer.body);
             outcome.sent = answer.body.len();
         }
         outcome.status = answer.status;
@@ -536,7 +605,17 @@ impl Engine {
             let Some(endpoint) = self.policy.pick(plane, routed, &attempts) else {
                 let answer = Answer::error(503, "no usable endpoint for this backend\n");
                 return self
-                    .answer(client, head, raw, &answer, closing, outcome)
+                    .route_answer(
+                        client,
+                        head,
+                        raw,
+                        conn,
+                        plane,
+                        Some(routed.route),
+                        answer,
+                        closing,
+                        outcome,
+                    )
                     .await;
             };
             attempts.start(&endpoint);
@@ -592,7 +671,35 @@ impl Engine {
                         close: true,
                         ..Answer::error(status, "")
                     };
-                    return self.answer(client, head, raw, &answer, true, outcome).await;
+                    return self
+                        .route_answer(
+                            client,
+                            head,
+                            raw,
+                            conn,
+                            plane,
+                            Some(routed.route),
+                            answer,
+                            true,
+                            outcome,
+                        )
+                        .await;
+                }
+                Failure::ErrorPage(status) => {
+                    let answer = Answer::error(status, "");
+                    return self
+                        .route_answer(
+                            client,
+                            head,
+                            raw,
+                            conn,
+                            plane,
+                            Some(routed.route),
+                            answer,
+                            closing,
+                            outcome,
+                        )
+                        .await;
                 }
                 Failure::Client { status, reason } => {
                     outcome.error = reason;
@@ -614,7 +721,17 @@ impl Engine {
                 Failure::Removed => {
                     let answer = Answer::error(503, "no usable endpoint for this backend\n");
                     return self
-                        .answer(client, head, raw, &answer, closing, outcome)
+                        .route_answer(
+                            client,
+                            head,
+                            raw,
+                            conn,
+                            plane,
+                            Some(routed.route),
+                            answer,
+                            closing,
+                            outcome,
+                        )
                         .await;
                 }
                 Failure::Broken => {
@@ -832,6 +949,20 @@ impl Engine {
             return Err(Failure::Retry);
         }
         self.policy.upstream_answered(attempts);
+        if routed.errors
+            && self
+                .policy
+                .error_page_for(plane, Some(routed.route), response.status)
+        {
+            // custom-http-errors (nginx's proxy_intercept_errors): the response is dropped with
+            // its connection, and the default backend answers instead.
+            metrics.observe_upstream_response(sent_at.elapsed());
+            if let Some(n) = buffered {
+                buf.advance(n);
+                outcome.read = n;
+            }
+            return Err(Failure::ErrorPage(response.status));
+        }
         metrics.observe_upstream_response(sent_at.elapsed());
         if let Some(n) = buffered {
             buf.advance(n);
@@ -1127,10 +1258,9 @@ impl Engine {
 
 impl Answer {
     fn reason_or<'a>(&'a self, default: &'a str) -> &'a str {
-        if self.body.is_empty() {
-            default
-        } else {
-            self.body.trim_end()
+        match std::str::from_utf8(&self.body) {
+            Ok(text) if !text.is_empty() && self.body.len() < 200 => text.trim_end(),
+            _ => default,
         }
     }
 }

@@ -261,7 +261,12 @@ pub fn answer_head(answer: &Answer, close: bool, server: &ServerHeader, out: &mu
     if let Some(location) = &answer.location {
         field(b"Location", location.as_bytes(), out);
     }
-    if !answer.body.is_empty() {
+    if !answer.body.is_empty()
+        && !answer
+            .headers
+            .iter()
+            .any(|(n, _)| n == http::header::CONTENT_TYPE)
+    {
         field(b"Content-Type", b"text/plain; charset=utf-8", out);
     }
     for (name, value) in &answer.headers {
