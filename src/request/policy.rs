@@ -963,7 +963,6 @@ impl Policy {
     /// `X-Forwarded-For`. A 2xx admits it; 401 and 403 go back to the client (401 with the
     /// service's `WWW-Authenticate`, or a redirect to `auth-signin`); anything else, an
     /// unreachable service or one slower than the route's read timeout, is a 500.
-    #[allow(clippy::too_many_arguments)]
     /// Whether an answer with `status` on `route` is replaced by an error page
     /// (ingress-nginx's `custom-http-errors`).
     pub fn error_page_for(&self, plane: &DataPlane, route: Option<usize>, status: u16) -> bool {
@@ -1124,6 +1123,7 @@ impl Policy {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn authorize(
         &self,
         plane: &DataPlane,
