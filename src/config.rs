@@ -114,6 +114,12 @@ pub struct Flags {
     /// [default: none: 404].
     #[arg(long, global = true, value_name = "NS/NAME")]
     pub default_backend_service: Option<String>,
+    /// Every connection, on both listeners, starts with a PROXY protocol (v1 or v2) header from
+    /// the load balancer in front, whose source address is the client's; connections without
+    /// one are closed. In compatibility mode the ConfigMap's use-proxy-protocol also turns it on
+    /// [default: false].
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub proxy_protocol: Option<bool>,
     /// ingress-nginx's class in the legacy kubernetes.io/ingress.class annotation [default: nginx].
     #[arg(long, global = true, value_name = "NAME")]
     pub ingress_nginx_class: Option<String>,
@@ -411,6 +417,7 @@ impl Flags {
             default_backend_service: self
                 .default_backend_service
                 .or(file.default_backend_service),
+            proxy_protocol: self.proxy_protocol.or(file.proxy_protocol),
             watch_ingress_without_class: self
                 .watch_ingress_without_class
                 .or(file.watch_ingress_without_class),
@@ -540,6 +547,10 @@ impl Flags {
                     .unwrap_or_else(|| "portico.dev/ingress-controller".into()),
                 ingress_class: flags.ingress_class.unwrap_or_else(|| "portico".into()),
                 default_backend,
+                proxy_protocol: flags
+                    .proxy_protocol
+                    .unwrap_or(false)
+                    .then_some(std::time::Duration::from_secs(5)),
                 nginx: flags
                     .ingress_nginx_compat
                     .unwrap_or(false)

@@ -38,6 +38,7 @@ pub mod names {
         "portico_tls_certificate_expiry_timestamp_seconds";
     pub const CLIENT_HEADER_TIMEOUTS_TOTAL: &str = "portico_client_header_timeouts_total";
     pub const AUTH_REQUESTS_TOTAL: &str = "portico_auth_requests_total";
+    pub const PROXY_PROTOCOL_REFUSED_TOTAL: &str = "portico_proxy_protocol_refused_total";
     pub const AUTH_REQUEST_DURATION_SECONDS: &str = "portico_auth_request_duration_seconds";
 }
 
@@ -85,6 +86,8 @@ pub struct Metrics {
     pub upstream_reused: IntCounter,
     /// Client connections closed because a request header did not arrive in time.
     pub client_header_timeouts: IntCounter,
+    /// Client connections closed because their PROXY protocol header was missing or invalid.
+    pub proxy_protocol_refused: IntCounter,
     /// External auth sub-requests by result (`allowed`, `denied`, `error`).
     pub auth_requests: IntCounterVec,
     pub auth_duration: prometheus::Histogram,
@@ -216,6 +219,11 @@ impl Metrics {
             names::CLIENT_HEADER_TIMEOUTS_TOTAL,
             "Client connections closed because a request header was not complete in time.",
         )?;
+        let proxy_protocol_refused = IntCounter::new(
+            names::PROXY_PROTOCOL_REFUSED_TOTAL,
+            "Client connections closed because PROXY protocol is on and their header was missing, \
+             invalid or late.",
+        )?;
         let auth_requests = IntCounterVec::new(
             Opts::new(
                 names::AUTH_REQUESTS_TOTAL,
@@ -251,6 +259,7 @@ impl Metrics {
             Box::new(pool_endpoints.clone()),
             Box::new(tls_expiry.clone()),
             Box::new(client_header_timeouts.clone()),
+            Box::new(proxy_protocol_refused.clone()),
             Box::new(auth_requests.clone()),
             Box::new(auth_duration.clone()),
         ] {
@@ -268,6 +277,7 @@ impl Metrics {
             upstream_new,
             upstream_reused,
             client_header_timeouts,
+            proxy_protocol_refused,
             auth_requests,
             auth_duration,
             generation,

@@ -568,9 +568,8 @@ pub struct NginxGlobals {
     /// `whitelist-source-range` / `denylist-source-range`: for Ingresses without their own.
     pub allow: Option<Vec<Cidr>>,
     pub deny: Option<Vec<Cidr>>,
-    /// Why the client IP cannot be told as ingress-nginx would tell it (`use-proxy-protocol`,
-    /// or a `forwarded-for-header` other than X-Forwarded-For): Ingresses with allow or deny
-    /// lists are then not served.
+    /// Why the client IP cannot be told as ingress-nginx would tell it (a `forwarded-for-header`
+    /// other than X-Forwarded-For): Ingresses with allow or deny lists are then not served.
     pub client_ip_unknown: Option<String>,
     /// `use-forwarded-headers` with `proxy-real-ip-cidr` [off; 0.0.0.0/0]: the peers whose
     /// `X-Forwarded-For` tells the client IP, instead of `--trusted-proxies`.
@@ -594,6 +593,8 @@ pub struct NginxGlobals {
     pub next_upstream_timeout: Option<std::time::Duration>,
     /// `custom-http-errors` [none].
     pub custom_http_errors: Vec<u16>,
+    /// `use-proxy-protocol` [false], with `proxy-protocol-header-timeout` [5s].
+    pub proxy_protocol: Option<std::time::Duration>,
 }
 
 impl Default for NginxGlobals {
@@ -621,6 +622,7 @@ impl Default for NginxGlobals {
             next_upstream_tries: None,
             next_upstream_timeout: None,
             custom_http_errors: Vec::new(),
+            proxy_protocol: None,
         }
     }
 }

@@ -155,8 +155,15 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         h1,
         header_timeout: config.limits.client_header_timeout,
         expired: shared.metrics.client_header_timeouts.clone(),
+        shared: shared.clone(),
     };
     let mut proxy = Service::new("portico proxy".to_string(), edge);
+    // PROXY protocol on the TLS listener: the header comes before the handshake.
+    proxy
+        .endpoints()
+        .set_pre_tls_callback(Arc::new(crate::request::proxy_protocol::PreTls {
+            shared: shared.clone(),
+        }));
     proxy.add_listener(ListenerConfig::tcp(config.http_listen.to_string()).l4_buffer(l4_buffer));
     if let Some(addr) = config.https_listen {
         // rustls: TLS 1.2 and 1.3 only, AEAD suites with forward secrecy only (ring's defaults).

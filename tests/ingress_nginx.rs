@@ -429,15 +429,7 @@ async fn allowlists_check_the_real_client_ip_and_fail_closed() {
         assert!(std::time::Instant::now() < deadline, "proxy-real-ip-cidr default not applied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // PROXY protocol is not read: the Ingresses with lists are not served rather than checked
-    // against the load balancer's address.
-    std::fs::write(&file, format!("{cm}  use-proxy-protocol: \"true\"\n")).expect("write");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while get_from(p, "127.0.0.2", "partners.example.com", &[]).await != 404 {
-        assert!(std::time::Instant::now() < deadline, "use-proxy-protocol not refused");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(echo(p, "ewma.example.com", "/").await.service, "web");
+    // use-proxy-protocol: see use_proxy_protocol_gives_the_allowlist_the_real_client.
 }
 }
 
@@ -1888,5 +1880,91 @@ async fn custom_http_errors_ask_the_default_backend() {
     drop(p);
     let p = Portico::start_with(&refs, |f| f.ingress_nginx_compat = Some(true)).await;
     assert_eq!(get(&p, "global.test", "/").await, (404, None, "default backend - 404\n".into()));
+}
+}
+
+/// One request on a new connection, after `prefix` (a PROXY header) in the same write; the raw
+/// answer ("" when the connection closed without one).
+async fn raw_request(p: &Portico, prefix: &str, host: &str, fields: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(p.http)
+        .await
+        .expect("connect");
+    let req =
+        format!("{prefix}GET / HTTP/1.1\r\nHost: {host}\r\n{fields}Connection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_proxy_protocol_gives_the_allowlist_the_real_client() {
+    let pods = Pods::start("web", 1).await;
+    let configmap = |on: bool| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ingress-nginx-controller, \
+             namespace: ingress-nginx}}\ndata:\n  use-proxy-protocol: \"{on}\"\n"
+        )
+    };
+    let files = [
+        ("00-class.yaml".to_string(), fixtures()[0].1.clone()),
+        ("configmap.yaml".into(), configmap(true)),
+        ("web.yaml".into(), pods.manifests("default", "", 80)),
+        (
+            "allow.yaml".into(),
+            auth_ingress("allow", "allow.test", &[("whitelist-source-range", "203.0.113.0/24")]),
+        ),
+        ("open.yaml".into(), auth_ingress("open", "open.test", &[])),
+    ];
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let p = Portico::start_with(&refs, |f| f.ingress_nginx_compat = Some(true)).await;
+    let from = |ip: &str| format!("PROXY TCP4 {ip} 127.0.0.1 40000 80\r\n");
+    let answer = raw_request(&p, &from("203.0.113.7"), "allow.test", "").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"x-forwarded-for\":\"203.0.113.7\""), "{answer}");
+    // The load balancer's client is someone else: a forged X-Forwarded-For changes nothing.
+    let answer = raw_request(
+        &p,
+        &from("198.51.100.1"),
+        "allow.test",
+        "X-Forwarded-For: 203.0.113.7\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // A v2 header works as well.
+    let v2 = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (
+            "203.0.113.200:1".parse::<std::net::SocketAddr>().unwrap(),
+            p.http,
+        ),
+    )
+    .build()
+    .expect("v2");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(p.http).await.expect("connect");
+        let mut req = v2.clone();
+        req.extend_from_slice(b"GET / HTTP/1.1\r\nHost: allow.test\r\nConnection: close\r\n\r\n");
+        c.write_all(&req).await.expect("write");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    // Without a header: closed unanswered.
+    assert_eq!(raw_request(&p, "", "open.test", "").await, "");
+    // The ConfigMap turns it off live: headers are no longer read (nor expected).
+    p.write("configmap.yaml", &configmap(false));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !raw_request(&p, "", "open.test", "").await.starts_with("HTTP/1.1 200") {
+        assert!(std::time::Instant::now() < deadline, "use-proxy-protocol still on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = raw_request(&p, "", "allow.test", "").await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
 }
 }

@@ -354,6 +354,18 @@ stringData:
 
     /// Connects with `sni` (`None`: no SNI at all, as when connecting by IP) and `alpn`.
     pub async fn tls(addr: SocketAddr, sni: Option<&str>, alpn: &[&[u8]], v: Versions) -> Tls {
+        try_tls(addr, &[], sni, alpn, v).await.expect("handshake")
+    }
+
+    /// Connects, writes `prefix` (a PROXY protocol header) and then shakes hands.
+    pub async fn try_tls(
+        addr: SocketAddr,
+        prefix: &[u8],
+        sni: Option<&str>,
+        alpn: &[&[u8]],
+        v: Versions,
+    ) -> std::io::Result<Tls> {
+        use tokio::io::AsyncWriteExt;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let versions: &[&rustls::SupportedProtocolVersion] = match v {
             Versions::All => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -370,16 +382,16 @@ stringData:
             Some(s) => ServerName::try_from(s.to_string()).expect("server name"),
             None => ServerName::IpAddress(addr.ip().into()),
         };
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(prefix).await?;
         let stream = tokio::time::timeout(
             STEP,
             tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
         )
         .await
-        .expect("handshake timed out")
-        .expect("handshake");
+        .expect("handshake timed out")?;
         let conn = stream.get_ref().1;
-        Tls {
+        Ok(Tls {
             leaf: conn
                 .peer_certificates()
                 .and_then(|c| c.first())
@@ -388,7 +400,7 @@ stringData:
             alpn: conn.alpn_protocol().map(|p| p.to_vec()),
             version: conn.protocol_version(),
             stream,
-        }
+        })
     }
 
     pub type Sender1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -1244,6 +1256,83 @@ spec: { controller: k8s.io/ingress-nginx }
             assert_eq!(r.status(), 308, "{host}");
             assert!(r.headers().get("strict-transport-security").is_none());
         }
+    })
+    .await;
+}
+}
+
+both_engines! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_names_the_client_on_both_listeners() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let s = echo("svc").await;
+        let p = Proxy::start_with(
+            &[
+                ("class.yaml", CLASS.into()),
+                ("svc.yaml", service("svc", s)),
+                ("a.yaml", ingress("a", &[], &["a.test"], "svc", &[])),
+            ],
+            |f| f.proxy_protocol = Some(true),
+        )
+        .await;
+        // TLS, with a v2 header before the ClientHello.
+        let v2 = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (
+                "203.0.113.9:1234".parse::<SocketAddr>().unwrap(),
+                p.https(),
+            ),
+        )
+        .build()
+        .expect("v2 header");
+        let t = try_tls(p.https(), &v2, Some("a.test"), &[b"http/1.1"], Versions::All)
+            .await
+            .expect("handshake after the header");
+        let mut h = http1(t).await;
+        let (status, _, body) = get1(&mut h, "a.test", "/").await;
+        assert_eq!(status, 200);
+        let e = echo_of(&body);
+        assert_eq!(e.headers.get("x-forwarded-for").map(String::as_str), Some("203.0.113.9"));
+        assert_eq!(e.headers.get("x-real-ip").map(String::as_str), Some("203.0.113.9"));
+        // The same connection keeps its client for its next request.
+        let (_, _, body) = get1(&mut h, "a.test", "/again").await;
+        assert_eq!(echo_of(&body).headers.get("x-forwarded-for").map(String::as_str), Some("203.0.113.9"));
+        // Without a header the handshake never happens.
+        assert!(try_tls(p.https(), b"", Some("a.test"), &[], Versions::All).await.is_err());
+        // A health check's LOCAL header keeps the real peer.
+        let local = ppp::v2::Builder::new(
+            ppp::v2::Version::Two | ppp::v2::Command::Local,
+            ppp::v2::AddressFamily::Unspecified | ppp::v2::Protocol::Unspecified,
+        )
+        .build()
+        .expect("local header");
+        let t = try_tls(p.https(), &local, Some("a.test"), &[b"http/1.1"], Versions::All)
+            .await
+            .expect("handshake after LOCAL");
+        let (_, _, body) = get1(&mut http1(t).await, "a.test", "/").await;
+        assert_eq!(echo_of(&body).headers.get("x-forwarded-for").map(String::as_str), Some("127.0.0.1"));
+
+        // Plain HTTP, with a v1 header in the same write as the request.
+        let plain = |header: &'static str| async move {
+            let mut c = tokio::net::TcpStream::connect(p.http).await.expect("connect");
+            let req = format!("{header}GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+            c.write_all(req.as_bytes()).await.expect("write");
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(STEP, c.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let answer = plain("PROXY TCP4 198.51.100.4 127.0.0.1 5555 80\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"x-forwarded-for\":\"198.51.100.4\""), "{answer}");
+        let answer = plain("PROXY TCP6 2001:db8::5 ::1 5555 80\r\n").await;
+        assert!(answer.contains("\"x-forwarded-for\":\"2001:db8::5\""), "{answer}");
+        // No header, or a broken one: closed without an answer.
+        assert_eq!(plain("").await, "");
+        assert_eq!(plain("PROXY TCP4 1.2.3\r\n").await, "");
+        let m = p.metrics().await;
+        assert!(m.contains("portico_proxy_protocol_refused_total 3"), "{m}");
     })
     .await;
 }

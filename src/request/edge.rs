@@ -30,6 +30,8 @@ use pingora_core::protocols::{
 };
 use pingora_core::server::ShutdownWatch;
 use prometheus::IntCounter;
+
+use crate::request::proxy_protocol;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -280,6 +282,8 @@ pub struct Edge<A> {
     pub h1: Option<Arc<crate::request::h1::Engine>>,
     pub header_timeout: Duration,
     pub expired: IntCounter,
+    /// The snapshot holder, for the PROXY protocol setting of each new connection.
+    pub shared: Arc<crate::dataplane::Shared>,
 }
 
 #[async_trait]
@@ -292,11 +296,31 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
         if stream.selected_alpn_proto() == Some(ALPN::H2) {
             return self.app.process_new(stream, shutdown).await;
         }
-        if let Some(h1) = &self.h1 {
-            return h1.serve(stream, shutdown).await;
+        let mut stream = stream;
+        let mut prefix = bytes::BytesMut::new();
+        // A TLS connection's PROXY header was read before its handshake.
+        if stream.get_ssl().is_none() {
+            if let Some(limit) = proxy_protocol::wanted(&self.shared) {
+                match proxy_protocol::read_header(&mut stream, limit).await {
+                    Ok((addr, rest)) => {
+                        if let Some(addr) = addr {
+                            proxy_protocol::set_peer(&mut *stream, addr);
+                        }
+                        prefix = rest;
+                    }
+                    Err(e) => {
+                        proxy_protocol::refused(&self.shared, e);
+                        return None;
+                    }
+                }
+            }
         }
-        let stream = Box::new(HeaderDeadline::new(
+        if let Some(h1) = &self.h1 {
+            return h1.serve_with(stream, prefix, shutdown).await;
+        }
+        let stream = Box::new(HeaderDeadline::with_prefix(
             stream,
+            prefix.freeze(),
             self.header_timeout,
             self.expired.clone(),
         ));

@@ -6,10 +6,12 @@
 //! - [`pingora`]: Pingora's `ProxyHttp` calling the same policy, for HTTP/2, the
 //!   HTTPS/h2c/gRPC backends, and every request with `--http1-engine pingora`;
 //! - [`edge`]: the listeners' application, which gives each connection to its engine;
-//! - [`guard`]: request checks shared by both engines.
+//! - [`guard`]: request checks shared by both engines;
+//! - [`proxy_protocol`]: the PROXY protocol header a load balancer may put before a connection.
 
 pub mod edge;
 pub mod guard;
 pub mod h1;
 pub mod pingora;
 pub mod policy;
+pub mod proxy_protocol;

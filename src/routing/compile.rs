@@ -34,6 +34,9 @@ pub struct CompileOptions {
     pub nginx: Option<NginxCompat>,
     /// `--default-backend-service`: the catch-all when no Ingress has a `spec.defaultBackend`.
     pub default_backend: Option<ObjectKey>,
+    /// `--proxy-protocol`: every connection starts with a PROXY protocol header, due within
+    /// this time (else ingress-nginx's ConfigMap decides, in compatibility mode).
+    pub proxy_protocol: Option<std::time::Duration>,
 }
 
 impl Default for CompileOptions {
@@ -43,6 +46,7 @@ impl Default for CompileOptions {
             ingress_class: "portico".into(),
             nginx: None,
             default_backend: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -397,6 +401,11 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
     let taken = taken_ingresses(model, opts);
     let ours: Vec<&Ingress> = taken.iter().map(|(ing, _)| *ing).collect();
     c.out.table.nginx_paths = taken.iter().any(|(_, f)| *f == Flavor::Nginx);
+    c.out.table.proxy_protocol = match opts.proxy_protocol {
+        Some(t) => Some(t),
+        None if opts.nginx.is_some() => c.nginx_globals.proxy_protocol,
+        None => None,
+    };
     class_problems(model, opts, &mut c.out.rejected);
     c.out.rejected.append(&mut nginx_problems);
     let no_annotations = NginxAnnotations::default();

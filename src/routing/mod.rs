@@ -406,6 +406,8 @@ pub struct RouteTable {
     default_backend: Option<usize>,
     /// `--default-backend-service`'s pool: where error pages come from.
     pub(crate) error_backend: Option<usize>,
+    /// Connections start with a PROXY protocol header, due within this time.
+    pub(crate) proxy_protocol: Option<std::time::Duration>,
     routes: Vec<Route>,
     /// Some Ingress is served with ingress-nginx's semantics: nginx matches a path only after
     /// decoding and normalising it, so a request whose normalised path routes elsewhere is
@@ -505,6 +507,12 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// Whether connections must start with a PROXY protocol header, and its deadline
+    /// (`--proxy-protocol`, or ingress-nginx's `use-proxy-protocol`).
+    pub fn proxy_protocol(&self) -> Option<std::time::Duration> {
+        self.proxy_protocol
     }
 
     /// `--default-backend-service`'s pool, if it exists.

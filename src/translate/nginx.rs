@@ -681,6 +681,8 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
     let mut global_ext = ExtAuthParts::default();
     let mut global_ext_error: Option<String> = None;
     let mut use_forwarded = false;
+    let mut proxy_protocol = false;
+    let mut proxy_protocol_timeout = std::time::Duration::from_secs(5);
     let mut other_header = false;
     // ingress-nginx's default: every peer (IPv4) may tell the client's address.
     let mut real_ip_cidr: Vec<Cidr> = "0.0.0.0/0".parse().into_iter().collect();
@@ -759,22 +761,12 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
                 }
             },
             "use-proxy-protocol" => match parse_bool(v) {
-                Ok(true) => {
-                    g.client_ip_unknown = Some(
-                        "the ConfigMap's use-proxy-protocol is true, and Portico does not read \
-                         PROXY protocol: the client IP the allow/deny lists check would be the \
-                         load balancer's"
-                            .into(),
-                    );
-                    problems.push((
-                        key.clone(),
-                        "NotApplied",
-                        "PROXY protocol is not supported yet: Ingresses with allow or deny \
-                         lists are not served"
-                            .into(),
-                    ));
-                }
-                Ok(false) => {}
+                Ok(b) => proxy_protocol = b,
+                Err(e) => invalid(e),
+            },
+            "proxy-protocol-header-timeout" => match go_duration(v) {
+                Ok(t) if !t.is_zero() => proxy_protocol_timeout = t,
+                Ok(_) => invalid(format!("{v:?} is not a positive time")),
                 Err(e) => invalid(e),
             },
             "use-forwarded-headers" => match parse_bool(v) {
@@ -874,6 +866,7 @@ pub fn globals(data: &BTreeMap<String, String>) -> (NginxGlobals, Vec<KeyProblem
         }
     }
     g.hsts = hsts_on.then_some(hsts);
+    g.proxy_protocol = proxy_protocol.then_some(proxy_protocol_timeout);
     // Global auth that cannot be applied as written closes every Ingress that would get it.
     match (global_ext_error, global_ext.finish()) {
         (None, Ok(spec)) => g.global_auth = spec,
@@ -1245,6 +1238,26 @@ pub fn size(v: &str) -> Result<u64, String> {
 }
 
 /// Whole seconds, as ingress-nginx's timeouts are written.
+/// A Go duration of one unit, as ingress-nginx's duration settings are written: `5s`, `500ms`,
+/// `1m` (a bare number is seconds).
+fn go_duration(v: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{v:?} is not a duration such as 5s or 500ms");
+    let (digits, scale) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (v, 1000)
+    };
+    if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    Ok(std::time::Duration::from_millis(n * scale))
+}
+
 pub fn seconds(v: &str) -> Result<std::time::Duration, String> {
     if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{v:?} is not a whole number of seconds"));

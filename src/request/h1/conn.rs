@@ -117,7 +117,17 @@ enum Failure {
 impl Engine {
     /// Serves one client connection until it closes; returns nothing (HTTP/1 connections are
     /// never handed back to Pingora's accept loop).
-    pub async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    pub async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        self.serve_with(stream, BytesMut::new(), shutdown).await
+    }
+
+    /// Serves a connection whose first bytes were already read (after a PROXY header).
+    pub async fn serve_with(
+        &self,
+        mut stream: Stream,
+        mut buf: BytesMut,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let digest = stream.get_socket_digest();
         let client = digest
             .as_ref()
@@ -135,7 +145,6 @@ impl Engine {
             addr: self.policy.client_addr(client, local_port),
         };
         let mut shutdown = shutdown.clone();
-        let mut buf = BytesMut::new();
         let mut timers = Timers::new();
         loop {
             let (head, raw) = match self

@@ -1,0 +1,241 @@
+//! The PROXY protocol (HAProxy's, v1 and v2): a load balancer in front of Portico that passes
+//! TCP through says who the client is in a header before the first byte of the connection's own
+//! data, as ingress-nginx's `use-proxy-protocol` expects.
+//!
+//! When it is on (the ConfigMap's `use-proxy-protocol`, or `--proxy-protocol`), every connection
+//! on both listeners must start with such a header, within `proxy-protocol-header-timeout`;
+//! a connection without one is closed, as nginx closes it ("broken header"). The header's source
+//! address becomes the connection's peer address, which everything after it sees as the client
+//! (allowlists, limits, X-Forwarded-For, the access log). `LOCAL` (v2) and `UNKNOWN` (v1)
+//! headers, sent by health checks, keep the real peer. On the TLS listener the header is read
+//! before the handshake (Pingora's pre-TLS hook); on the plain one, before the first request.
+//! The header is parsed by the `ppp` crate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora_core::listeners::PreTlsProcess;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::{GetSocketDigest, SocketDigest, UniqueID};
+use ppp::{HeaderResult, PartialResult};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::dataplane::Shared;
+
+/// The longest header read: a v1 header is at most 107 bytes, and v2 TLVs beyond this are not
+/// something a load balancer sends.
+const MAX_HEADER: usize = 4096;
+
+/// Why a connection's PROXY header was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyHeaderError {
+    #[error("no complete PROXY protocol header within {0:?}")]
+    Timeout(Duration),
+    #[error("the connection closed before its PROXY protocol header was complete")]
+    Closed,
+    /// Closed before sending anything (a load balancer's TCP health check): not counted.
+    #[error("the connection closed before sending anything")]
+    Empty,
+    #[error("not a PROXY protocol header: {0}")]
+    Invalid(String),
+    #[error("the PROXY protocol header is over {MAX_HEADER} bytes")]
+    TooLong,
+}
+
+/// Reads the PROXY header at the start of `stream`: the client address it names (`None` for
+/// `LOCAL`/`UNKNOWN` and address families other than TCP over IPv4/IPv6), and the bytes read
+/// after it, which belong to the connection's own data.
+pub async fn read_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Result<(Option<SocketAddr>, BytesMut), ProxyHeaderError> {
+    let mut buf = BytesMut::with_capacity(256);
+    let read = async {
+        loop {
+            let (len, addr) = match HeaderResult::parse(&buf) {
+                // ppp calls a v1 line with a bad field "incomplete"; once the line has ended
+                // (or passed v1's 107 bytes), it is not.
+                r if r.is_incomplete() && buf.starts_with(b"PROXY ") && v1_ended(&buf) => {
+                    return Err(ProxyHeaderError::Invalid(format!("{r:?}")));
+                }
+                r if r.is_incomplete() => {
+                    if buf.len() >= MAX_HEADER {
+                        return Err(ProxyHeaderError::TooLong);
+                    }
+                    let n = stream
+                        .read_buf(&mut buf)
+                        .await
+                        .map_err(|_| ProxyHeaderError::Closed)?;
+                    if n == 0 {
+                        return Err(match buf.is_empty() {
+                            true => ProxyHeaderError::Empty,
+                            false => ProxyHeaderError::Closed,
+                        });
+                    }
+                    continue;
+                }
+                HeaderResult::V1(Ok(h)) => (
+                    h.header.len(),
+                    match h.addresses {
+                        ppp::v1::Addresses::Tcp4(a) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        ppp::v1::Addresses::Tcp6(a) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        ppp::v1::Addresses::Unknown => None,
+                    },
+                ),
+                HeaderResult::V2(Ok(h)) => (
+                    h.len(),
+                    match (h.command, h.addresses) {
+                        (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        _ => None,
+                    },
+                ),
+                HeaderResult::V1(Err(e)) => return Err(ProxyHeaderError::Invalid(e.to_string())),
+                HeaderResult::V2(Err(e)) => return Err(ProxyHeaderError::Invalid(e.to_string())),
+            };
+            let rest = buf.split_off(len);
+            return Ok((addr, rest));
+        }
+    };
+    match tokio::time::timeout(limit, read).await {
+        Ok(result) => result,
+        Err(_) => Err(ProxyHeaderError::Timeout(limit)),
+    }
+}
+
+/// Whether a v1 header's line has ended, or is longer than v1 allows.
+fn v1_ended(buf: &[u8]) -> bool {
+    const V1_MAX: usize = 107;
+    buf.len() >= V1_MAX || buf.windows(2).any(|w| w == b"\r\n")
+}
+
+/// Makes `addr` the peer address of `stream` (its socket digest, which both engines read).
+pub fn set_peer(stream: &mut (impl GetSocketDigest + UniqueID + ?Sized), addr: SocketAddr) {
+    let digest = SocketDigest::from_raw_fd(stream.id());
+    let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(addr)));
+    stream.set_socket_digest(digest);
+}
+
+/// Whether connections must start with a PROXY header now, and how long it may take: read from
+/// the newest snapshot, so that a ConfigMap change applies to the next connection.
+pub fn wanted(shared: &Shared) -> Option<Duration> {
+    shared.load().routes.proxy_protocol()
+}
+
+/// The TLS listener's hook: the header is read before the handshake.
+pub struct PreTls {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl PreTlsProcess for PreTls {
+    async fn process(&self, stream: &mut L4Stream) -> pingora_core::Result<()> {
+        let Some(limit) = wanted(&self.shared) else {
+            return Ok(());
+        };
+        match read_header(stream, limit).await {
+            Ok((addr, rest)) => {
+                stream.rewind(&rest);
+                if let Some(addr) = addr {
+                    set_peer(stream, addr);
+                }
+                Ok(())
+            }
+            Err(e) => Err(refused(&self.shared, e)),
+        }
+    }
+}
+
+/// Counts and logs a refused header; the error closes the connection.
+pub fn refused(shared: &Shared, e: ProxyHeaderError) -> Box<pingora_core::Error> {
+    if !matches!(e, ProxyHeaderError::Empty) {
+        shared.metrics.proxy_protocol_refused.inc();
+        tracing::debug!(error = %e, "connection closed: PROXY protocol header refused");
+    }
+    pingora_core::Error::explain(pingora_core::ErrorType::InvalidHTTPHeader, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parse(bytes: &[u8]) -> Result<(Option<SocketAddr>, BytesMut), ProxyHeaderError> {
+        let mut input = bytes;
+        read_header(&mut input, Duration::from_secs(1)).await
+    }
+
+    #[tokio::test]
+    async fn v1_and_v2_headers_name_the_client() {
+        let (addr, rest) =
+            parse(b"PROXY TCP4 198.51.100.7 127.0.0.1 50000 80\r\nGET / HTTP/1.1\r\n")
+                .await
+                .expect("v1");
+        assert_eq!(addr, Some("198.51.100.7:50000".parse().unwrap()));
+        assert_eq!(&rest[..], b"GET / HTTP/1.1\r\n");
+        let (addr, _) = parse(b"PROXY TCP6 2001:db8::1 ::1 4000 443\r\n")
+            .await
+            .expect("v1 6");
+        assert_eq!(addr, Some("[2001:db8::1]:4000".parse().unwrap()));
+        assert_eq!(parse(b"PROXY UNKNOWN\r\nx").await.expect("unknown").0, None);
+        let v2 = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (
+                "203.0.113.9:1234".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:443".parse::<SocketAddr>().unwrap(),
+            ),
+        )
+        .build()
+        .expect("v2");
+        let mut input = v2.clone();
+        input.extend_from_slice(b"\x16\x03\x01");
+        let (addr, rest) = parse(&input).await.expect("v2");
+        assert_eq!(addr, Some("203.0.113.9:1234".parse().unwrap()));
+        assert_eq!(&rest[..], b"\x16\x03\x01");
+    }
+
+    #[tokio::test]
+    async fn anything_else_is_refused() {
+        for bad in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"PROXY TCP4 1.2.3.4\r\n",
+            b"PROXY TCP4 300.1.1.1 1.1.1.1 1 1\r\n",
+            b"PROXY TCP4 1.2.3\r\nGET / HTTP/1.1\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ] {
+            assert!(parse(bad).await.is_err(), "{bad:?}");
+        }
+        // Incomplete, then the connection ends; or it ends before anything.
+        assert!(matches!(
+            parse(b"PROXY TCP4 1.2").await,
+            Err(ProxyHeaderError::Closed)
+        ));
+        assert!(matches!(parse(b"").await, Err(ProxyHeaderError::Empty)));
+        // Endless bytes that never complete a header are bounded.
+        let long = [b"PROXY ".as_slice(), &[b'1'; 5000]].concat();
+        assert!(parse(&long).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_trickled_header_is_bounded_in_time() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        use tokio::io::AsyncWriteExt;
+        client.write_all(b"PROXY TCP4 ").await.unwrap();
+        let started = std::time::Instant::now();
+        let r = read_header(&mut server, Duration::from_millis(200)).await;
+        assert!(matches!(r, Err(ProxyHeaderError::Timeout(_))));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
