@@ -383,8 +383,8 @@ impl Attempts {
         self.retry_on.is_some_and(|r| r.on_status(status))
     }
 
-    /// Whether the request may go on to another endpoint after `fault`: the route retries on
-    /// it, the attempt budget and the time limit allow another, and the request can be sent
+    /// Whether the request may go on to another endpoint after `fault`, the attempt budget
+    /// aside: the route retries on it, the time limit allows another, and the request can be sent
     /// again — nothing of it reached the endpoint (`sent` false), or its method is idempotent
     /// (RFC 9110 9.2.2), or the route retries non-idempotent requests too.
     fn may_retry(&self, fault: Fault, sent: bool, idempotent: bool) -> bool {
