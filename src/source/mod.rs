@@ -6,6 +6,7 @@
 //!   [`leader`] Lease) and [`events`] (Events for rejected objects).
 
 pub mod events;
+pub mod gateway_api;
 pub mod kube;
 pub mod leader;
 pub mod manifests;
