@@ -1120,3 +1120,142 @@ fn durations() {
         assert!(parse_duration(bad).is_err(), "{bad:?}");
     }
 }
+
+/// The data plane's table ([`crate::routing::gateway::GatewayTable`]) chooses what the slow
+/// reference chooses, for the listeners and requests of the routing tests.
+#[test]
+fn the_gateway_table_agrees_with_the_reference() {
+    use crate::routing::gateway::{GatewayTable, RequestView};
+    let hosts = [
+        "example.com",
+        "example.net",
+        "example.org",
+        "very.specific.com",
+        "foo.wildcard.io",
+        "foo.bar.wildcard.io",
+        "wildcard.io",
+        "foo.anotherwildcard.io",
+        "bar.com",
+        "foo.bar.com",
+        "baz.bar.com",
+        "boo.foo.com",
+        "sub.first.com",
+        "second-example.org",
+        "x.wildcard.org",
+        "fourth-example.wildcard.org",
+    ];
+    let paths = [
+        "/",
+        "/one",
+        "/two",
+        "/two/",
+        "/one/example",
+        "/v2",
+        "/v2/x",
+        "/v2example",
+        "/match",
+        "/match/exact",
+        "/match/exact/one",
+        "/match/prefix/one/a",
+        "/match/prefix/a",
+        "/match/a",
+        "/s1",
+        "/s2",
+        "/s3",
+        "/s4",
+        "/s5",
+        "/shared",
+        "/set",
+        "/multiple",
+        "/hostname-redirect",
+        "/host-and-status/x",
+        "/omitted-no-forward",
+        "/empty-no-forward",
+    ];
+    let header_sets: [&[(&str, &str)]; 6] = [
+        &[],
+        &[("version", "one")],
+        &[("version", "two")],
+        &[("version", "two"), ("color", "orange")],
+        &[("color", "blue")],
+        &[("Color", "red")],
+    ];
+    let mut checked = 0;
+    for test in [
+        "httproute-simple-same-namespace",
+        "httproute-exact-path-matching",
+        "httproute-matching",
+        "httproute-matching-across-routes",
+        "httproute-path-match-order",
+        "httproute-header-matching",
+        "httproute-hostname-intersection",
+        "httproute-listener-hostname-matching",
+        "httproute-https-listener",
+        "httproute-multiple-gateways",
+        "httproute-redirect-host-and-status",
+        "httproute-omitted-backendrefs",
+        "httproute-request-header-modifier-backend",
+    ] {
+        let Some(w) = world(test) else { return };
+        let out = run(&w);
+        for gw in &out.served {
+            // One entry point per port.
+            let ports: BTreeSet<u16> = gw.listeners.iter().map(|l| l.port).collect();
+            for port in ports {
+                let listeners: Vec<Arc<EffectiveListener>> = gw
+                    .listeners
+                    .iter()
+                    .filter(|l| l.port == port)
+                    .cloned()
+                    .map(Arc::new)
+                    .collect();
+                let table = GatewayTable::build(&listeners).unwrap();
+                for host in hosts {
+                    for path in paths {
+                        for headers in header_sets {
+                            let mut map = http::HeaderMap::new();
+                            for (n, v) in headers {
+                                map.append(
+                                    http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                                        .unwrap(),
+                                    http::HeaderValue::from_str(v).unwrap(),
+                                );
+                            }
+                            let req = RequestView {
+                                host,
+                                method: "GET",
+                                path,
+                                query: None,
+                                headers: &map,
+                            };
+                            let fast = table
+                                .lookup(&req)
+                                .map(|f| &listeners[f.listener].rules[f.rule]);
+                            // The reference: the first listener whose hostname matches.
+                            let mut sorted: Vec<&Arc<EffectiveListener>> =
+                                listeners.iter().collect();
+                            sorted.sort_by(|a, b| {
+                                hostname::listener_specificity(
+                                    a.hostname.as_ref(),
+                                    b.hostname.as_ref(),
+                                )
+                            });
+                            let slow = sorted
+                                .iter()
+                                .find(|l| l.hostname.as_ref().is_none_or(|h| h.matches(host)))
+                                .and_then(|l| route_request(l, host, path, headers));
+                            assert_eq!(
+                                fast.map(|r| (&r.route, r.rule_index, r.match_index)),
+                                slow.map(|r| (&r.route, r.rule_index, r.match_index)),
+                                "{test} {} {host}{path} {headers:?}",
+                                gw.key
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 10_000, "{checked}");
+}
