@@ -138,3 +138,31 @@ fn v1beta1_reference_grants_convert() {
     assert_eq!(g.spec.from[0].namespace, "from");
     assert_eq!(g.spec.to[0].name, None);
 }
+
+/// The URLs kube-rs builds for these types are the CRDs' (plural names, group, version,
+/// scope), and the status subresource is the one the status writer will patch.
+#[test]
+fn kube_resource_urls() {
+    use kube::Resource;
+    assert_eq!(
+        GatewayClass::url_path(&(), None),
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses"
+    );
+    assert_eq!(
+        Gateway::url_path(&(), Some("ns")),
+        "/apis/gateway.networking.k8s.io/v1/namespaces/ns/gateways"
+    );
+    assert_eq!(
+        HTTPRoute::url_path(&(), Some("ns")),
+        "/apis/gateway.networking.k8s.io/v1/namespaces/ns/httproutes"
+    );
+    assert_eq!(
+        ReferenceGrant::url_path(&(), Some("ns")),
+        "/apis/gateway.networking.k8s.io/v1/namespaces/ns/referencegrants"
+    );
+    assert_eq!(
+        reference_grant::v1beta1::ReferenceGrant::url_path(&(), Some("ns")),
+        "/apis/gateway.networking.k8s.io/v1beta1/namespaces/ns/referencegrants"
+    );
+    assert_eq!(HTTPRoute::kind(&()), "HTTPRoute");
+}

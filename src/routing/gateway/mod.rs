@@ -7,6 +7,8 @@
 //! scan only the chosen bucket; rules without method, header or query conditions pay one
 //! branch for them.
 
+pub mod actions;
+
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
