@@ -211,8 +211,14 @@ impl GatewayEval {
     }
 }
 
-/// Judges a Gateway of one of Portico's classes (`class_accepted`: its class is Accepted).
-pub(super) fn evaluate(gw: &Gateway, class_accepted: bool, inputs: &Inputs<'_>) -> GatewayEval {
+/// Judges a Gateway of one of Portico's classes (`class_accepted`: its class is Accepted),
+/// reachable at `available`.
+pub(super) fn evaluate(
+    gw: &Gateway,
+    class_accepted: bool,
+    available: &[IpAddr],
+    inputs: &Inputs<'_>,
+) -> GatewayEval {
     let key = key_of(&gw.metadata);
     let mut refused = None;
     if !class_accepted {
@@ -238,13 +244,8 @@ pub(super) fn evaluate(gw: &Gateway, class_accepted: bool, inputs: &Inputs<'_>) 
             ),
         ));
     }
-    let available = inputs
-        .listen
-        .addresses
-        .get(&key)
-        .unwrap_or(&inputs.listen.shared);
     let mut address_problem = None;
-    let mut addresses = available.clone();
+    let mut addresses = available.to_vec();
     if !gw.spec.addresses.is_empty() {
         // Requested addresses must be among those Portico listens on for this Gateway.
         let mut wanted = Vec::new();

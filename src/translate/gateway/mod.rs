@@ -12,6 +12,7 @@
 //! No I/O and no clock: the caller passes `now` (stamped on conditions that change status) and
 //! writes the status (the Lease holder does, as for Ingress status).
 
+pub mod addresses;
 pub mod conditions;
 pub mod effective;
 pub mod hostname;
@@ -54,8 +55,11 @@ pub struct Listen {
     pub https_ports: BTreeSet<u16>,
     /// Addresses given to single Gateways (an address pool, or the tests' 127.0.0.N).
     pub addresses: BTreeMap<ObjectKey, Vec<IpAddr>>,
-    /// Addresses of every other Gateway (the node's, under hostNetwork); empty: such a Gateway
-    /// is not Programmed (`AddressNotAssigned`).
+    /// Addresses handed out one per Gateway, stably ([`addresses::allocate`]); takes
+    /// precedence over `shared` when not empty.
+    pub pool: Vec<IpAddr>,
+    /// Addresses of every other Gateway (the node's, under hostNetwork); empty (and no pool):
+    /// such a Gateway is not Programmed (`AddressNotAssigned`).
     pub shared: Vec<IpAddr>,
 }
 
@@ -146,10 +150,25 @@ pub fn translate(inputs: &Inputs<'_>) -> Outcome {
         .filter(|g| class_ok.contains_key(&g.spec.gateway_class_name))
         .collect();
     gateways.sort_by_key(|g| (created(&g.metadata), key_of(&g.metadata)));
+    let keys: Vec<ObjectKey> = gateways.iter().map(|g| key_of(&g.metadata)).collect();
+    let pooled = if inputs.listen.pool.is_empty() {
+        None
+    } else {
+        Some(addresses::allocate(&inputs.listen.pool, &gateways, &keys))
+    };
     let mut evals: Vec<listeners::GatewayEval> = gateways
         .iter()
-        .map(|g| listeners::evaluate(g, class_ok[&g.spec.gateway_class_name], inputs))
+        .zip(&keys)
+        .map(|(g, key)| {
+            let available: &[IpAddr] = match (inputs.listen.addresses.get(key), &pooled) {
+                (Some(a), _) => a,
+                (None, Some(p)) => p.get(key).map(Vec::as_slice).unwrap_or(&[]),
+                (None, None) => &inputs.listen.shared,
+            };
+            listeners::evaluate(g, class_ok[&g.spec.gateway_class_name], available, inputs)
+        })
         .collect();
+    addresses::cross_gateway_conflicts(&mut evals);
 
     let attached = routes::attach(inputs, &mut evals, &mut out.routes);
 

@@ -97,7 +97,9 @@ fn world(test: &str) -> Option<World> {
         http_ports: BTreeSet::from([80]),
         https_ports: BTreeSet::from([443]),
         addresses: BTreeMap::new(),
-        shared: vec!["127.0.0.1".parse().unwrap()],
+        // Each Gateway its own loopback address, as in the driver.
+        pool: (2..=60).map(|n| IpAddr::from([127, 0, 0, n])).collect(),
+        shared: Vec::new(),
     };
     Some(w)
 }
@@ -261,7 +263,11 @@ fn base_gateways_are_ready_in_every_test() {
                 Some(("True", "Programmed")),
                 "{test} {gw}"
             );
-            assert_eq!(s.addresses[0].value, "127.0.0.1");
+            assert!(
+                s.addresses[0].value.starts_with("127.0.0."),
+                "{:?}",
+                s.addresses
+            );
             for l in &s.listeners {
                 for t in ["Accepted", "ResolvedRefs", "Programmed"] {
                     assert_eq!(
@@ -1038,7 +1044,7 @@ fn per_gateway_addresses_and_missing_ones() {
     w.listen
         .addresses
         .insert(ObjectKey::new(INFRA, "same-namespace"), vec![ip]);
-    w.listen.shared.clear();
+    w.listen.pool.clear();
     let out = run(&w);
     assert_eq!(
         gateway(&out, "same-namespace").addresses[0].value,
@@ -1258,4 +1264,52 @@ fn the_gateway_table_agrees_with_the_reference() {
         }
     }
     assert!(checked > 10_000, "{checked}");
+}
+
+/// Under a shared address (hostNetwork), the older Gateway keeps a contested port and hostname;
+/// the younger one's listener is Conflicted and not served. With a pool, nothing conflicts.
+#[test]
+fn gateways_sharing_an_address() {
+    let Some(mut w) = world("httproute-simple-same-namespace") else {
+        return;
+    };
+    let mut distinct = BTreeSet::new();
+    for s in run(&w).gateways.values() {
+        assert!(
+            distinct.insert(s.addresses[0].value.clone()),
+            "{:?}",
+            s.addresses
+        );
+    }
+    w.listen.pool.clear();
+    w.listen.shared = vec!["10.0.0.1".parse().unwrap()];
+    // Same creation time: the name decides (all-namespaces < backend-namespaces < ...).
+    let out = run(&w);
+    let l = listener(&out, "all-namespaces", "http");
+    assert_eq!(
+        cond(&l.conditions, "Conflicted"),
+        Some(("False", "NoConflicts"))
+    );
+    for gw in ["backend-namespaces", "same-namespace"] {
+        let l = listener(&out, gw, "http");
+        assert_eq!(
+            cond(&l.conditions, "Conflicted"),
+            Some(("True", "HostnameConflict")),
+            "{gw}"
+        );
+        assert_eq!(
+            cond(&l.conditions, "Programmed").map(|c| c.0),
+            Some("False")
+        );
+    }
+    // Listeners with hostnames do not clash with the catch-all one.
+    let l = listener(
+        &out,
+        "same-namespace-with-https-listener",
+        "https-with-hostname",
+    );
+    assert_eq!(
+        cond(&l.conditions, "Conflicted"),
+        Some(("False", "NoConflicts"))
+    );
 }
