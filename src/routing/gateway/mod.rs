@@ -393,4 +393,132 @@ mod tests {
         )])])
         .is_err());
     }
+
+    mod precedence {
+        use super::*;
+        use proptest::prelude::*;
+        use std::cmp::Ordering;
+
+        /// A rule as the spec describes it, for the reference.
+        #[derive(Clone, Debug)]
+        struct Spec {
+            created: i64,
+            route: usize,
+            rule: usize,
+            matcher: RequestMatch,
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            prop::collection::vec(prop::sample::select(vec!["a", "ab"]), 0..3)
+                .prop_map(|segs| format!("/{}", segs.join("/")))
+        }
+
+        fn values(names: &'static [&'static str]) -> impl Strategy<Value = Vec<ValueMatch>> {
+            prop::collection::btree_map(
+                prop::sample::select(names.to_vec()),
+                // Mostly one value, so that several rules match and the order decides.
+                prop::sample::select(vec!["1", "1", "1", "2"]),
+                0..=names.len(),
+            )
+            .prop_map(|m| m.into_iter().map(|(n, v)| vm(n, v, false)).collect())
+        }
+
+        fn spec() -> impl Strategy<Value = Spec> {
+            (
+                0i64..3,
+                0usize..3,
+                0usize..3,
+                path(),
+                any::<bool>(),
+                values(&["x", "y"]),
+                values(&["q", "r"]),
+                prop::option::of(prop::sample::select(vec!["GET", "POST"])),
+            )
+                .prop_map(
+                    |(created, route, rule, p, exact, headers, query, method)| Spec {
+                        created,
+                        route,
+                        rule,
+                        matcher: RequestMatch {
+                            path: if exact {
+                                PathSpec::Exact(p)
+                            } else {
+                                PathSpec::Prefix(p)
+                            },
+                            headers,
+                            query,
+                            method: method.map(str::to_string),
+                        },
+                    },
+                )
+        }
+
+        /// The spec's order, written from its text: Exact, then the longest prefix, then a
+        /// method, then more headers, then more query parameters, then the oldest route, then
+        /// `namespace/name`, then rule order, then match order. `Greater` is better.
+        fn reference_cmp(a: &(Spec, usize), b: &(Spec, usize)) -> Ordering {
+            let exact = |s: &Spec| matches!(s.matcher.path, PathSpec::Exact(_));
+            let prefix_len = |s: &Spec| match &s.matcher.path {
+                PathSpec::Prefix(p) => p.len(),
+                _ => 0,
+            };
+            let (x, y) = (&a.0, &b.0);
+            exact(x)
+                .cmp(&exact(y))
+                .then(prefix_len(x).cmp(&prefix_len(y)))
+                .then(x.matcher.method.is_some().cmp(&y.matcher.method.is_some()))
+                .then(x.matcher.headers.len().cmp(&y.matcher.headers.len()))
+                .then(x.matcher.query.len().cmp(&y.matcher.query.len()))
+                .then(y.created.cmp(&x.created))
+                .then(y.route.cmp(&x.route))
+                .then(y.rule.cmp(&x.rule))
+                .then(b.1.cmp(&a.1))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// The table picks what the spec's order picks among the matching rules.
+            #[test]
+            fn table_follows_the_spec_order(
+                specs in prop::collection::vec(spec(), 1..12),
+                req_path in path(),
+                method in prop::sample::select(vec!["GET", "POST"]),
+                headers in values(&["x", "y"]),
+                query in values(&["q", "r"]),
+            ) {
+                // Each spec is one match of its (route, rule); the match index keeps them apart.
+                let numbered: Vec<(Spec, usize)> = specs.into_iter().enumerate().map(|(i, s)| (s, i)).collect();
+                let mut rules: Vec<EffectiveRule> = numbered
+                    .iter()
+                    .map(|(s, i)| {
+                        let route = ObjectKey::new("ns", format!("r{}", s.route));
+                        let mut r = rule(s.matcher.path.clone(), s.matcher.headers.clone(), s.matcher.query.clone(), s.matcher.method.as_deref());
+                        r.precedence = Precedence::new(&s.matcher, s.created, &route, s.rule, *i);
+                        r.route = route;
+                        r.rule_index = s.rule;
+                        r.match_index = *i;
+                        r
+                    })
+                    .collect();
+                rules.sort_by(|a, b| b.precedence.cmp(&a.precedence));
+                let table = GatewayTable::build(&[listener(rules.clone())]).unwrap();
+                let mut map = HeaderMap::new();
+                for h in &headers {
+                    map.append(HeaderName::from_bytes(h.name.as_bytes()).unwrap(), http::HeaderValue::from_str(&h.value).unwrap());
+                }
+                let q: Vec<String> = query.iter().map(|v| format!("{}={}", v.name, v.value)).collect();
+                let q = q.join("&");
+                let req = RequestView { host: "h", method, path: &req_path, query: Some(&q), headers: &map };
+                let got = table.lookup(&req).map(|f| rules[f.rule].match_index);
+                let header = |n: &str| headers.iter().find(|h| h.name == n).map(|h| h.value.as_str());
+                let want = numbered
+                    .iter()
+                    .filter(|(s, _)| s.matcher.matches_slow(method, &req_path, header, Some(&q)))
+                    .max_by(|a, b| reference_cmp(a, b))
+                    .map(|(_, i)| *i);
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
 }
