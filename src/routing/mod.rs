@@ -7,6 +7,7 @@
 pub mod affinity;
 pub mod basic_auth;
 pub mod compile;
+pub mod gateway;
 pub mod host;
 pub mod limit;
 pub mod path;

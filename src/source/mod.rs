@@ -2,10 +2,12 @@
 //! [`crate::dataplane::Shared::publish_model`], and reports rejections the same way.
 //!
 //! - [`manifests`]: files on disk (`--manifests DIR`);
+//! - [`gateway_api`]: the Gateway API kinds (types only for now; see `notes/gateway-plan.md`);
 //! - [`kube`]: the cluster, through reflectors; with [`status`] (Ingress status, behind the
 //!   [`leader`] Lease) and [`events`] (Events for rejected objects).
 
 pub mod events;
+pub mod gateway_api;
 pub mod kube;
 pub mod leader;
 pub mod manifests;

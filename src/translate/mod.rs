@@ -4,6 +4,7 @@
 //! the Kubernetes watches hand over typed objects to the `*_from_k8s` functions. Nothing past this
 //! module sees a Kubernetes type.
 
+pub mod gateway;
 pub mod nginx;
 
 use std::collections::BTreeMap;

@@ -2,3 +2,5 @@
 
 #[allow(dead_code)]
 pub mod apiserver;
+#[allow(dead_code)]
+pub mod gateway;
