@@ -1,7 +1,7 @@
 //! Gateway API against the API stand-in, without the proxy: the conformance objects applied to
 //! the stand-in, read back through kube-rs with Portico's types, translated, and the status
 //! written with the merge patches the status writer will send. This is the first brick of the
-//! conformance driver (`notes/gateway-plan.md`, section 6).
+//! conformance driver.
 
 mod support;
 

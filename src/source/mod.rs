@@ -2,7 +2,7 @@
 //! [`crate::dataplane::Shared::publish_model`], and reports rejections the same way.
 //!
 //! - [`manifests`]: files on disk (`--manifests DIR`);
-//! - [`gateway_api`]: the Gateway API kinds (types only for now; see `notes/gateway-plan.md`);
+//! - [`gateway_api`]: the Gateway API kinds (types only for now: not watched or served yet);
 //! - [`kube`]: the cluster, through reflectors; with [`status`] (Ingress status, behind the
 //!   [`leader`] Lease) and [`events`] (Events for rejected objects).
 

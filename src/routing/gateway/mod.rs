@@ -2,8 +2,8 @@
 //! chosen by the request's host, then the bucket of the most specific route hostname, then the
 //! first rule in the spec's precedence whose path, method, headers and query all match.
 //!
-//! Built from the translator's [`EffectiveListener`]s; not yet wired into the request path
-//! (`notes/gateway-plan.md`, section 3). Lookups hash the host once per candidate suffix and
+//! Built from the translator's [`EffectiveListener`]s; not yet wired into the request path.
+//! Lookups hash the host once per candidate suffix and
 //! scan only the chosen bucket; rules without method, header or query conditions pay one
 //! branch for them.
 

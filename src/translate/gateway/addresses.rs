@@ -2,7 +2,7 @@
 //!
 //! Pingora binds its listeners at start, so addresses come from configuration: either one
 //! shared set (the node's, under hostNetwork) or a pool from which each Gateway gets its own
-//! address (`notes/gateway-plan.md`, section 4).
+//! address.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -2,8 +2,7 @@
 //! for the compile step. It says everything the data plane needs and the current route model
 //! ([`crate::model`], [`crate::routing`]) cannot yet hold: header, query and method matches,
 //! Gateway API wildcards, per-backend filters, weights, mirrors, redirects, rewrites, timeouts
-//! and the 500 of an invalid backend. See `notes/gateway-plan.md` for how it maps onto the
-//! route model.
+//! and the 500 of an invalid backend. It is meant to map onto the route model.
 
 use std::cmp::{Ordering, Reverse};
 use std::net::IpAddr;

@@ -42,7 +42,7 @@ pub use effective::EffectiveGateway;
 pub const DEFAULT_CONTROLLER_NAME: &str = "portico.dev/gateway-controller";
 
 /// The features announced in GatewayClass `status.supportedFeatures` once they are served (the
-/// list grows with the data plane; see `notes/gateway-plan.md`).
+/// list grows with the data plane).
 pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
 
 /// How Portico listens, which Pingora fixes at start: the ports, each plain or TLS, and the
