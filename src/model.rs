@@ -350,6 +350,9 @@ pub struct AffinitySpec {
     /// `session-cookie-change-on-failure` [false]: a retry after the cookie's endpoint failed
     /// goes elsewhere and the cookie follows; else it goes to the same endpoint again.
     pub change_on_failure: bool,
+    /// `session-cookie-conditional-samesite-none` [false]: `SameSite=None` is left out for the
+    /// browsers that reject it.
+    pub conditional_samesite_none: bool,
 }
 
 /// ingress-nginx's per-client limits.

@@ -1711,6 +1711,32 @@ async fn cookie_affinity_keeps_clients_on_their_pod() {
         let cookie = set.split(';').next().unwrap().to_string();
         assert_eq!(sticky_get(&p, "persistent.sticky.test", Some(&cookie)).await.0, pod);
     }
+    // session-cookie-conditional-samesite-none: SameSite=None only for browsers that take it.
+    let conditional = auth_ingress(
+        "conditional",
+        "conditional.sticky.test",
+        &[
+            ("affinity", "cookie"),
+            ("session-cookie-samesite", "None"),
+            ("session-cookie-conditional-samesite-none", "true"),
+        ],
+    )
+    .replace("name: web,", "name: sticky,");
+    p.write_and_wait("conditional.yaml", &conditional).await;
+    for (agent, samesite) in [
+        ("Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0.0.0 Safari/537.36", true),
+        ("Mozilla/5.0 (Windows NT 6.1) Chrome/51.0.2704.103 Safari/537.36", false),
+    ] {
+        let r = common::client()
+            .get(p.url("/"))
+            .header("host", "conditional.sticky.test")
+            .header("user-agent", agent)
+            .send()
+            .await
+            .expect("request");
+        let set = r.headers().get("set-cookie").expect("cookie").to_str().unwrap_or_default().to_string();
+        assert_eq!(set.contains("; SameSite=None"), samesite, "{agent}: {set}");
+    }
     // Any well-formed balanced key maps to some pod, always the same one.
     let (pod, _) = sticky_get(&p, "balanced.sticky.test", Some("route=0123456789abcdef")).await;
     for _ in 0..5 {

@@ -584,8 +584,9 @@ impl ProxyHttp for PingoraApp {
         }
         let affinity = match (&ctx.plane, &ctx.routed) {
             (Some(plane), Some(routed)) => {
+                let agent = view.header("user-agent");
                 self.policy
-                    .affinity_cookie(plane, routed, &ctx.attempts, ctx.tls)
+                    .affinity_cookie(plane, routed, &ctx.attempts, ctx.tls, agent)
             }
             _ => None,
         };

@@ -901,6 +901,7 @@ impl Policy {
         routed: &Routed,
         attempts: &Attempts,
         tls: bool,
+        user_agent: Option<&[u8]>,
     ) -> Option<HeaderValue> {
         if !routed.sticky {
             return None;
@@ -927,7 +928,7 @@ impl Policy {
         } else {
             return None;
         };
-        HeaderValue::from_str(&a.set_cookie(key, tls)).ok()
+        HeaderValue::from_str(&a.set_cookie(key, tls, user_agent)).ok()
     }
 
     /// Takes one of the route's concurrent requests for the client (ingress-nginx's

@@ -27,6 +27,25 @@ pub struct Affinity {
     pub expires: Option<u64>,
     /// `session-cookie-change-on-failure`.
     pub change_on_failure: bool,
+    /// `session-cookie-samesite: None` with `session-cookie-conditional-samesite-none`: the
+    /// attribute is sent only to browsers that understand it ([`same_site_none_compatible`]).
+    pub samesite_none_if_compatible: bool,
+}
+
+/// Whether a browser takes `SameSite=None` (rather than rejecting the cookie, or treating it as
+/// Strict): not Chrome 40-69 (51-66 reject it), iOS 12 or Safari on macOS 10.14 — the list
+/// ingress-nginx checks (from Chromium's "SameSite=None: known incompatible clients"). No
+/// User-Agent counts as compatible.
+pub fn same_site_none_compatible(user_agent: Option<&[u8]>) -> bool {
+    let Some(ua) = user_agent else {
+        return true;
+    };
+    let has = |needle: &str| ua.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let old_chrome = ["Chrome/4", "Chrome/5", "Chrome/6"].iter().any(|n| has(n));
+    let ios_12 = has("CPU iPhone OS 12") || has("iPad; CPU OS 12");
+    let mojave_safari =
+        has("Macintosh") && has("Intel Mac OS X 10_14") && has("Safari") && !has("Chrome");
+    !(old_chrome || ios_12 || mojave_safari)
 }
 
 impl Affinity {
@@ -38,10 +57,13 @@ impl Affinity {
         u64::from_str_radix(std::str::from_utf8(value).ok()?, 16).ok()
     }
 
-    /// The `Set-Cookie` value that names `key`.
-    pub fn set_cookie(&self, key: u64, tls: bool) -> String {
+    /// The `Set-Cookie` value that names `key`, for a client with this `User-Agent`.
+    pub fn set_cookie(&self, key: u64, tls: bool, user_agent: Option<&[u8]>) -> String {
         let secure = self.secure.unwrap_or(tls);
         let mut v = format!("{}={key:016x}{}", self.name, self.attributes);
+        if self.samesite_none_if_compatible && same_site_none_compatible(user_agent) {
+            v.push_str("; SameSite=None");
+        }
         // A date past what can be written (an absurd session-cookie-expires) is left out
         // rather than overflowing.
         let at = self.expires.and_then(|e| {
@@ -120,6 +142,44 @@ mod tests {
     }
 
     #[test]
+    fn samesite_none_only_for_browsers_that_take_it() {
+        for old in [
+            "Mozilla/5.0 (Windows NT 6.1; WOW64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/51.0.2704.103 Safari/537.36",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 12_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/12.0 Mobile/15E148 Safari/604.1",
+            "Mozilla/5.0 (iPad; CPU OS 12_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_6) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/12.1.2 Safari/605.1.15",
+        ] {
+            assert!(!same_site_none_compatible(Some(old.as_bytes())), "{old}");
+        }
+        for new in [
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_5) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/74.0.3729.169 Safari/537.36",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 13_3_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/13.0.5 Mobile/15E148 Safari/604.1",
+            "curl/8.0",
+        ] {
+            assert!(same_site_none_compatible(Some(new.as_bytes())), "{new}");
+        }
+        assert!(same_site_none_compatible(None));
+        let a = Affinity {
+            persistent: false,
+            name: "c".into(),
+            attributes: "; Path=/; HttpOnly".into(),
+            secure: Some(true),
+            expires: None,
+            change_on_failure: false,
+            samesite_none_if_compatible: true,
+        };
+        assert_eq!(
+            a.set_cookie(1, true, Some(b"curl/8.0")),
+            "c=0000000000000001; Path=/; HttpOnly; SameSite=None; Secure"
+        );
+        assert_eq!(
+            a.set_cookie(1, true, Some(b"Chrome/60.0")),
+            "c=0000000000000001; Path=/; HttpOnly; Secure"
+        );
+    }
+
+    #[test]
     fn cookies_round_trip() {
         let a = Affinity {
             persistent: true,
@@ -128,8 +188,9 @@ mod tests {
             secure: None,
             expires: None,
             change_on_failure: false,
+            samesite_none_if_compatible: false,
         };
-        let v = a.set_cookie(0xdead_beef, true);
+        let v = a.set_cookie(0xdead_beef, true, None);
         assert_eq!(
             v,
             "INGRESSCOOKIE=00000000deadbeef; Path=/; HttpOnly; Secure"
@@ -144,7 +205,7 @@ mod tests {
                 expires: Some(expires),
                 ..a.clone()
             };
-            let v = a.set_cookie(1, false);
+            let v = a.set_cookie(1, false, None);
             assert!(
                 v.starts_with("INGRESSCOOKIE=0000000000000001; Path=/; HttpOnly"),
                 "{v}"

@@ -1712,7 +1712,9 @@ fn nginx_route(
             if let Some(m) = a.max_age {
                 attributes.push_str(&format!("; Max-Age={m}"));
             }
-            if let Some(s) = &a.samesite {
+            // A conditional SameSite=None is added per request, for the browsers that take it.
+            let conditional = a.conditional_samesite_none && a.samesite.as_deref() == Some("None");
+            if let Some(s) = a.samesite.as_ref().filter(|_| !conditional) {
                 attributes.push_str(&format!("; SameSite={s}"));
             }
             attributes.push_str("; HttpOnly");
@@ -1723,6 +1725,7 @@ fn nginx_route(
                 secure: a.secure,
                 expires: a.expires,
                 change_on_failure: a.change_on_failure,
+                samesite_none_if_compatible: conditional,
             })
         }),
         // The Ingress's own auth-url, else the ConfigMap's unless it opts out.

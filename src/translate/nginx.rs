@@ -78,6 +78,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
         max_age: None,
         expires: None,
         change_on_failure: false,
+        conditional_samesite_none: false,
     };
     let mut affinity_on = false;
     let mut affinity_given: Vec<String> = Vec::new();
@@ -429,6 +430,9 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Option<NginxAnnotations>
                     },
                     "session-cookie-change-on-failure" => parse_bool(v)
                         .map(|b| affinity.change_on_failure = b)
+                        .is_ok(),
+                    "session-cookie-conditional-samesite-none" => parse_bool(v)
+                        .map(|b| affinity.conditional_samesite_none = b)
                         .is_ok(),
                     _ => parse_bool(v).is_ok(),
                 };

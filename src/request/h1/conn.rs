@@ -982,11 +982,20 @@ impl Engine {
         }
         outcome.status = response.status;
         let keep_client = !(head.close || closing);
-        if let Some(cookie) = self
-            .policy
-            .affinity_cookie(plane, routed, attempts, conn.tls)
-        {
-            outcome.cookies.push(cookie);
+        if routed.sticky {
+            let view = View {
+                policy: &self.policy,
+                head,
+                raw,
+                client: conn.client,
+            };
+            let agent = view.header("user-agent");
+            if let Some(cookie) = self
+                .policy
+                .affinity_cookie(plane, routed, attempts, conn.tls, agent)
+            {
+                outcome.cookies.push(cookie);
+            }
         }
         let (reusable, next) = self
             .forward_response(
