@@ -228,6 +228,40 @@ mod tests {
         assert!(parse(&long).await.is_err());
     }
 
+    proptest::proptest! {
+        /// Any bytes, in any pieces: no panic; a header that is accepted leaves exactly the bytes
+        /// after it, and a real header in front of anything is always found.
+        #[test]
+        fn never_panics_and_keeps_the_rest(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cut in 0usize..600,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            rt.block_on(async {
+                let mut input = &junk[..];
+                if let Ok((_, rest)) = read_header(&mut input, Duration::from_millis(50)).await {
+                    proptest::prop_assert!(junk.ends_with(&rest));
+                }
+                let mut framed = b"PROXY TCP4 203.0.113.1 127.0.0.1 1 80\r\n".to_vec();
+                framed.extend_from_slice(&junk);
+                // Delivered in two pieces, split anywhere.
+                let cut = cut.min(framed.len());
+                let (a, b) = framed.split_at(cut);
+                let mut reader = tokio_test_reader(a, b);
+                let (addr, rest) = read_header(&mut reader, Duration::from_secs(1)).await.unwrap();
+                proptest::prop_assert_eq!(addr, Some("203.0.113.1:1".parse().unwrap()));
+                // What was read past the header is the start of the rest.
+                proptest::prop_assert!(junk.starts_with(&rest));
+                Ok(())
+            })?;
+        }
+    }
+
+    /// A reader that returns `a`, then `b`, in two reads.
+    fn tokio_test_reader<'a>(a: &'a [u8], b: &'a [u8]) -> impl AsyncRead + Unpin + 'a {
+        AsyncReadExt::chain(a, b)
+    }
+
     #[tokio::test]
     async fn a_trickled_header_is_bounded_in_time() {
         let (mut client, mut server) = tokio::io::duplex(64);
