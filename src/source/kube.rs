@@ -551,6 +551,12 @@ impl Controller {
                     Kind::EndpointSlice => self.model.slices.keys().cloned().collect(),
                     Kind::Secret => self.model.secrets.keys().cloned().collect(),
                     Kind::ConfigMap => self.model.config_maps.keys().cloned().collect(),
+                    // Not watched yet (files mode only); nothing of them is in the model.
+                    Kind::GatewayClass
+                    | Kind::Gateway
+                    | Kind::HTTPRoute
+                    | Kind::ReferenceGrant
+                    | Kind::Namespace => Vec::new(),
                 };
                 let scope = |k: &ObjectKey| namespace.as_ref().is_none_or(|ns| k.namespace == *ns);
                 for key in gone.into_iter().filter(|k| !keep.contains(k) && scope(k)) {
@@ -597,6 +603,15 @@ impl Controller {
                     self.touch_slice(Some(&new));
                 }
             }
+            // Not watched yet (files mode only): any change recompiles.
+            o @ (Object::GatewayClass(_)
+            | Object::Gateway(_)
+            | Object::HTTPRoute(_)
+            | Object::ReferenceGrant(_)
+            | Object::Namespace(_)) => {
+                m.insert(o);
+                self.routes_dirty = true;
+            }
         }
     }
 
@@ -623,6 +638,14 @@ impl Controller {
             Kind::EndpointSlice => {
                 let old = m.slices.remove(key);
                 self.touch_slice(old.as_ref());
+            }
+            Kind::GatewayClass
+            | Kind::Gateway
+            | Kind::HTTPRoute
+            | Kind::ReferenceGrant
+            | Kind::Namespace => {
+                m.remove(kind, key);
+                self.routes_dirty = true;
             }
         }
     }
