@@ -73,6 +73,9 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
             check_free("--https-listen", addr)?;
         }
         check_free("--admin-listen", config.admin_listen)?;
+        for (_, addr) in config.compile.gateway.iter().flat_map(|g| &g.http) {
+            check_free("--gateway-listen", *addr)?;
+        }
     }
     tracing::info!(
         "Portico {}: HTTP on {}, HTTPS on {}, admin on {} (/healthz, /readyz, /metrics); the \
@@ -165,6 +168,12 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
             shared: shared.clone(),
         }));
     proxy.add_listener(ListenerConfig::tcp(config.http_listen.to_string()).l4_buffer(l4_buffer));
+    // Gateway API sockets: the same service; a request there is told apart by its local
+    // address (see `routing::gateway::plane`).
+    for (port, addr) in config.compile.gateway.iter().flat_map(|g| &g.http) {
+        tracing::info!("Gateway API: listener port {port} served on {addr}");
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(l4_buffer));
+    }
     if let Some(addr) = config.https_listen {
         // rustls: TLS 1.2 and 1.3 only, AEAD suites with forward secrecy only (ring's defaults).
         // No certificate files: the resolver picks one per handshake from the snapshot.

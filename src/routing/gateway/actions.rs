@@ -112,6 +112,28 @@ impl CompiledEdits {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
+    /// The edits as an engine applies them to an upstream request: `set` (a value replaces the
+    /// client's fields of the name, `None` removes them) and `add` (appended).
+    pub fn to_edits(
+        &self,
+        set: &mut Vec<(HeaderName, Option<HeaderValue>)>,
+        add: &mut Vec<(HeaderName, HeaderValue)>,
+    ) {
+        for (n, v) in &self.set {
+            set.retain(|(m, _)| m != n);
+            add.retain(|(m, _)| m != n);
+            set.push((n.clone(), Some(v.clone())));
+        }
+        for (n, v) in &self.add {
+            add.push((n.clone(), v.clone()));
+        }
+        for n in &self.remove {
+            set.retain(|(m, _)| m != n);
+            add.retain(|(m, _)| m != n);
+            set.push((n.clone(), None));
+        }
+    }
+
     /// `set` replaces every field of the name, `add` appends a field, `remove` drops them all.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for (n, v) in &self.set {
