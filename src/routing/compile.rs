@@ -1342,6 +1342,8 @@ impl<'m> Compiler<'m, '_> {
                         Action::Error { status, .. } => GatewayAction::Error(*status),
                         Action::Forward(f) => {
                             let edits = |e| actions::CompiledEdits::new(e).unwrap_or_default();
+                            let (rule_request, rule_response) =
+                                (edits(&f.request_headers), edits(&f.response_headers));
                             let mut backends = Vec::with_capacity(f.backends.len());
                             for b in &f.backends {
                                 let pool = match &b.target {
@@ -1354,10 +1356,11 @@ impl<'m> Compiler<'m, '_> {
                                     }
                                     BackendTarget::Invalid { .. } => None,
                                 };
+                                let response = rule_response.then(&edits(&b.response_headers));
                                 backends.push(GatewayBackend {
                                     pool,
-                                    request_headers: edits(&b.request_headers),
-                                    response_headers: edits(&b.response_headers),
+                                    request_headers: rule_request.then(&edits(&b.request_headers)),
+                                    response_headers: (!response.is_empty()).then_some(response),
                                 });
                             }
                             let weights: Vec<u32> = f.backends.iter().map(|b| b.weight).collect();
@@ -1367,8 +1370,6 @@ impl<'m> Compiler<'m, '_> {
                                 None
                             };
                             GatewayAction::Forward(GatewayForward {
-                                request_headers: edits(&f.request_headers),
-                                response_headers: edits(&f.response_headers),
                                 rewrite: f.rewrite.clone(),
                                 backends,
                                 choice,

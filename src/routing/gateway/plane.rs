@@ -95,8 +95,6 @@ pub enum GatewayAction {
 /// A rule that proxies: its filters and weighted backends.
 #[derive(Debug)]
 pub struct GatewayForward {
-    pub request_headers: CompiledEdits,
-    pub response_headers: CompiledEdits,
     pub rewrite: Option<Rewrite>,
     /// At least one.
     pub backends: Vec<GatewayBackend>,
@@ -113,8 +111,7 @@ impl GatewayForward {
 
     /// Whether the upstream request differs from the client's for backend `i`.
     pub fn edits(&self, i: usize) -> bool {
-        !self.request_headers.is_empty()
-            || self.rewrite.is_some()
+        self.rewrite.is_some()
             || self
                 .backends
                 .get(i)
@@ -127,6 +124,8 @@ impl GatewayForward {
 pub struct GatewayBackend {
     /// The snapshot's pool; `None` for an invalid reference (its share is answered 500).
     pub pool: Option<usize>,
+    /// The rule's `RequestHeaderModifier`, then the backend's own.
     pub request_headers: CompiledEdits,
-    pub response_headers: CompiledEdits,
+    /// The rule's `ResponseHeaderModifier`, then the backend's own; `None` when empty.
+    pub response_headers: Option<CompiledEdits>,
 }
