@@ -223,10 +223,11 @@ pub struct Flags {
     /// How often the holder renews the Lease, and others retry [default: 5s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub election_renew_period: Option<String>,
-    /// Gateway API: a listener port and the socket that serves it, as `PORT=ADDR` (repeatable,
-    /// or comma-separated), e.g. `80=0.0.0.0:80`. A Gateway listener on another port is not
-    /// Accepted (`PortUnavailable`). A socket may differ from the port it serves (tests map
-    /// port 80 to an ephemeral one). Plain HTTP only for now. [default: none, Gateway API off]
+    /// Gateway API: a listener port and the socket that serves it, as `PORT=ADDR` (plain HTTP)
+    /// or `https:PORT=ADDR` (TLS), repeatable or comma-separated, e.g. `80=0.0.0.0:80`. A
+    /// Gateway listener on another port, or of the other protocol, is not Accepted
+    /// (`PortUnavailable`). A socket may differ from the port it serves (tests map port 80 to
+    /// another one). [default: none, Gateway API off]
     #[arg(long, global = true, value_name = "PORT=ADDR")]
     #[serde(default)]
     pub gateway_listen: Vec<String>,
@@ -355,6 +356,7 @@ impl Flags {
     /// without `--gateway-listen` (Gateway API off).
     fn gateway_options(&self, kube: &KubeOptions) -> Result<Option<GatewayOptions>, ConfigError> {
         let mut http = Vec::new();
+        let mut https = Vec::new();
         for item in self.gateway_listen.iter().flat_map(|s| s.split(',')) {
             let item = item.trim();
             if item.is_empty() {
@@ -364,7 +366,11 @@ impl Flags {
                 flag: "--gateway-listen",
                 reason,
             };
-            let (port, addr) = item
+            let (tls, rest) = match item.strip_prefix("https:") {
+                Some(rest) => (true, rest),
+                None => (false, item.strip_prefix("http:").unwrap_or(item)),
+            };
+            let (port, addr) = rest
                 .split_once('=')
                 .ok_or_else(|| invalid(format!("{item:?} is not PORT=ADDR")))?;
             let port: u16 = port
@@ -377,12 +383,20 @@ impl Flags {
                 .trim()
                 .parse()
                 .map_err(|_| invalid(format!("{addr:?} is not an IP:port address")))?;
-            if http.iter().any(|(p, a)| *p == port || *a == addr) {
+            if http
+                .iter()
+                .chain(&https)
+                .any(|(p, a)| *p == port || *a == addr)
+            {
                 return Err(invalid(format!("{item:?}: port or address given twice")));
             }
-            http.push((port, addr));
+            if tls {
+                https.push((port, addr));
+            } else {
+                http.push((port, addr));
+            }
         }
-        if http.is_empty() {
+        if http.is_empty() && https.is_empty() {
             return Ok(None);
         }
         let mut pool = Vec::new();
@@ -411,6 +425,7 @@ impl Flags {
         // Without a pool: the sockets' own addresses, and the published ones.
         let mut shared: Vec<std::net::IpAddr> = http
             .iter()
+            .chain(&https)
             .map(|(_, a)| a.ip())
             .filter(|ip| !ip.is_unspecified())
             .collect();
@@ -426,6 +441,7 @@ impl Flags {
                 .clone()
                 .unwrap_or_else(|| crate::translate::gateway::DEFAULT_CONTROLLER_NAME.into()),
             http,
+            https,
             pool,
             shared,
         }))
@@ -643,7 +659,7 @@ impl Flags {
         };
         let http_listen = parse_addr("--http-listen", flags.http_listen.clone(), "0.0.0.0:80")?;
         // A Gateway socket is never an Ingress listener: the two APIs do not share connections.
-        for (_, g) in gateway.iter().flat_map(|g| &g.http) {
+        for (_, g) in gateway.iter().flat_map(|g| g.http.iter().chain(&g.https)) {
             let overlaps = |a: SocketAddr| {
                 a.port() == g.port()
                     && (a.ip() == g.ip() || a.ip().is_unspecified() || g.ip().is_unspecified())
@@ -871,7 +887,10 @@ mod tests {
             None
         );
         let g = flags(
-            &["80=0.0.0.0:18080, 8080=127.0.0.9:18081"],
+            &[
+                "80=0.0.0.0:18080, 8080=127.0.0.9:18081",
+                "https:443=0.0.0.0:18443",
+            ],
             &["127.0.0.2-127.0.0.4", "::1"],
         )
         .resolve()
@@ -887,6 +906,7 @@ mod tests {
                 (8080, "127.0.0.9:18081".parse().unwrap())
             ]
         );
+        assert_eq!(g.https, [(443, "0.0.0.0:18443".parse().unwrap())]);
         assert_eq!(g.pool.len(), 4);
         // Without a pool, Gateways share the sockets' own addresses.
         assert_eq!(g.shared, ["127.0.0.9".parse::<std::net::IpAddr>().unwrap()]);
@@ -895,6 +915,8 @@ mod tests {
             (&["80=nope"], &[]),
             (&["0=127.0.0.1:1"], &[]),
             (&["80=127.0.0.1:1", "80=127.0.0.1:2"], &[]),
+            (&["80=127.0.0.1:1", "https:80=127.0.0.1:2"], &[]),
+            (&["tls:443=127.0.0.1:1"], &[]),
             // The Ingress listener's socket.
             (&["80=0.0.0.0:8080"], &[]),
             (&["80=127.0.0.1:1"], &["127.0.0.5-127.0.0.2"]),

@@ -25,12 +25,18 @@ use serde_json::Value;
 use support::gateway::{conformance_yaml, CLASS, CONTROLLER};
 
 const INFRA: &str = "gateway-conformance-infra";
+/// The Gateways' addresses: enough for the base manifests' four and a test's own.
+const POOL: &str = "127.0.0.2-127.0.0.13";
 
 /// A Portico serving one conformance test's objects, with its echo pods.
 struct Driver {
     portico: Portico,
     /// The socket of spec port 80.
     port: u16,
+    /// The socket port of spec port 443 (bound on each pool address).
+    tls_port: u16,
+    /// The certificate of the suite's `tls-validity-checks-certificate` Secret (PEM).
+    cert_pem: String,
     _pods: Vec<Pods>,
     /// Pods the driver added by hand (an IPv6 one, for the manual IPv6 EndpointSlices).
     _extra: Vec<tokio::task::JoinHandle<()>>,
@@ -248,27 +254,64 @@ impl Driver {
                  {name} }}\naddressType: IPv4\nports:\n{ports}endpoints:\n{endpoints}---\n"
             ));
         }
+        // The Secrets the suite generates: self-signed, for the names the tests ask for.
+        let cert = rcgen::generate_simple_self_signed(
+            [
+                "example.org",
+                "second-example.org",
+                "unknown-example.org",
+                "*.wildcard.org",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .expect("rcgen");
+        let cert_pem = cert.cert.pem();
+        let secrets: String = [
+            (INFRA, "tls-validity-checks-certificate"),
+            (WEB, "certificate"),
+        ]
+        .iter()
+        .map(|(ns, name)| {
+            serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": { "name": name, "namespace": ns },
+                "type": "kubernetes.io/tls",
+                "stringData": { "tls.crt": cert_pem, "tls.key": cert.key_pair.serialize_pem() },
+            })
+            .to_string()
+                + "\n---\n"
+        })
+        .collect();
         let class = format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{ name: \
              {CLASS} }}\nspec: {{ controllerName: {CONTROLLER} }}\n"
         );
         let port = wildcard_port();
+        let tls_port = wildcard_port();
         let portico = Portico::start_with(
             &[
                 ("class.yaml", &class),
                 ("base.yaml", &base),
                 ("test.yaml", &objects_file),
                 ("slices.yaml", &slices),
+                ("secrets.yaml", &secrets),
             ],
             |f| {
-                f.gateway_listen = vec![format!("80=0.0.0.0:{port}")];
-                f.gateway_address_pool = vec!["127.0.0.2-127.0.0.250".into()];
+                f.gateway_listen = vec![
+                    format!("80=0.0.0.0:{port}"),
+                    format!("https:443=0.0.0.0:{tls_port}"),
+                ];
+                f.gateway_address_pool = vec![POOL.into()];
             },
         )
         .await;
         Some(Driver {
             portico,
             port,
+            tls_port,
+            cert_pem,
             _pods: pods.into_values().collect(),
             _extra: extra,
         })
@@ -361,6 +404,29 @@ impl Driver {
                 )
             })
             .unwrap_or_else(|| panic!("no {type_} for {route} on {gateway}: {parents:#}"))
+    }
+
+    /// Sends one request over TLS to the Gateway's HTTPS socket, with `name` as SNI and Host,
+    /// trusting the suite's certificate; its status and echo answer.
+    async fn send_tls(&self, gw: SocketAddr, name: &str, path: &str) -> (u16, Option<Echo>) {
+        let addr = SocketAddr::new(gw.ip(), self.tls_port);
+        let client = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.cert_pem.as_bytes()).expect("PEM"),
+            )
+            .resolve(name, addr)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let r = client
+            .get(format!("https://{name}:{}{path}", self.tls_port))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("TLS request to {name} via {addr}: {e:?}"));
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&body).ok())
     }
 
     /// Sends one request; its status, echo answer and `Location`.
@@ -793,4 +859,315 @@ both_engines! {
         assert!(pods.iter().any(|p| p.ends_with("-ipv6")), "{pods:?}");
         assert!(pods.iter().any(|p| !p.ends_with("-ipv6")), "{pods:?}");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn httproute_https_listener() {
+        let Some(d) = Driver::start("httproute-https-listener").await else { return };
+        let gw = d.ready("same-namespace-with-https-listener", &["httproute-https-test", "httproute-https-test-no-hostname"]).await;
+        for (name, want) in [
+            ("example.org", infra("infra-backend-v1")),
+            ("unknown-example.org", NOT_FOUND),
+            ("second-example.org", infra("infra-backend-v2")),
+        ] {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let (status, echo) = d.send_tls(gw, name, "/").await;
+                match Driver::verdict(want, &(status, echo, None)) {
+                    Ok(()) => break,
+                    Err(why) => assert!(Instant::now() < deadline, "{name}: {why}"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// The `(status, reason)` of condition `type_` in a list of conditions.
+fn condition(conditions: &Value, type_: &str) -> (String, String) {
+    conditions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or("").to_string(),
+                c["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The status of Gateway `name` (infra namespace) and of its listener `listener`.
+fn gateway_status<'s>(status: &'s Value, name: &str, listener: Option<&str>) -> &'s Value {
+    let gw = &status["gateways"][format!("{INFRA}/{name}")];
+    match listener {
+        None => gw,
+        Some(l) => gw["listeners"]
+            .as_array()
+            .and_then(|ls| ls.iter().find(|s| s["name"] == l))
+            .unwrap_or(&Value::Null),
+    }
+}
+
+fn pair(status: &str, reason: &str) -> (String, String) {
+    (status.to_string(), reason.to_string())
+}
+
+// The status-only core tests, in files mode: the conditions Portico computes for the suite's
+// objects, read from /status/gateway-api. (The generation-bump tests need an API server that
+// sets metadata.generation: they run against the stand-in in tests/gateway_api.rs.)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_invalid_route_kind() {
+    let Some(d) = Driver::start("gateway-invalid-route-kind").await else {
+        return;
+    };
+    let s = d.status().await;
+    for gw in [
+        "gateway-only-invalid-route-kind",
+        "gateway-supported-and-invalid-route-kind",
+    ] {
+        let l = gateway_status(&s, gw, Some("http"));
+        assert_eq!(
+            condition(&l["conditions"], "ResolvedRefs"),
+            pair("False", "InvalidRouteKinds"),
+            "{gw}: {l:#}"
+        );
+    }
+    let only = gateway_status(&s, "gateway-only-invalid-route-kind", Some("http"));
+    assert_eq!(only["supportedKinds"], serde_json::json!([]));
+    let mixed = gateway_status(&s, "gateway-supported-and-invalid-route-kind", Some("http"));
+    assert_eq!(
+        mixed["supportedKinds"],
+        serde_json::json!([{ "group": "gateway.networking.k8s.io", "kind": "HTTPRoute" }])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_listener_unsupported_protocol() {
+    let Some(d) = Driver::start("gateway-invalid-listeners-unsupported-protocol").await else {
+        return;
+    };
+    let s = d.status().await;
+    let only = gateway_status(&s, "gateway-only-unsupported-protocols", None);
+    assert_eq!(
+        condition(&only["conditions"], "Accepted"),
+        pair("False", "ListenersNotValid")
+    );
+    let mixed = gateway_status(&s, "gateway-supported-and-unsupported-protocols", None);
+    assert_eq!(
+        condition(&mixed["conditions"], "Accepted"),
+        pair("True", "ListenersNotValid")
+    );
+    let l = gateway_status(
+        &s,
+        "gateway-supported-and-unsupported-protocols",
+        Some("invalid"),
+    );
+    assert_eq!(
+        condition(&l["conditions"], "Accepted"),
+        pair("False", "UnsupportedProtocol")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_invalid_parameters_ref() {
+    let Some(d) = Driver::start("gateway-invalid-parameters-ref").await else {
+        return;
+    };
+    let s = d.status().await;
+    let g = gateway_status(&s, "gateway-invalid-parameters-ref", None);
+    assert_eq!(
+        condition(&g["conditions"], "Accepted"),
+        pair("False", "InvalidParameters")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_tls_certificate_refs() {
+    // GatewayInvalidTLSConfiguration, GatewaySecretMissingReferenceGrant,
+    // GatewaySecretInvalidReferenceGrant, GatewaySecretReferenceGrantAllInNamespace,
+    // GatewaySecretReferenceGrantSpecific.
+    /// The test, its Gateways, the listener's ResolvedRefs, and its Programmed status.
+    type TlsCase = (
+        &'static str,
+        &'static [&'static str],
+        (&'static str, &'static str),
+        &'static str,
+    );
+    let cases: &[TlsCase] = &[
+        (
+            "gateway-invalid-tls-configuration",
+            &[
+                "gateway-certificate-nonexistent-secret",
+                "gateway-certificate-unsupported-group",
+                "gateway-certificate-unsupported-kind",
+                "gateway-certificate-malformed-secret",
+            ],
+            ("False", "InvalidCertificateRef"),
+            "False",
+        ),
+        (
+            "gateway-secret-missing-reference-grant",
+            &["gateway-secret-missing-reference-grant"],
+            ("False", "RefNotPermitted"),
+            "False",
+        ),
+        (
+            "gateway-secret-invalid-reference-grant",
+            &["gateway-secret-invalid-reference-grant"],
+            ("False", "RefNotPermitted"),
+            "False",
+        ),
+        (
+            "gateway-secret-reference-grant-all-in-namespace",
+            &["gateway-secret-reference-grant-all-in-namespace"],
+            ("True", "ResolvedRefs"),
+            "True",
+        ),
+        (
+            "gateway-secret-reference-grant-specific",
+            &["gateway-secret-reference-grant-specific"],
+            ("True", "ResolvedRefs"),
+            "True",
+        ),
+    ];
+    for (test, gateways, resolved, programmed) in cases {
+        let Some(d) = Driver::start(test).await else {
+            return;
+        };
+        let s = d.status().await;
+        for gw in *gateways {
+            let l = gateway_status(&s, gw, Some("https"));
+            assert_eq!(
+                condition(&l["conditions"], "ResolvedRefs"),
+                pair(resolved.0, resolved.1),
+                "{test} {gw}: {l:#}"
+            );
+            assert_eq!(
+                condition(&l["conditions"], "Programmed").0,
+                *programmed,
+                "{test} {gw}: {l:#}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_with_attached_routes() {
+    let Some(d) = Driver::start("gateway-with-attached-routes").await else {
+        return;
+    };
+    let s = d.status().await;
+    let attached = |gw: &str| gateway_status(&s, gw, Some("http"))["attachedRoutes"].as_i64();
+    assert_eq!(attached("gateway-with-one-attached-route"), Some(1));
+    // http-route-not-accepted (NoMatchingListenerHostname) is not counted.
+    assert_eq!(attached("gateway-with-two-attached-routes"), Some(2));
+    assert_eq!(
+        d.route_condition(
+            "http-route-not-accepted",
+            "gateway-with-two-attached-routes",
+            "Accepted"
+        )
+        .await,
+        pair("False", "NoMatchingListenerHostname")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_parent_refs_that_do_not_attach() {
+    // HTTPRouteInvalidParentRefNotMatchingSectionName and
+    // HTTPRouteInvalidCrossNamespaceParentRef.
+    let Some(d) = Driver::start("httproute-invalid-parentref-not-matching-section-name").await
+    else {
+        return;
+    };
+    assert_eq!(
+        d.route_condition(
+            "httproute-listener-not-matching-section-name",
+            "same-namespace",
+            "Accepted"
+        )
+        .await,
+        pair("False", "NoMatchingParent")
+    );
+    let s = d.status().await;
+    assert_eq!(
+        gateway_status(&s, "same-namespace", Some("http"))["attachedRoutes"].as_i64(),
+        Some(0)
+    );
+    let Some(d) = Driver::start("httproute-invalid-cross-namespace-parent-ref").await else {
+        return;
+    };
+    assert_eq!(
+        d.route_condition(
+            &format!("{WEB}/invalid-cross-namespace-parent-ref"),
+            "same-namespace",
+            "Accepted"
+        )
+        .await,
+        pair("False", "NotAllowedByListeners")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_modify_listeners() {
+    let Some(d) = Driver::start("gateway-modify-listeners").await else {
+        return;
+    };
+    let s = d.status().await;
+    assert_eq!(
+        gateway_status(&s, "gateway-add-listener", Some("https"))["attachedRoutes"].as_i64(),
+        Some(1)
+    );
+    assert_eq!(
+        gateway_status(&s, "gateway-remove-listener", None)["listeners"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    // What the suite patches: an HTTP listener in, the HTTPS one out (the file edited).
+    let objects = conformance_yaml("tests/gateway-modify-listeners.yaml").unwrap_or_default();
+    let mut docs = documents(&objects);
+    for doc in &mut docs {
+        let name = str_at(doc, "/metadata/name").to_string();
+        let Some(listeners) = doc
+            .pointer_mut("/spec/listeners")
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        match name.as_str() {
+            "gateway-add-listener" => listeners.push(serde_json::json!({
+                "name": "http", "port": 80, "protocol": "HTTP",
+                "allowedRoutes": { "namespaces": { "from": "All" } },
+            })),
+            "gateway-remove-listener" => {
+                listeners.remove(0);
+            }
+            _ => {}
+        }
+    }
+    let edited: Vec<String> = docs.iter().map(Value::to_string).collect();
+    d.portico
+        .write_and_wait("test.yaml", &edited.join("\n---\n"))
+        .await;
+    let s = d.status().await;
+    assert_eq!(
+        gateway_status(&s, "gateway-add-listener", Some("http"))["attachedRoutes"].as_i64(),
+        Some(1),
+        "{s:#}"
+    );
+    let removed = gateway_status(&s, "gateway-remove-listener", None);
+    let names: Vec<&str> = removed["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    assert_eq!(names, ["http"]);
+    // And the new listener serves.
+    let gw = d.ready("gateway-add-listener", &["http-route-1"]).await;
+    d.expect(gw, &[at("/", infra("infra-backend-v1"))]).await;
 }

@@ -49,6 +49,10 @@ pub struct GatewayOptions {
     /// Plain-HTTP Gateway listener ports and the socket serving each (tests map port 80 to an
     /// ephemeral socket; in production they are the same port).
     pub http: Vec<(u16, SocketAddr)>,
+    /// TLS Gateway listener ports and their sockets. A wildcard socket is bound once per pool
+    /// address (the certificate is chosen per Gateway address, which a handshake cannot tell
+    /// otherwise).
+    pub https: Vec<(u16, SocketAddr)>,
     /// One address per Gateway from here, stably; empty: every Gateway gets `shared`.
     pub pool: Vec<std::net::IpAddr>,
     pub shared: Vec<std::net::IpAddr>,
@@ -1249,7 +1253,12 @@ impl<'m> Compiler<'m, '_> {
         use crate::routing::gateway::{actions, GatewayTable};
         use crate::translate::gateway::effective::{Action, BackendTarget};
 
-        let mut ports: Vec<u16> = g.http.iter().map(|(_, a)| a.port()).collect();
+        let mut ports: Vec<u16> = g
+            .http
+            .iter()
+            .chain(&g.https)
+            .map(|(_, a)| a.port())
+            .collect();
         ports.sort_unstable();
         ports.dedup();
         let mut plane = GatewayPlane::new(ports);
@@ -1269,7 +1278,7 @@ impl<'m> Compiler<'m, '_> {
             .collect();
         let listen = crate::translate::gateway::Listen {
             http_ports: g.http.iter().map(|(p, _)| *p).collect(),
-            https_ports: Default::default(),
+            https_ports: g.https.iter().map(|(p, _)| *p).collect(),
             addresses: Default::default(),
             pool: g.pool.clone(),
             shared: g.shared.clone(),
@@ -1308,7 +1317,8 @@ impl<'m> Compiler<'m, '_> {
         for gw in &outcome.served {
             for l in &gw.listeners {
                 let l = Arc::new(l.clone());
-                for (_, socket) in g.http.iter().filter(|(p, _)| *p == l.port && !l.tls) {
+                let sockets = if l.tls { &g.https } else { &g.http };
+                for (_, socket) in sockets.iter().filter(|(p, _)| *p == l.port) {
                     for ip in &gw.addresses {
                         if socket.ip().is_unspecified() || socket.ip() == *ip {
                             by_local
@@ -1332,6 +1342,29 @@ impl<'m> Compiler<'m, '_> {
                 table,
                 routes: Vec::with_capacity(listeners.len()),
             };
+            // TLS listeners: each hostname's first certificate, most specific hostname first
+            // (the translator checked that they load; one that does not now is left out).
+            let mut certs: Vec<_> = listeners
+                .iter()
+                .filter(|l| l.tls)
+                .filter_map(|l| {
+                    let secret = self.model.secrets.get(l.certificates.first()?)?;
+                    match crate::tls::LoadedCert::from_pem(&secret.cert_pem, &secret.key_pem) {
+                        Ok(c) => Some((l.hostname.clone(), c.key)),
+                        Err(e) => {
+                            tracing::error!(listener = %l.name, secret = %secret.key, error = %e, "Gateway certificate left out");
+                            None
+                        }
+                    }
+                })
+                .collect();
+            certs.sort_by(|a, b| {
+                crate::translate::gateway::hostname::listener_specificity(
+                    a.0.as_ref(),
+                    b.0.as_ref(),
+                )
+            });
+            plane.insert_certificates(local, certs);
             for l in &listeners {
                 let mut ids = Vec::with_capacity(l.rules.len());
                 for rule in &l.rules {
@@ -2075,6 +2108,7 @@ spec: { ports: [{ name: http, port: 8080 }] }
             gateway: Some(GatewayOptions {
                 controller_name: "portico.dev/gateway-controller".into(),
                 http: vec![(80, "0.0.0.0:18080".parse().unwrap())],
+                https: Vec::new(),
                 pool: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
                 shared: Vec::new(),
             }),

@@ -460,6 +460,11 @@ mod tests {
         assert!(!g.routes.contains_key(&ObjectKey::new("default", "broken")));
         assert!(g.grants.contains_key(&ObjectKey::new("infra", "g")));
         assert_eq!(g.namespaces["infra"].labels["team"], "a");
+        // As the API server adds it.
+        assert_eq!(
+            g.namespaces["infra"].labels["kubernetes.io/metadata.name"],
+            "infra"
+        );
         // Removing the file removes them.
         std::fs::remove_file(dir.path().join("gw.yaml")).unwrap();
         let g = &manifests.scan(dir.path(), &shared).gateway_api;

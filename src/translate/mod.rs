@@ -265,7 +265,7 @@ fn gateway_document(value: serde_json::Value) -> Document {
         return invalid("metadata.name is missing".into());
     }
     if kind == "Namespace" {
-        let labels = value
+        let mut labels: BTreeMap<String, String> = value
             .pointer("/metadata/labels")
             .and_then(|l| l.as_object())
             .map(|l| {
@@ -274,6 +274,9 @@ fn gateway_document(value: serde_json::Value) -> Document {
                     .collect()
             })
             .unwrap_or_default();
+        // The API server sets it on every namespace (Kubernetes 1.22 and later); selectors
+        // rely on it.
+        labels.insert("kubernetes.io/metadata.name".into(), key.name.clone());
         return Document::Object(Object::Namespace(Arc::new(crate::model::Namespace {
             name: key.name.clone(),
             labels,

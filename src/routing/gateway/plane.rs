@@ -11,16 +11,26 @@
 //! Ingress requests pay one branch.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
 
 use super::actions::{CompiledEdits, WeightedChoice};
 use super::GatewayTable;
 use crate::routing::FastMap;
 use crate::translate::gateway::effective::{Redirect, Rewrite};
+use crate::translate::gateway::hostname::GwHost;
+
+/// A TLS listener's hostname (`None`: any) and its certificate.
+pub type ListenerCert = (Option<GwHost>, Arc<CertifiedKey>);
 
 /// Every Gateway entry point of a snapshot.
 #[derive(Debug, Default)]
 pub struct GatewayPlane {
     entries: FastMap<SocketAddr, EntryPoint>,
+    /// The certificates of the TLS entry points: each listener hostname's (`None`: any host),
+    /// most specific first.
+    certs: FastMap<SocketAddr, Vec<ListenerCert>>,
     /// The sockets' ports: a connection on another port is not a Gateway's (no hash lookup).
     ports: Vec<u16>,
 }
@@ -38,8 +48,34 @@ impl GatewayPlane {
     pub fn new(ports: Vec<u16>) -> Self {
         Self {
             entries: FastMap::default(),
+            certs: FastMap::default(),
             ports,
         }
+    }
+
+    /// Sets the certificates of a TLS entry point, most specific hostname first.
+    pub fn insert_certificates(&mut self, local: SocketAddr, certs: Vec<ListenerCert>) {
+        if !certs.is_empty() {
+            self.certs.insert(local, certs);
+        }
+    }
+
+    /// The certificate of a handshake on a Gateway's TLS socket: the most specific listener
+    /// whose hostname matches the SNI name, else the first listener without a hostname, else
+    /// the most specific one. `None`: the entry point has none (the caller falls back to the
+    /// default certificate; the request then gets 404 by Host).
+    pub fn certificate(&self, local: SocketAddr, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let local = SocketAddr::new(local.ip().to_canonical(), local.port());
+        let certs = self.certs.get(&local)?;
+        let by_name = sni.and_then(|name| {
+            certs
+                .iter()
+                .find(|(h, _)| h.as_ref().is_some_and(|h| h.matches(name)))
+        });
+        by_name
+            .or_else(|| certs.iter().find(|(h, _)| h.is_none()))
+            .or(certs.first())
+            .map(|(_, c)| c)
     }
 
     /// Adds the entry point of a local address (a Gateway's address and a socket's port).
@@ -128,4 +164,43 @@ pub struct GatewayBackend {
     pub request_headers: CompiledEdits,
     /// The rule's `ResponseHeaderModifier`, then the backend's own; `None` when empty.
     pub response_headers: Option<CompiledEdits>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::LoadedCert;
+
+    #[test]
+    fn certificates_by_address_then_sni_most_specific_first() {
+        let key = |name: &str| LoadedCert::self_signed(&[name]).unwrap().key;
+        let host = |h: &str| Some(GwHost::parse(h).unwrap());
+        let (exact, wildcard, any) = (key("a.example.com"), key("x.example.com"), key("any"));
+        let mut plane = GatewayPlane::new(vec![8443]);
+        let local: SocketAddr = "127.0.0.2:8443".parse().unwrap();
+        plane.insert_certificates(
+            local,
+            vec![
+                (host("a.example.com"), exact.clone()),
+                (host("*.example.com"), wildcard.clone()),
+                (None, any.clone()),
+            ],
+        );
+        let pick = |sni| plane.certificate(local, sni).cloned();
+        assert!(Arc::ptr_eq(&pick(Some("a.example.com")).unwrap(), &exact));
+        assert!(Arc::ptr_eq(
+            &pick(Some("b.c.example.com")).unwrap(),
+            &wildcard
+        ));
+        assert!(Arc::ptr_eq(&pick(Some("other.org")).unwrap(), &any));
+        assert!(Arc::ptr_eq(&pick(None).unwrap(), &any));
+        // Another address of the socket has no Gateway: the caller's default.
+        assert!(plane
+            .certificate("127.0.0.3:8443".parse().unwrap(), Some("a.example.com"))
+            .is_none());
+        // An IPv4-mapped local address is the IPv4 one.
+        assert!(plane
+            .certificate("[::ffff:127.0.0.2]:8443".parse().unwrap(), None)
+            .is_some());
+    }
 }
