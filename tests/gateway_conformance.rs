@@ -1171,3 +1171,79 @@ async fn gateway_modify_listeners() {
     let gw = d.ready("gateway-add-listener", &["http-route-1"]).await;
     d.expect(gw, &[at("/", infra("infra-backend-v1"))]).await;
 }
+
+/// Whether every condition in `conditions` has `observedGeneration` `generation`.
+fn observed(conditions: &Value, generation: i64) -> bool {
+    conditions.as_array().is_some_and(|c| {
+        !c.is_empty()
+            && c.iter()
+                .all(|c| c["observedGeneration"].as_i64() == Some(generation))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observed_generation_bumps() {
+    // GatewayClassObservedGenerationBump, GatewayObservedGenerationBump and
+    // HTTPRouteObservedGenerationBump. Files have no API server to count generations: the
+    // driver plays it, writing metadata.generation 1, then 2 with a changed spec.
+    for test in [
+        "gatewayclass-observed-generation-bump",
+        "gateway-observed-generation-bump",
+        "httproute-observed-generation-bump",
+    ] {
+        let Some(d) = Driver::start(test).await else {
+            return;
+        };
+        let objects = conformance_yaml(&format!("tests/{test}.yaml")).unwrap_or_default();
+        for generation in [1, 2] {
+            let mut docs = documents(&objects);
+            for doc in &mut docs {
+                doc["metadata"]["generation"] = generation.into();
+                if generation == 1 {
+                    continue;
+                }
+                match doc["kind"].as_str() {
+                    Some("GatewayClass") => doc["spec"]["description"] = "new".into(),
+                    Some("Gateway") => {
+                        if let Some(l) = doc["spec"]["listeners"].as_array_mut() {
+                            l.push(serde_json::json!({
+                                "name": "http-2", "hostname": "foo.com", "port": 80,
+                                "protocol": "HTTP",
+                                "allowedRoutes": { "namespaces": { "from": "All" } },
+                            }));
+                        }
+                    }
+                    _ => {
+                        doc["spec"]["rules"][0]["matches"] = serde_json::json!([{ "path": { "type": "PathPrefix", "value": "/bump" } }]);
+                    }
+                }
+            }
+            let text: Vec<String> = docs.iter().map(Value::to_string).collect();
+            d.portico
+                .write_and_wait("test.yaml", &text.join("\n---\n"))
+                .await;
+            let s = d.status().await;
+            let ok = match test {
+                "gatewayclass-observed-generation-bump" => observed(
+                    &s["gatewayClasses"]["gatewayclass-observed-generation-bump"]["conditions"],
+                    generation,
+                ),
+                "gateway-observed-generation-bump" => {
+                    let g = gateway_status(&s, "gateway-observed-generation-bump", None);
+                    let listeners = g["listeners"].as_array().cloned().unwrap_or_default();
+                    observed(&g["conditions"], generation)
+                        && listeners.len() == generation as usize
+                        && listeners
+                            .iter()
+                            .all(|l| observed(&l["conditions"], generation))
+                }
+                _ => s["httpRoutes"][format!("{INFRA}/observed-generation-bump")]["parents"]
+                    .as_array()
+                    .is_some_and(|p| {
+                        !p.is_empty() && p.iter().all(|p| observed(&p["conditions"], generation))
+                    }),
+            };
+            assert!(ok, "{test}, generation {generation}: {s:#}");
+        }
+    }
+}
