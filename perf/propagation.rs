@@ -233,7 +233,7 @@ fn translate_all(values: impl Iterator<Item = Value>, kind: Kind) -> Change {
                 .ok()
                 .and_then(|o| portico::translate::class_from_k8s(&o).ok())
                 .map(|o| Object::IngressClass(Arc::new(o))),
-            Kind::Secret | Kind::ConfigMap => None,
+            _ => None,
         })
         .collect();
     Change::Relisted(kind, objects)

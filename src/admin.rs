@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and `/status/gateway-api` (the
+//! Gateway API status of the current snapshot, JSON).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,6 +81,18 @@ impl ServeHttp for Admin {
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.shared.metrics.render(),
             ),
+            "/status/gateway-api" => match &self.shared.current().gateway_status {
+                Some(status) => text(
+                    200,
+                    "application/json",
+                    serde_json::to_vec_pretty(&**status).unwrap_or_default(),
+                ),
+                None => text(
+                    404,
+                    plain,
+                    b"Gateway API is off (--gateway-listen)\n".to_vec(),
+                ),
+            },
             _ => text(404, plain, b"not found\n".to_vec()),
         }
     }

@@ -15,7 +15,7 @@ use crate::request::guard::Limits;
 use crate::request::policy::{
     AccessLog, Cidr, Http1Engine, RequestLimits, ServerHeader, UpstreamOptions,
 };
-use crate::routing::{CompileOptions, NginxCompat};
+use crate::routing::{CompileOptions, GatewayOptions, NginxCompat};
 use crate::tls::DefaultCert;
 
 /// Why the configuration could not be built.
@@ -223,6 +223,24 @@ pub struct Flags {
     /// How often the holder renews the Lease, and others retry [default: 5s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub election_renew_period: Option<String>,
+    /// Gateway API: a listener port and the socket that serves it, as `PORT=ADDR` (plain HTTP)
+    /// or `https:PORT=ADDR` (TLS), repeatable or comma-separated, e.g. `80=0.0.0.0:80`. A
+    /// Gateway listener on another port, or of the other protocol, is not Accepted
+    /// (`PortUnavailable`). A socket may differ from the port it serves (tests map port 80 to
+    /// another one). [default: none, Gateway API off]
+    #[arg(long, global = true, value_name = "PORT=ADDR")]
+    #[serde(default)]
+    pub gateway_listen: Vec<String>,
+    /// Gateway API: addresses handed out one per Gateway, as `FIRST-LAST` or a list
+    /// (repeatable); a connection picks its Gateway by the address it arrived on. Without a
+    /// pool every Gateway shares the listen sockets' own addresses (and --publish-address).
+    #[arg(long, global = true, value_name = "ADDRS")]
+    #[serde(default)]
+    pub gateway_address_pool: Vec<String>,
+    /// Gateway API: `spec.controllerName` of the GatewayClasses Portico serves
+    /// [default: portico.dev/gateway-controller].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub gateway_controller_name: Option<String>,
 }
 
 /// The resolved configuration.
@@ -331,6 +349,103 @@ fn parse_addr(
         flag,
         reason: format!("{v:?} is not an IP:port address"),
     })
+}
+
+impl Flags {
+    /// `--gateway-listen`, `--gateway-address-pool` and `--gateway-controller-name`; `None`
+    /// without `--gateway-listen` (Gateway API off).
+    fn gateway_options(&self, kube: &KubeOptions) -> Result<Option<GatewayOptions>, ConfigError> {
+        let mut http = Vec::new();
+        let mut https = Vec::new();
+        for item in self.gateway_listen.iter().flat_map(|s| s.split(',')) {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let invalid = |reason: String| ConfigError::Invalid {
+                flag: "--gateway-listen",
+                reason,
+            };
+            let (tls, rest) = match item.strip_prefix("https:") {
+                Some(rest) => (true, rest),
+                None => (false, item.strip_prefix("http:").unwrap_or(item)),
+            };
+            let (port, addr) = rest
+                .split_once('=')
+                .ok_or_else(|| invalid(format!("{item:?} is not PORT=ADDR")))?;
+            let port: u16 = port
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| invalid(format!("{port:?} is not a port")))?;
+            let addr: SocketAddr = addr
+                .trim()
+                .parse()
+                .map_err(|_| invalid(format!("{addr:?} is not an IP:port address")))?;
+            if http
+                .iter()
+                .chain(&https)
+                .any(|(p, a)| *p == port || *a == addr)
+            {
+                return Err(invalid(format!("{item:?}: port or address given twice")));
+            }
+            if tls {
+                https.push((port, addr));
+            } else {
+                http.push((port, addr));
+            }
+        }
+        if http.is_empty() && https.is_empty() {
+            return Ok(None);
+        }
+        let mut pool = Vec::new();
+        for item in self.gateway_address_pool.iter().flat_map(|s| s.split(',')) {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let invalid = || ConfigError::Invalid {
+                flag: "--gateway-address-pool",
+                reason: format!("{item:?} is not an IP address or an IPv4 range FIRST-LAST"),
+            };
+            match item.split_once('-') {
+                Some((a, b)) => {
+                    let a: std::net::Ipv4Addr = a.trim().parse().map_err(|_| invalid())?;
+                    let b: std::net::Ipv4Addr = b.trim().parse().map_err(|_| invalid())?;
+                    let (a, b) = (u32::from(a), u32::from(b));
+                    if b < a || b - a >= 65_536 {
+                        return Err(invalid());
+                    }
+                    pool.extend((a..=b).map(|n| std::net::IpAddr::V4(n.into())));
+                }
+                None => pool.push(item.parse().map_err(|_| invalid())?),
+            }
+        }
+        // Without a pool: the sockets' own addresses, and the published ones.
+        let mut shared: Vec<std::net::IpAddr> = http
+            .iter()
+            .chain(&https)
+            .map(|(_, a)| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        shared.extend(kube.publish_addresses.iter().filter_map(|a| match a {
+            PublishAddress::Ip(ip) => Some(*ip),
+            PublishAddress::Hostname(_) => None,
+        }));
+        shared.sort();
+        shared.dedup();
+        Ok(Some(GatewayOptions {
+            controller_name: self
+                .gateway_controller_name
+                .clone()
+                .unwrap_or_else(|| crate::translate::gateway::DEFAULT_CONTROLLER_NAME.into()),
+            http,
+            https,
+            pool,
+            shared,
+        }))
+    }
 }
 
 fn parse_size(flag: &'static str, value: Option<String>, default: u64) -> Result<u64, ConfigError> {
@@ -461,6 +576,19 @@ impl Flags {
                 .election_lease_duration
                 .or(file.election_lease_duration),
             election_renew_period: self.election_renew_period.or(file.election_renew_period),
+            gateway_listen: if self.gateway_listen.is_empty() {
+                file.gateway_listen
+            } else {
+                self.gateway_listen
+            },
+            gateway_address_pool: if self.gateway_address_pool.is_empty() {
+                file.gateway_address_pool
+            } else {
+                self.gateway_address_pool
+            },
+            gateway_controller_name: self
+                .gateway_controller_name
+                .or(file.gateway_controller_name),
         }
     }
 
@@ -492,6 +620,7 @@ impl Flags {
                 reason,
             })?;
         let kubernetes = flags.kube_options()?;
+        let gateway = flags.gateway_options(&kubernetes)?;
         let https_listen = match flags.https_listen.as_deref().map(str::trim) {
             Some("off") => None,
             other => Some(parse_addr(
@@ -528,6 +657,23 @@ impl Flags {
                 }
             },
         };
+        let http_listen = parse_addr("--http-listen", flags.http_listen.clone(), "0.0.0.0:80")?;
+        // A Gateway socket is never an Ingress listener: the two APIs do not share connections.
+        for (_, g) in gateway.iter().flat_map(|g| g.http.iter().chain(&g.https)) {
+            let overlaps = |a: SocketAddr| {
+                a.port() == g.port()
+                    && (a.ip() == g.ip() || a.ip().is_unspecified() || g.ip().is_unspecified())
+            };
+            if overlaps(http_listen) || https_listen.is_some_and(overlaps) {
+                return Err(ConfigError::Invalid {
+                    flag: "--gateway-listen",
+                    reason: format!(
+                        "{g} is also an Ingress listener (--http-listen/--https-listen); give \
+                         Gateways their own sockets"
+                    ),
+                });
+            }
+        }
         let default_tls = default_tls(
             flags.default_tls_secret,
             flags.default_tls_cert,
@@ -535,7 +681,7 @@ impl Flags {
         )?;
         Ok(Config {
             manifests: flags.manifests,
-            http_listen: parse_addr("--http-listen", flags.http_listen, "0.0.0.0:80")?,
+            http_listen,
             https_redirect_port: https_listen
                 .map(|a| flags.https_redirect_port.unwrap_or(a.port())),
             https_listen,
@@ -562,6 +708,7 @@ impl Flags {
                         watch_without_class: flags.watch_ingress_without_class.unwrap_or(false),
                         configmap: nginx_configmap,
                     }),
+                gateway,
             },
             threads,
             trusted_proxies,
@@ -721,6 +868,66 @@ impl Flags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_sockets_and_address_pool() {
+        let flags = |listen: &[&str], pool: &[&str]| Flags {
+            http_listen: Some("127.0.0.1:8080".into()),
+            https_listen: Some("off".into()),
+            gateway_listen: listen.iter().map(|s| s.to_string()).collect(),
+            gateway_address_pool: pool.iter().map(|s| s.to_string()).collect(),
+            ..Flags::default()
+        };
+        assert_eq!(
+            flags(&[], &["127.0.0.2"])
+                .resolve()
+                .unwrap()
+                .compile
+                .gateway,
+            None
+        );
+        let g = flags(
+            &[
+                "80=0.0.0.0:18080, 8080=127.0.0.9:18081",
+                "https:443=0.0.0.0:18443",
+            ],
+            &["127.0.0.2-127.0.0.4", "::1"],
+        )
+        .resolve()
+        .unwrap()
+        .compile
+        .gateway
+        .unwrap();
+        assert_eq!(g.controller_name, "portico.dev/gateway-controller");
+        assert_eq!(
+            g.http,
+            [
+                (80, "0.0.0.0:18080".parse().unwrap()),
+                (8080, "127.0.0.9:18081".parse().unwrap())
+            ]
+        );
+        assert_eq!(g.https, [(443, "0.0.0.0:18443".parse().unwrap())]);
+        assert_eq!(g.pool.len(), 4);
+        // Without a pool, Gateways share the sockets' own addresses.
+        assert_eq!(g.shared, ["127.0.0.9".parse::<std::net::IpAddr>().unwrap()]);
+        for (listen, pool) in [
+            (&["80"][..], &[][..]),
+            (&["80=nope"], &[]),
+            (&["0=127.0.0.1:1"], &[]),
+            (&["80=127.0.0.1:1", "80=127.0.0.1:2"], &[]),
+            (&["80=127.0.0.1:1", "https:80=127.0.0.1:2"], &[]),
+            (&["tls:443=127.0.0.1:1"], &[]),
+            // The Ingress listener's socket.
+            (&["80=0.0.0.0:8080"], &[]),
+            (&["80=127.0.0.1:1"], &["127.0.0.5-127.0.0.2"]),
+            (&["80=127.0.0.1:1"], &["x"]),
+        ] {
+            assert!(
+                flags(listen, pool).resolve().is_err(),
+                "{listen:?} {pool:?}"
+            );
+        }
+    }
 
     #[test]
     fn cli_wins_over_file_and_defaults_fill_the_rest() {

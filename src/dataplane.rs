@@ -55,6 +55,10 @@ pub struct DataPlane {
     pub certs: Arc<CertStore>,
     /// Metric handles per route, resolved when the snapshot is built (indexed by `Route::id`).
     pub route_metrics: Arc<Vec<Arc<RouteMetrics>>>,
+    /// The Gateway API status this snapshot was compiled with (see
+    /// [`crate::routing::Compiled::gateway_status`]); served on the admin listener at
+    /// `/status/gateway-api`, for files mode, where there is no API server to write it to.
+    pub gateway_status: Option<Arc<serde_json::Value>>,
 }
 
 /// Route metric handles by Ingress, then by Service.
@@ -207,6 +211,7 @@ impl Shared {
             tls: Arc::new(compiled.tls),
             certs: Arc::new(certs),
             route_metrics: Arc::new(route_metrics),
+            gateway_status: compiled.gateway_status.clone(),
         };
         self.store(plane, started, "model");
         self.metrics.record_compile(
@@ -280,6 +285,7 @@ impl Shared {
             tls: current.tls.clone(),
             certs: current.certs.clone(),
             route_metrics: current.route_metrics.clone(),
+            gateway_status: current.gateway_status.clone(),
         };
         self.store(plane, started, "endpoints");
         self.metrics.generation.set(generation as i64);

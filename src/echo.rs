@@ -116,16 +116,19 @@ async fn handle(
         }));
         return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
     }
-    let headers = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    // Several fields of one name are one value joined by `,`, as the Gateway API suite's
+    // echo server shows them.
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        headers
+            .entry(k.as_str().to_string())
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v);
+            })
+            .or_insert_with(|| v.into_owned());
+    }
     let mut echo = Echo {
         service: id.service.clone(),
         pod: id.pod.clone(),

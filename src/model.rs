@@ -3,6 +3,9 @@
 //! Sources (the manifest directory, the Kubernetes watches) translate `k8s-openapi` objects into
 //! these types at the edge (see [`crate::translate`]). The compile step
 //! ([`crate::routing::compile`]) turns a [`Model`] into the immutable data plane.
+//!
+//! One exception, explained on [`GatewayApi`]: the Gateway API objects are kept as Portico's
+//! own typed subset of their CRDs, and translated by the compile step.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -98,6 +101,13 @@ pub enum Kind {
     Secret,
     /// Only ingress-nginx's ConfigMap, with `--ingress-nginx-compat`.
     ConfigMap,
+    /// Gateway API (`gateway.networking.k8s.io`).
+    GatewayClass,
+    Gateway,
+    HTTPRoute,
+    ReferenceGrant,
+    /// Only their labels, for a Gateway listener's `allowedRoutes.namespaces.from: Selector`.
+    Namespace,
 }
 
 impl Kind {
@@ -109,6 +119,11 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HTTPRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Namespace => "Namespace",
         }
     }
 }
@@ -128,6 +143,44 @@ pub struct Model {
     pub slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     pub secrets: BTreeMap<ObjectKey, Arc<TlsSecret>>,
     pub config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
+    /// The Gateway API objects and the namespaces' labels; empty unless a source reads them.
+    pub gateway_api: GatewayApi,
+}
+
+/// The Gateway API objects, kept whole as Portico's own typed subset of the CRDs
+/// ([`crate::source::gateway_api`]), not reduced at the edge as Ingresses are.
+///
+/// Why not reduced: what a Gateway API object means depends on the rest of the cluster at
+/// once (every Gateway for address allocation and listener conflicts, ReferenceGrants for
+/// every cross-namespace reference, Services for backends, Secrets for listeners, namespace
+/// labels for `allowedRoutes`), and its status must echo its own fields (generation, parent
+/// references). So the model keeps the objects, and the compile step runs the pure translator
+/// ([`crate::translate::gateway::translate`]) over them with the model's Services and Secrets,
+/// whenever anything changes. These types hold no client and no Pingora type; the only
+/// Kubernetes part is their `metadata`, read by the translator alone.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayApi {
+    /// By name (an empty namespace: cluster-scoped).
+    pub classes: BTreeMap<ObjectKey, Arc<crate::source::gateway_api::GatewayClass>>,
+    pub gateways: BTreeMap<ObjectKey, Arc<crate::source::gateway_api::Gateway>>,
+    pub routes: BTreeMap<ObjectKey, Arc<crate::source::gateway_api::HTTPRoute>>,
+    pub grants: BTreeMap<ObjectKey, Arc<crate::source::gateway_api::ReferenceGrant>>,
+    /// By name.
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+}
+
+impl GatewayApi {
+    /// Whether there is anything for the translator: no GatewayClass, no Gateway API.
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+}
+
+/// A namespace, reduced to its labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A ConfigMap's data (string values only).
@@ -146,6 +199,25 @@ pub enum Object {
     EndpointSlice(Arc<EndpointSlice>),
     Secret(Arc<TlsSecret>),
     ConfigMap(Arc<ConfigMap>),
+    GatewayClass(Arc<crate::source::gateway_api::GatewayClass>),
+    Gateway(Arc<crate::source::gateway_api::Gateway>),
+    HTTPRoute(Arc<crate::source::gateway_api::HTTPRoute>),
+    ReferenceGrant(Arc<crate::source::gateway_api::ReferenceGrant>),
+    Namespace(Arc<Namespace>),
+}
+
+/// `namespace/name` of a namespaced Gateway API object (`default` when unset, as kubectl
+/// does), or the name of a cluster-scoped one.
+fn meta_key(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    namespaced: bool,
+) -> ObjectKey {
+    let namespace = match (namespaced, meta.namespace.as_deref()) {
+        (false, _) => "",
+        (true, None | Some("")) => "default",
+        (true, Some(ns)) => ns,
+    };
+    ObjectKey::new(namespace, meta.name.clone().unwrap_or_default())
 }
 
 impl Object {
@@ -157,6 +229,11 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Secret(_) => Kind::Secret,
             Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HTTPRoute(_) => Kind::HTTPRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::Namespace(_) => Kind::Namespace,
         }
     }
 
@@ -168,6 +245,11 @@ impl Object {
             Object::EndpointSlice(o) => o.key.clone(),
             Object::Secret(o) => o.key.clone(),
             Object::ConfigMap(o) => o.key.clone(),
+            Object::GatewayClass(o) => meta_key(&o.metadata, false),
+            Object::Gateway(o) => meta_key(&o.metadata, true),
+            Object::HTTPRoute(o) => meta_key(&o.metadata, true),
+            Object::ReferenceGrant(o) => meta_key(&o.metadata, true),
+            Object::Namespace(o) => ObjectKey::new("", o.name.clone()),
         }
     }
 }
@@ -184,6 +266,7 @@ impl Object {
             Object::EndpointSlice(o) => kind == Kind::EndpointSlice && o.key == *key,
             Object::Secret(o) => kind == Kind::Secret && o.key == *key,
             Object::ConfigMap(o) => kind == Kind::ConfigMap && o.key == *key,
+            o => o.kind() == kind && o.key() == *key,
         }
     }
 }
@@ -210,6 +293,25 @@ impl Model {
             Object::ConfigMap(o) => {
                 self.config_maps.insert(o.key.clone(), o);
             }
+            Object::GatewayClass(o) => {
+                let key = meta_key(&o.metadata, false);
+                self.gateway_api.classes.insert(key, o);
+            }
+            Object::Gateway(o) => {
+                let key = meta_key(&o.metadata, true);
+                self.gateway_api.gateways.insert(key, o);
+            }
+            Object::HTTPRoute(o) => {
+                let key = meta_key(&o.metadata, true);
+                self.gateway_api.routes.insert(key, o);
+            }
+            Object::ReferenceGrant(o) => {
+                let key = meta_key(&o.metadata, true);
+                self.gateway_api.grants.insert(key, o);
+            }
+            Object::Namespace(o) => {
+                self.gateway_api.namespaces.insert(o.name.clone(), o);
+            }
         }
     }
 
@@ -233,6 +335,21 @@ impl Model {
             }
             Kind::ConfigMap => {
                 self.config_maps.remove(key);
+            }
+            Kind::GatewayClass => {
+                self.gateway_api.classes.remove(key);
+            }
+            Kind::Gateway => {
+                self.gateway_api.gateways.remove(key);
+            }
+            Kind::HTTPRoute => {
+                self.gateway_api.routes.remove(key);
+            }
+            Kind::ReferenceGrant => {
+                self.gateway_api.grants.remove(key);
+            }
+            Kind::Namespace => {
+                self.gateway_api.namespaces.remove(&key.name);
             }
         }
     }

@@ -25,7 +25,7 @@ use crate::request::pingora::PingoraApp;
 use crate::request::policy::{Http1Engine, Policy};
 use crate::source::kube::{ClientConfig, KubeSource};
 use crate::source::manifests::{ManifestError, ManifestSource};
-use crate::tls::{SniResolver, TlsError, TlsOptions};
+use crate::tls::{GatewaySniResolver, SniResolver, TlsError, TlsOptions};
 
 /// Why the server could not be built.
 ///
@@ -64,6 +64,28 @@ fn check_free(flag: &'static str, addr: SocketAddr) -> Result<(), ServerError> {
         .map_err(|error| ServerError::Listen { flag, addr, error })
 }
 
+/// The Gateway API sockets to bind, and whether each is TLS. A TLS socket on a wildcard address
+/// is bound once per pool address, so that its certificate resolver knows which Gateway a
+/// handshake is for.
+fn gateway_sockets(config: &Config) -> impl Iterator<Item = (SocketAddr, bool)> + '_ {
+    config.compile.gateway.iter().flat_map(|g| {
+        let plain = g.http.iter().map(|(_, a)| (*a, false));
+        let tls = g.https.iter().flat_map(move |(_, a)| {
+            let per_address: Vec<SocketAddr> = if a.ip().is_unspecified() && !g.pool.is_empty() {
+                g.pool
+                    .iter()
+                    .filter(|ip| ip.is_ipv4() == a.is_ipv4())
+                    .map(|ip| SocketAddr::new(*ip, a.port()))
+                    .collect()
+            } else {
+                vec![*a]
+            };
+            per_address.into_iter().map(|a| (a, true))
+        });
+        plain.chain(tls)
+    })
+}
+
 /// Builds the server from the configuration. `upgrade` is true when this process takes over the
 /// listeners of a running one (Pingora's graceful upgrade); the ports are then busy by design.
 pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
@@ -73,6 +95,9 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
             check_free("--https-listen", addr)?;
         }
         check_free("--admin-listen", config.admin_listen)?;
+        for addr in gateway_sockets(config) {
+            check_free("--gateway-listen", addr.0)?;
+        }
     }
     tracing::info!(
         "Portico {}: HTTP on {}, HTTPS on {}, admin on {} (/healthz, /readyz, /metrics); the \
@@ -85,8 +110,12 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
         config.admin_listen
     );
     let metrics = Metrics::new().map_err(ServerError::Metrics)?;
+    let gateway_tls = gateway_sockets(config).any(|(_, tls)| tls);
     let tls = match config.https_listen {
         Some(_) => TlsOptions::from_config(&config.default_tls).map_err(ServerError::Tls)?,
+        None if gateway_tls => {
+            TlsOptions::from_config(&config.default_tls).map_err(ServerError::Tls)?
+        }
         None => TlsOptions::default(),
     };
     let shared = Shared::with_tls(config.compile.clone(), metrics, tls);
@@ -165,6 +194,25 @@ pub fn build(config: &Config, upgrade: bool) -> Result<Built, ServerError> {
             shared: shared.clone(),
         }));
     proxy.add_listener(ListenerConfig::tcp(config.http_listen.to_string()).l4_buffer(l4_buffer));
+    // Gateway API sockets: the same service; a request there is told apart by its local
+    // address (see `routing::gateway::plane`).
+    for (addr, tls) in gateway_sockets(config) {
+        tracing::info!(
+            "Gateway API: {} listeners served on {addr}",
+            if tls { "HTTPS" } else { "HTTP" }
+        );
+        let listener = ListenerConfig::tcp(addr.to_string()).l4_buffer(l4_buffer);
+        if !tls {
+            proxy.add_listener(listener);
+            continue;
+        }
+        // The certificate is chosen per Gateway: this socket's resolver knows its address.
+        let mut settings = TlsSettings::intermediate("", "")
+            .map_err(|e| ServerError::TlsListener(e.to_string()))?;
+        settings.set_cert_resolver(Arc::new(GatewaySniResolver::new(shared.clone(), addr)));
+        settings.enable_h2();
+        proxy.add_listener(listener.tls(settings));
+    }
     if let Some(addr) = config.https_listen {
         // rustls: TLS 1.2 and 1.3 only, AEAD suites with forward secrecy only (ring's defaults).
         // No certificate files: the resolver picks one per handshake from the snapshot.

@@ -938,6 +938,147 @@ fn rbac_verb(r: &support::apiserver::RecordedRequest) -> Option<String> {
     Some(format!("{group}/{resource}:{verb}"))
 }
 
+/// Portico's GatewayClass, a Gateway with one HTTP listener in `NS`, and an HTTPRoute for
+/// `host` to the Service `web`.
+fn gateway_objects(host: &str) -> Vec<Value> {
+    vec![
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "portico", "generation": 1},
+            "spec": {"controllerName": "portico.dev/gateway-controller"},
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": NS, "generation": 1},
+            "spec": {"gatewayClassName": "portico",
+                     "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": NS, "generation": 1},
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": [host],
+                     "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]},
+        }),
+    ]
+}
+
+/// The status condition `type` of `obj` at `pointer` (`/status/conditions`...): its status.
+fn condition(obj: &Option<Value>, pointer: &str, type_: &str) -> Option<String> {
+    obj.as_ref()?
+        .pointer(pointer)?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_from_the_cluster_serves_and_writes_status() {
+    bounded(async {
+        let (server, dir, _, _) = cluster(1).await;
+        support::gateway::register(&server);
+        for o in gateway_objects("gw.example") {
+            server.apply(o);
+        }
+        let socket = free_port();
+        let portico = Portico::start(&dir.path().join("kubeconfig"), |f| {
+            f.gateway_listen = vec![format!("80={socket}")];
+            f.election_namespace = Some("portico-system".into());
+        });
+        portico.wait_ready().await;
+        // Traffic through the Gateway's socket reaches the route's Service.
+        let url = format!("http://{socket}/x");
+        eventually("the route serves", Duration::from_secs(10), || async {
+            let r = portico
+                .client
+                .get(&url)
+                .header("host", "gw.example")
+                .send()
+                .await
+                .ok()?;
+            let echo: Echo = serde_json::from_slice(&r.bytes().await.ok()?).ok()?;
+            (echo.service == "web").then_some(())
+        })
+        .await;
+        // The Lease holder writes the three statuses, with the spec's conditions.
+        let gw = |kind: &str, ns: &str, name: &str| {
+            server.get("gateway.networking.k8s.io/v1", kind, ns, name)
+        };
+        eventually(
+            "Gateway API status written",
+            Duration::from_secs(10),
+            || async {
+                let class = gw("GatewayClass", "", "portico");
+                let gateway = gw("Gateway", NS, "gw");
+                let route = gw("HTTPRoute", NS, "r");
+                let ok = condition(&class, "/status/conditions", "Accepted").as_deref()
+                    == Some("True")
+                    && condition(&gateway, "/status/conditions", "Programmed").as_deref()
+                        == Some("True")
+                    && condition(&gateway, "/status/listeners/0/conditions", "Accepted").as_deref()
+                        == Some("True")
+                    && condition(&route, "/status/parents/0/conditions", "Accepted").as_deref()
+                        == Some("True");
+                ok.then_some(())
+            },
+        )
+        .await;
+        let gateway = gw("Gateway", NS, "gw").expect("gateway");
+        assert_eq!(
+            gateway["status"]["listeners"][0]["attachedRoutes"], 1,
+            "{gateway}"
+        );
+        assert_eq!(
+            gateway["status"]["addresses"][0]["value"],
+            socket.ip().to_string()
+        );
+        let route = gw("HTTPRoute", NS, "r").expect("route");
+        assert_eq!(
+            route["status"]["parents"][0]["controllerName"],
+            "portico.dev/gateway-controller"
+        );
+        // Written once each, and not again while nothing changes.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let writes = |plural: &str| {
+            server
+                .status_writes_for("gateway.networking.k8s.io", plural)
+                .len()
+        };
+        let before = (
+            writes("gatewayclasses"),
+            writes("gateways"),
+            writes("httproutes"),
+        );
+        assert_eq!(before, (1, 1, 1));
+        // A route change is served and its status stays right; a removed route detaches.
+        let mut route = gateway_objects("gw2.example").remove(2);
+        route["metadata"]["generation"] = json!(2);
+        server.apply(route);
+        eventually("the new host serves", Duration::from_secs(10), || async {
+            let r = portico
+                .client
+                .get(&url)
+                .header("host", "gw2.example")
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        eventually(
+            "observedGeneration follows",
+            Duration::from_secs(10),
+            || async {
+                let route = gw("HTTPRoute", NS, "r")?;
+                (route["status"]["parents"][0]["conditions"][0]["observedGeneration"] == 2)
+                    .then_some(())
+            },
+        )
+        .await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_grants_every_request_portico_makes() {
     bounded(async {
@@ -958,20 +1099,35 @@ async fn rbac_grants_every_request_portico_makes() {
             "metadata": {"name": "ingress-nginx-controller", "namespace": "ingress-nginx"},
             "data": {"proxy-body-size": "2m"},
         }));
+        // Gateway API, with its status written.
+        support::gateway::register(&server);
+        for o in gateway_objects("gw.example") {
+            server.apply(o);
+        }
+        let socket = free_port();
         let portico = Portico::start(&dir.path().join("kubeconfig"), |f| {
             f.publish_address = vec!["10.1.2.3".into()];
             f.ingress_nginx_compat = Some(true);
+            f.gateway_listen = vec![format!("80={socket}")];
         });
         portico.wait_ready().await;
         eventually("status and event", Duration::from_secs(5), || async {
-            (server.status_writes().len() >= 3 && !server.events().is_empty()).then_some(())
+            let gateway = server
+                .status_writes_for("gateway.networking.k8s.io", "httproutes")
+                .len();
+            (server.status_writes().len() >= 3 && !server.events().is_empty() && gateway >= 1)
+                .then_some(())
         })
         .await;
 
         let used: std::collections::BTreeSet<String> =
             server.requests().iter().filter_map(rbac_verb).collect();
         let mut rbac = String::new();
-        for file in ["manifests/rbac.yaml", "manifests/ingress-nginx-compat.yaml"] {
+        for file in [
+            "manifests/rbac.yaml",
+            "manifests/ingress-nginx-compat.yaml",
+            "manifests/gateway-api/rbac.yaml",
+        ] {
             rbac += &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
                 .expect(file);
             rbac += "\n---\n";
@@ -1018,6 +1174,14 @@ async fn rbac_grants_every_request_portico_makes() {
             "networking.k8s.io/ingressclasses:get",
             "networking.k8s.io/ingresses/status:update",
             "networking.k8s.io/ingresses:get",
+            "/namespaces:get",
+            "gateway.networking.k8s.io/gatewayclasses:get",
+            "gateway.networking.k8s.io/gateways:get",
+            "gateway.networking.k8s.io/httproutes:get",
+            "gateway.networking.k8s.io/referencegrants:get",
+            "gateway.networking.k8s.io/gatewayclasses/status:update",
+            "gateway.networking.k8s.io/gateways/status:update",
+            "gateway.networking.k8s.io/httproutes/status:update",
         ];
         for u in &unused {
             assert!(allowed_extra.contains(u), "granted but never used: {u}");

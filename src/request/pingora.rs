@@ -36,6 +36,8 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     tls: bool,
     client: Option<IpAddr>,
+    /// The address the connection arrived on (a Gateway's entry point).
+    local: Option<std::net::SocketAddr>,
     attempts: Attempts,
     body_bytes: u64,
     /// What an external auth service admitted the request with.
@@ -77,6 +79,7 @@ impl PingoraApp {
             policy: &self.policy,
             req,
             client: ctx.client,
+            local: ctx.local,
         };
         let host = request_host(req).to_string();
         let uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -155,6 +158,7 @@ impl ProxyHttp for PingoraApp {
             upstream_started: None,
             tls: false,
             client: None,
+            local: None,
             attempts: Attempts::default(),
             body_bytes: 0,
             grant: AuthGrant::default(),
@@ -172,6 +176,7 @@ impl ProxyHttp for PingoraApp {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.local = session.server_addr().and_then(|a| a.as_inet()).copied();
         let checked = guard::check(session.req_header(), &self.policy.limits.header)
             .and_then(|()| raw_framing(session));
         if let Err(refusal) = checked {
@@ -207,6 +212,7 @@ impl ProxyHttp for PingoraApp {
                 policy: &self.policy,
                 req,
                 client: ctx.client,
+                local: ctx.local,
             },
         );
         ctx.plane = Some(plane);
@@ -223,6 +229,7 @@ impl ProxyHttp for PingoraApp {
                         policy: &self.policy,
                         req: session.req_header(),
                         client: ctx.client,
+                        local: ctx.local,
                     };
                     let plane = ctx
                         .plane
@@ -239,6 +246,7 @@ impl ProxyHttp for PingoraApp {
                         policy: &self.policy,
                         req,
                         client: ctx.client,
+                        local: ctx.local,
                     };
                     let host = request_host(req).to_string();
                     let target = path_and_query.to_string();
@@ -367,6 +375,15 @@ impl ProxyHttp for PingoraApp {
                 }
                 if edits.drop_authorization {
                     upstream_request.remove_header(&header::AUTHORIZATION);
+                }
+                for (name, value) in &edits.set {
+                    upstream_request.remove_header(name);
+                    if let Some(v) = value {
+                        upstream_request.insert_header(name.clone(), v.clone())?;
+                    }
+                }
+                for (name, value) in &edits.add {
+                    upstream_request.append_header(name.clone(), value.clone())?;
                 }
                 for (name, value) in &ctx.grant.upstream {
                     upstream_request.remove_header(name);
@@ -578,6 +595,7 @@ impl ProxyHttp for PingoraApp {
             policy: &self.policy,
             req: session.req_header(),
             client: ctx.client,
+            local: ctx.local,
         };
         for cookie in &ctx.grant.cookies {
             upstream_response.append_header(header::SET_COOKIE, cookie.clone())?;
@@ -600,6 +618,25 @@ impl ProxyHttp for PingoraApp {
         {
             for (name, value) in set.iter() {
                 upstream_response.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        if let Some(edits) = ctx
+            .plane
+            .as_ref()
+            .zip(ctx.routed.as_ref())
+            .and_then(|(p, r)| self.policy.gateway_response(p, r))
+        {
+            let dropped: Vec<http::HeaderName> = upstream_response
+                .headers
+                .keys()
+                .filter(|n| edits.drops(n.as_str().as_bytes()))
+                .cloned()
+                .collect();
+            for name in dropped {
+                upstream_response.remove_header(&name);
+            }
+            for (name, value) in edits.appended() {
+                upstream_response.append_header(name.clone(), value.clone())?;
             }
         }
         Ok(())
@@ -695,6 +732,7 @@ struct View<'a> {
     policy: &'a Policy,
     req: &'a RequestHeader,
     client: Option<IpAddr>,
+    local: Option<std::net::SocketAddr>,
 }
 
 impl RequestView for View<'_> {
@@ -726,5 +764,16 @@ impl RequestView for View<'_> {
             .get_all(header::COOKIE)
             .iter()
             .find_map(|v| super::policy::cookie_in(v.as_bytes(), name))
+    }
+
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.local
+    }
+
+    fn header_joined(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        crate::routing::gateway::Headers::joined(
+            &self.req.headers,
+            &http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+        )
     }
 }

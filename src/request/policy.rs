@@ -166,6 +166,20 @@ pub trait RequestView {
     fn cookie(&self, name: &str) -> Option<&[u8]>;
     /// Every field, in order (for an external auth sub-request).
     fn fields(&self) -> Vec<(&[u8], &[u8])>;
+    /// The local address the connection arrived on (a Gateway's entry point).
+    fn local_addr(&self) -> Option<SocketAddr>;
+    /// Every field called `name` (lowercase), joined by `, `; `None` when there is none or
+    /// one is not text (Gateway API header matches).
+    fn header_joined(&self, name: &str) -> Option<Cow<'_, str>>;
+}
+
+/// A request's fields as the Gateway lookup reads them.
+struct GatewayHeaders<'r, R: RequestView>(&'r R);
+
+impl<R: RequestView> crate::routing::gateway::Headers for GatewayHeaders<'_, R> {
+    fn joined(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+        self.0.header_joined(name.as_str())
+    }
 }
 
 /// The value of cookie `name` in one `Cookie` field value (`a=1; b=2`), if there.
@@ -213,6 +227,8 @@ pub struct Routed {
     pub affinity_new: bool,
     /// Some answers are replaced by error pages ([`Policy::error_page`]).
     pub errors: bool,
+    /// A Gateway API route's chosen backend (its index among the rule's backends).
+    pub backend: u16,
 }
 
 /// What an external auth service's 2xx answer adds to a request.
@@ -236,8 +252,11 @@ pub struct Edits {
     pub prefix: Option<HeaderValue>,
     /// Drop the client's `Authorization` (it was checked here: basic authentication).
     pub drop_authorization: bool,
-    /// Fields set from an external auth answer (`None`: removed).
+    /// Fields set from an external auth answer or a Gateway API `RequestHeaderModifier`
+    /// (`None`: removed): the client's fields of these names never pass.
     pub set: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Fields added after the client's (Gateway API `RequestHeaderModifier` `add`).
+    pub add: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// What to do with a request, decided from its head.
@@ -465,6 +484,39 @@ fn nginx_answer(
     None
 }
 
+/// The upstream request of a Gateway API rule: `URLRewrite` (path with the client's query,
+/// Host), then the rule's and the chosen backend's `RequestHeaderModifier`s.
+fn gateway_edits(
+    gw: &crate::routing::gateway::plane::GatewayRoute,
+    routed: &Routed,
+    path: &str,
+    query: Option<&str>,
+) -> Edits {
+    use crate::routing::gateway::plane::GatewayAction;
+    let GatewayAction::Forward(f) = &gw.action else {
+        return Edits::default();
+    };
+    let mut edits = Edits::default();
+    if let Some(r) = &f.rewrite {
+        if let Some(p) = &r.path {
+            let mut target = crate::routing::gateway::actions::rewrite_path(p, path);
+            if let Some(q) = query {
+                target.push('?');
+                target.push_str(q);
+            }
+            edits.target = Some(target);
+        }
+        edits.host = r
+            .hostname
+            .as_deref()
+            .and_then(|h| HeaderValue::from_str(h).ok());
+    }
+    if let Some(b) = f.backends.get(usize::from(routed.backend)) {
+        b.request_headers.to_edits(&mut edits.set, &mut edits.add);
+    }
+    edits
+}
+
 /// The client's address as the forwarding fields carry it.
 #[derive(Clone, Debug)]
 pub struct ClientAddr {
@@ -493,6 +545,22 @@ impl Policy {
         declared_len: Option<u64>,
         request: &impl RequestView,
     ) -> Decision {
+        if let Some(g) = plane.routes.gateways() {
+            // A Gateway socket is answered by Gateway routes only.
+            if let Some(local) = request.local_addr().filter(|l| g.serves_port(l.port())) {
+                return self.decide_gateway(
+                    plane,
+                    g,
+                    local,
+                    host,
+                    path,
+                    path_and_query,
+                    tls,
+                    declared_len,
+                    request,
+                );
+            }
+        }
         let raw_host = host;
         let host = normalize_request_host(host);
         let found = plane.routes.lookup(&host, path);
@@ -666,6 +734,121 @@ impl Policy {
                 .nginx
                 .as_ref()
                 .is_some_and(|x| x.error_pages.is_some()),
+            backend: 0,
+        })
+    }
+
+    /// [`Policy::decide`] for a request on a Gateway socket: the entry point of the local
+    /// address, the listener and rule by the spec's precedence, then the rule's action (a
+    /// redirect, an error, or a weighted backend). 404 when nothing matches; 500 for an invalid
+    /// backend's share; 503 for a valid backend without endpoints.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn decide_gateway(
+        &self,
+        plane: &DataPlane,
+        g: &crate::routing::gateway::plane::GatewayPlane,
+        local: SocketAddr,
+        raw_host: &str,
+        path: &str,
+        path_and_query: &str,
+        tls: bool,
+        declared_len: Option<u64>,
+        request: &impl RequestView,
+    ) -> Decision {
+        use crate::routing::gateway::actions::{redirect_location, RedirectFrom};
+        use crate::routing::gateway::plane::GatewayAction;
+        let not_found = || Decision::Answer {
+            route: None,
+            answer: Answer::error(404, "no route for this host and path\n"),
+        };
+        let Some(entry) = g.entry(local) else {
+            return not_found();
+        };
+        let host = normalize_request_host(raw_host);
+        let query = path_and_query.split_once('?').map(|(_, q)| q);
+        let headers = GatewayHeaders(request);
+        let view = crate::routing::gateway::RequestView {
+            host: &host,
+            method: std::str::from_utf8(request.method()).unwrap_or(""),
+            path,
+            query,
+            headers: &headers,
+        };
+        let Some(found) = entry.table.lookup(&view) else {
+            return not_found();
+        };
+        let Some((route, gw)) = entry
+            .routes
+            .get(found.listener)
+            .and_then(|l| l.get(found.rule))
+            .and_then(|id| plane.routes.routes().get(*id))
+            .and_then(|r| Some((r, r.gateway.as_ref()?)))
+        else {
+            return not_found();
+        };
+        let id = Some(route.id);
+        let f = match &gw.action {
+            GatewayAction::Redirect(r) => {
+                let from = RedirectFrom {
+                    scheme: if tls { "https" } else { "http" },
+                    host: &host,
+                    listener_port: gw.listener_port,
+                    path,
+                    query,
+                };
+                return Decision::Answer {
+                    route: id,
+                    answer: Answer {
+                        location: Some(redirect_location(r, &from)),
+                        ..Answer::error(r.status, "")
+                    },
+                };
+            }
+            GatewayAction::Error(status) => {
+                return Decision::Answer {
+                    route: id,
+                    answer: Answer::error(*status, "this rule has no valid backend\n"),
+                };
+            }
+            GatewayAction::Forward(f) => f,
+        };
+        let backend = f.pick();
+        let Some(pool) = f.backends.get(backend).and_then(|b| b.pool) else {
+            return Decision::Answer {
+                route: id,
+                answer: Answer::error(500, "invalid backend reference\n"),
+            };
+        };
+        if plane.pools.get(pool).is_none_or(|p| p.is_empty()) {
+            return Decision::Answer {
+                route: id,
+                answer: Answer::error(503, "no usable endpoint for this backend\n"),
+            };
+        }
+        let max_body = self.limits.max_body_size;
+        if max_body > 0 && declared_len.is_some_and(|n| n > max_body) {
+            return Decision::Answer {
+                route: id,
+                answer: Answer {
+                    close: true,
+                    ..Answer::error(413, "request body too large\n")
+                },
+            };
+        }
+        Decision::Proxy(Routed {
+            route: route.id,
+            pool,
+            max_body,
+            protocol: route.backend_protocol,
+            edits: f.edits(backend),
+            auth: false,
+            conns: false,
+            sticky: false,
+            affinity: None,
+            affinity_new: false,
+            errors: false,
+            backend: backend as u16,
         })
     }
 
@@ -678,12 +861,11 @@ impl Policy {
         path: &str,
         query: Option<&str>,
     ) -> Edits {
-        let Some(x) = plane
-            .routes
-            .routes()
-            .get(routed.route)
-            .and_then(|r| r.nginx.as_ref())
-        else {
+        let route = plane.routes.routes().get(routed.route);
+        if let Some(gw) = route.and_then(|r| r.gateway.as_ref()) {
+            return gateway_edits(gw, routed, path, query);
+        }
+        let Some(x) = route.and_then(|r| r.nginx.as_ref()) else {
             return Edits::default();
         };
         let target = x.rewrite.as_ref().map(|t| {
@@ -711,6 +893,7 @@ impl Policy {
             prefix: x.forwarded_prefix.clone(),
             drop_authorization: x.basic_auth.is_some(),
             set: Vec::new(),
+            add: Vec::new(),
         }
     }
 
@@ -1422,6 +1605,24 @@ impl Policy {
                 Some(Cow::Owned(cors))
             }
         }
+    }
+
+    /// A Gateway API route's `ResponseHeaderModifier`s for the backend that answered; `None`
+    /// on every other route.
+    pub fn gateway_response<'a>(
+        &self,
+        plane: &'a DataPlane,
+        routed: &Routed,
+    ) -> Option<&'a crate::routing::gateway::actions::CompiledEdits> {
+        use crate::routing::gateway::plane::GatewayAction;
+        let gw = plane.routes.routes().get(routed.route)?.gateway.as_ref()?;
+        let GatewayAction::Forward(f) = &gw.action else {
+            return None;
+        };
+        f.backends
+            .get(usize::from(routed.backend))?
+            .response_headers
+            .as_ref()
     }
 
     /// The metric handles of a request's route (the unrouted set for none).

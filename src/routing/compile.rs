@@ -37,6 +37,25 @@ pub struct CompileOptions {
     /// `--proxy-protocol`: every connection starts with a PROXY protocol header, due within
     /// this time (else ingress-nginx's ConfigMap decides, in compatibility mode).
     pub proxy_protocol: Option<std::time::Duration>,
+    /// Gateway API (`--gateway-listen`); `None`: off, no Gateway object is translated.
+    pub gateway: Option<GatewayOptions>,
+}
+
+/// How Portico serves Gateways: fixed at start, since Pingora's listeners are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayOptions {
+    /// `spec.controllerName` of the GatewayClasses Portico serves.
+    pub controller_name: String,
+    /// Plain-HTTP Gateway listener ports and the socket serving each (tests map port 80 to an
+    /// ephemeral socket; in production they are the same port).
+    pub http: Vec<(u16, SocketAddr)>,
+    /// TLS Gateway listener ports and their sockets. A wildcard socket is bound once per pool
+    /// address (the certificate is chosen per Gateway address, which a handshake cannot tell
+    /// otherwise).
+    pub https: Vec<(u16, SocketAddr)>,
+    /// One address per Gateway from here, stably; empty: every Gateway gets `shared`.
+    pub pool: Vec<std::net::IpAddr>,
+    pub shared: Vec<std::net::IpAddr>,
 }
 
 impl Default for CompileOptions {
@@ -47,6 +66,7 @@ impl Default for CompileOptions {
             nginx: None,
             default_backend: None,
             proxy_protocol: None,
+            gateway: None,
         }
     }
 }
@@ -120,6 +140,10 @@ pub struct Compiled {
     pub pool_slices: Vec<PoolSlices>,
     pub tls: Vec<TlsBinding>,
     pub rejected: Vec<Rejected>,
+    /// The status of Portico's GatewayClasses, Gateways and HTTPRoutes, as JSON
+    /// (`{"gatewayClasses": {name: status}, "gateways": {ns/name: status}, "httpRoutes": ...}`);
+    /// `None` without Gateway API.
+    pub gateway_status: Option<Arc<serde_json::Value>>,
 }
 
 /// The EndpointSlices one pool was built from: its Service's slices, in key order. Shared, so
@@ -667,6 +691,9 @@ pub fn compile_reusing(model: &Model, opts: &CompileOptions, previous: Previous<
     }
 
     c.out.tls = tls_owner.into_values().collect();
+    if let Some(g) = &opts.gateway {
+        c.gateways(g);
+    }
 
     let Compiler { mut out, hosts, .. } = c;
     out.table.precise.reserve(hosts.len());
@@ -1209,12 +1236,241 @@ impl<'m> Compiler<'m, '_> {
                 .or(ing.annotations.backend_protocol)
                 .unwrap_or_default(),
             nginx,
+            gateway: None,
         });
         Some(id)
     }
 }
 
 impl<'m> Compiler<'m, '_> {
+    /// Gateway API: translates the model's Gateway API objects (status and effective routes),
+    /// then builds the entry point of each Gateway address and socket, with a route per rule of
+    /// each listener (after the Ingress routes: their ids do not move).
+    fn gateways(&mut self, g: &GatewayOptions) {
+        use crate::routing::gateway::plane::{
+            EntryPoint, GatewayAction, GatewayBackend, GatewayForward, GatewayPlane, GatewayRoute,
+        };
+        use crate::routing::gateway::{actions, GatewayTable};
+        use crate::translate::gateway::effective::{Action, BackendTarget};
+
+        let mut ports: Vec<u16> = g
+            .http
+            .iter()
+            .chain(&g.https)
+            .map(|(_, a)| a.port())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        let mut plane = GatewayPlane::new(ports);
+        let api = &self.model.gateway_api;
+        if api.is_empty() {
+            self.out.table.gateways = Some(Arc::new(plane));
+            return;
+        }
+        let classes: Vec<_> = api.classes.values().map(|o| (**o).clone()).collect();
+        let gateways: Vec<_> = api.gateways.values().map(|o| (**o).clone()).collect();
+        let routes: Vec<_> = api.routes.values().map(|o| (**o).clone()).collect();
+        let grants: Vec<_> = api.grants.values().map(|o| (**o).clone()).collect();
+        let namespaces: BTreeMap<String, BTreeMap<String, String>> = api
+            .namespaces
+            .values()
+            .map(|n| (n.name.clone(), n.labels.clone()))
+            .collect();
+        let listen = crate::translate::gateway::Listen {
+            http_ports: g.http.iter().map(|(p, _)| *p).collect(),
+            https_ports: g.https.iter().map(|(p, _)| *p).collect(),
+            addresses: Default::default(),
+            pool: g.pool.clone(),
+            shared: g.shared.clone(),
+        };
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let outcome = crate::translate::gateway::translate(&crate::translate::gateway::Inputs {
+            controller_name: &g.controller_name,
+            classes: &classes,
+            gateways: &gateways,
+            routes: &routes,
+            grants: &grants,
+            namespaces: &namespaces,
+            services: &self.model.services,
+            secrets: &self.model.secrets,
+            listen: &listen,
+            now: &now,
+        });
+        let keyed = |m: &dyn Fn() -> Vec<(String, serde_json::Value)>| {
+            serde_json::Value::Object(m().into_iter().collect())
+        };
+        self.out.gateway_status = Some(Arc::new(serde_json::json!({
+            "gatewayClasses": keyed(&|| outcome.classes.iter().map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default())).collect()),
+            "gateways": keyed(&|| outcome.gateways.iter().map(|(k, v)| (k.to_string(), serde_json::to_value(v).unwrap_or_default())).collect()),
+            "httpRoutes": keyed(&|| outcome.routes.iter().map(|(k, v)| (k.to_string(), serde_json::to_value(v).unwrap_or_default())).collect()),
+        })));
+
+        // The pools of Gateway backends, by Service and port number.
+        let mut pools: FastMap<(ObjectKey, u16), usize> = FastMap::default();
+        // Every listener of every served Gateway, by local socket address.
+        let mut by_local: BTreeMap<
+            SocketAddr,
+            Vec<Arc<crate::translate::gateway::effective::EffectiveListener>>,
+        > = BTreeMap::new();
+        for gw in &outcome.served {
+            for l in &gw.listeners {
+                let l = Arc::new(l.clone());
+                let sockets = if l.tls { &g.https } else { &g.http };
+                for (_, socket) in sockets.iter().filter(|(p, _)| *p == l.port) {
+                    for ip in &gw.addresses {
+                        if socket.ip().is_unspecified() || socket.ip() == *ip {
+                            by_local
+                                .entry(SocketAddr::new(*ip, socket.port()))
+                                .or_default()
+                                .push(l.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for (local, listeners) in by_local {
+            let table = match GatewayTable::build(&listeners) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(%local, error = %e, "Gateway entry point left out");
+                    continue;
+                }
+            };
+            let mut entry = EntryPoint {
+                table,
+                routes: Vec::with_capacity(listeners.len()),
+            };
+            // TLS listeners: each hostname's first certificate, most specific hostname first
+            // (the translator checked that they load; one that does not now is left out).
+            let mut certs: Vec<_> = listeners
+                .iter()
+                .filter(|l| l.tls)
+                .filter_map(|l| {
+                    let secret = self.model.secrets.get(l.certificates.first()?)?;
+                    match crate::tls::LoadedCert::from_pem(&secret.cert_pem, &secret.key_pem) {
+                        Ok(c) => Some((l.hostname.clone(), c.key)),
+                        Err(e) => {
+                            tracing::error!(listener = %l.name, secret = %secret.key, error = %e, "Gateway certificate left out");
+                            None
+                        }
+                    }
+                })
+                .collect();
+            certs.sort_by(|a, b| {
+                crate::translate::gateway::hostname::listener_specificity(
+                    a.0.as_ref(),
+                    b.0.as_ref(),
+                )
+            });
+            plane.insert_certificates(local, certs);
+            for l in &listeners {
+                let mut ids = Vec::with_capacity(l.rules.len());
+                for rule in &l.rules {
+                    let route_key = Arc::new(rule.route.clone());
+                    let mut first: Option<(usize, Arc<ObjectKey>)> = None;
+                    let action = match &rule.action {
+                        Action::Redirect(r) => GatewayAction::Redirect(r.clone()),
+                        Action::Error { status, .. } => GatewayAction::Error(*status),
+                        Action::Forward(f) => {
+                            let edits = |e| actions::CompiledEdits::new(e).unwrap_or_default();
+                            let (rule_request, rule_response) =
+                                (edits(&f.request_headers), edits(&f.response_headers));
+                            let mut backends = Vec::with_capacity(f.backends.len());
+                            for b in &f.backends {
+                                let pool = match &b.target {
+                                    BackendTarget::Service { service, port } => {
+                                        let id = self.gateway_pool(&mut pools, service, *port);
+                                        if first.is_none() {
+                                            first = Some((id, Arc::new(service.clone())));
+                                        }
+                                        Some(id)
+                                    }
+                                    BackendTarget::Invalid { .. } => None,
+                                };
+                                let response = rule_response.then(&edits(&b.response_headers));
+                                backends.push(GatewayBackend {
+                                    pool,
+                                    request_headers: rule_request.then(&edits(&b.request_headers)),
+                                    response_headers: (!response.is_empty()).then_some(response),
+                                });
+                            }
+                            let weights: Vec<u32> = f.backends.iter().map(|b| b.weight).collect();
+                            let choice = if backends.len() > 1 {
+                                actions::WeightedChoice::new(&weights)
+                            } else {
+                                None
+                            };
+                            GatewayAction::Forward(GatewayForward {
+                                rewrite: f.rewrite.clone(),
+                                backends,
+                                choice,
+                            })
+                        }
+                    };
+                    let (pool, service) = first.unwrap_or((0, route_key.clone()));
+                    let id = self.out.table.routes.len();
+                    self.out.table.routes.push(Route {
+                        id,
+                        ingress: route_key,
+                        service,
+                        pool,
+                        redirect_https: false,
+                        https_redirect_code: 308,
+                        limits: crate::model::RouteLimits {
+                            read_timeout: rule.timeouts.backend_request,
+                            ..Default::default()
+                        },
+                        hsts: None,
+                        backend_protocol: Default::default(),
+                        nginx: None,
+                        gateway: Some(Arc::new(GatewayRoute {
+                            listener_port: l.port,
+                            action,
+                        })),
+                    });
+                    ids.push(id);
+                }
+                entry.routes.push(ids);
+            }
+            plane.insert(local, entry);
+        }
+        self.out.table.gateways = Some(Arc::new(plane));
+    }
+
+    /// The pool of a Gateway backend (a Service port the translator found), shared by every
+    /// rule that names the same one.
+    fn gateway_pool(
+        &mut self,
+        pools: &mut FastMap<(ObjectKey, u16), usize>,
+        service: &ObjectKey,
+        port: u16,
+    ) -> usize {
+        if let Some(id) = pools.get(&(service.clone(), port)) {
+            return *id;
+        }
+        let port_name = self
+            .model
+            .services
+            .get(service)
+            .and_then(|s| s.ports.iter().find(|p| p.port == port))
+            .map(|p| p.name.clone());
+        let spec = PoolSpec {
+            service: service.clone(),
+            port: PortRef::Number(port),
+            port_name,
+            health_check: None,
+        };
+        let (pool, slices) = self.pool_for(&spec);
+        let id = self.out.pools.len();
+        self.out.pools.push(pool);
+        self.out.pool_specs.push(spec);
+        self.out.pool_slices.push(slices);
+        pools.insert((service.clone(), port), id);
+        id
+    }
+
     /// `--default-backend-service`: a route to the Service's first port for every request no
     /// rule takes.
     fn catch_all(&mut self, key: &ObjectKey) {
@@ -1242,6 +1498,7 @@ impl<'m> Compiler<'m, '_> {
             hsts: None,
             backend_protocol: Default::default(),
             nginx: None,
+            gateway: None,
         });
         self.out.table.default_backend = Some(id);
         self.out.table.error_backend = Some(pool);
@@ -1808,6 +2065,139 @@ pub fn build_pool(spec: &PoolSpec, slices: &SliceIndex<'_>) -> Pool {
 mod tests {
     use super::*;
     use crate::model::IngressClass;
+
+    const GATEWAY_OBJECTS: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: { name: portico }
+spec: { controllerName: portico.dev/gateway-controller }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: gw, namespace: infra }
+spec:
+  gatewayClassName: portico
+  listeners: [{ name: http, port: 80, protocol: HTTP }, { name: odd, port: 81, protocol: HTTP }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: r, namespace: infra }
+spec:
+  parentRefs: [{ name: gw }]
+  rules:
+    - matches: [{ path: { type: Exact, value: /moved } }]
+      filters: [{ type: RequestRedirect, requestRedirect: { hostname: example.org } }]
+    - backendRefs: [{ name: web, port: 8080 }, { name: missing, port: 8080 }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: infra }
+spec: { ports: [{ name: http, port: 8080 }] }
+";
+
+    fn gateway_model() -> Model {
+        let mut model = Model::default();
+        for doc in crate::translate::parse_documents(GATEWAY_OBJECTS) {
+            match doc {
+                crate::translate::Document::Object(o) => model.insert(o),
+                other => panic!("{other:?}"),
+            }
+        }
+        model
+    }
+
+    fn gateway_options() -> CompileOptions {
+        CompileOptions {
+            gateway: Some(GatewayOptions {
+                controller_name: "portico.dev/gateway-controller".into(),
+                http: vec![(80, "0.0.0.0:18080".parse().unwrap())],
+                https: Vec::new(),
+                pool: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
+                shared: Vec::new(),
+            }),
+            ..CompileOptions::default()
+        }
+    }
+
+    #[test]
+    fn gateways_compile_into_entry_points_by_address_with_their_status() {
+        use crate::routing::gateway::plane::GatewayAction;
+        let model = gateway_model();
+        let out = compile(&model, &gateway_options());
+        let plane = out.table.gateways().expect("a Gateway plane");
+        assert!(plane.serves_port(18080) && !plane.serves_port(80));
+        // The pool's first address is the Gateway's; the second is free: no entry point.
+        let entry = plane
+            .entry("127.0.0.2:18080".parse().unwrap())
+            .expect("entry");
+        assert!(plane.entry("127.0.0.3:18080".parse().unwrap()).is_none());
+        let headers = http::HeaderMap::new();
+        let view = |path| crate::routing::gateway::RequestView {
+            host: "any.example",
+            method: "GET",
+            path,
+            query: None,
+            headers: &headers,
+        };
+        let route = |path| {
+            let f = entry.table.lookup(&view(path)).expect("a rule");
+            &out.table.routes()[entry.routes[f.listener][f.rule]]
+        };
+        let redirect = route("/moved").gateway.as_ref().expect("a Gateway route");
+        assert!(matches!(&redirect.action, GatewayAction::Redirect(r) if r.status == 302));
+        assert_eq!(redirect.listener_port, 80);
+        let forward = route("/other");
+        let Some(GatewayAction::Forward(f)) = forward.gateway.as_ref().map(|g| &g.action) else {
+            panic!("{forward:?}");
+        };
+        // The missing Service keeps its share as an invalid backend (500), the other a pool.
+        assert_eq!(f.backends.len(), 2);
+        assert_eq!(f.backends[0].pool, Some(forward.pool));
+        assert_eq!(
+            out.pool_specs[forward.pool].service,
+            ObjectKey::new("infra", "web")
+        );
+        assert_eq!(f.backends[1].pool, None);
+        assert!(f.choice.is_some());
+        // Status: the port Portico does not listen on is refused, the route is Accepted with
+        // its missing backend in ResolvedRefs.
+        let status = out.gateway_status.expect("status");
+        let listeners = &status["gateways"]["infra/gw"]["listeners"];
+        let reason = |l: &serde_json::Value, t: &str| {
+            l["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == t))
+                .map(|c| c["reason"].clone())
+        };
+        assert_eq!(reason(&listeners[0], "Accepted"), Some("Accepted".into()));
+        assert_eq!(
+            reason(&listeners[1], "Accepted"),
+            Some("PortUnavailable".into())
+        );
+        let parent = &status["httpRoutes"]["infra/r"]["parents"][0];
+        assert_eq!(reason(parent, "Accepted"), Some("Accepted".into()));
+        assert_eq!(
+            reason(parent, "ResolvedRefs"),
+            Some("BackendNotFound".into())
+        );
+        assert_eq!(
+            status["gatewayClasses"]["portico"]["conditions"][0]["status"],
+            "True"
+        );
+    }
+
+    #[test]
+    fn without_gateway_listeners_gateway_objects_are_not_translated() {
+        let out = compile(&gateway_model(), &CompileOptions::default());
+        assert!(out.table.gateways().is_none() && out.gateway_status.is_none());
+        assert!(out.table.routes().is_empty());
+        // With listeners but no GatewayClass: an empty plane still claims the sockets.
+        let mut model = gateway_model();
+        model.gateway_api.classes.clear();
+        let out = compile(&model, &gateway_options());
+        let plane = out.table.gateways().expect("a Gateway plane");
+        assert!(plane.serves_port(18080) && plane.is_empty());
+    }
 
     fn class(name: &str, controller: &str, is_default: bool) -> Arc<IngressClass> {
         Arc::new(IngressClass {

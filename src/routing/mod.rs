@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use crate::model::{BackendProtocol, ObjectKey, RouteLimits, Template};
 pub use compile::{
-    compile, owned_ingresses, taken_ingresses, CompileOptions, Compiled, Flavor, NginxCompat,
-    PoolSpec, Rejected,
+    compile, owned_ingresses, taken_ingresses, CompileOptions, Compiled, Flavor, GatewayOptions,
+    NginxCompat, PoolSpec, Rejected,
 };
 pub use host::{normalize_request_host, HostMatch};
 pub use path::PathMatch;
@@ -52,6 +52,9 @@ pub struct Route {
     /// What an Ingress taken with ingress-nginx's semantics adds; `None` on every other route,
     /// which pays one branch for it.
     pub nginx: Option<Arc<NginxRoute>>,
+    /// A Gateway API rule's action; `None` on Ingress routes. For these routes `ingress` names
+    /// the HTTPRoute, and `service`/`pool` its first valid backend.
+    pub gateway: Option<Arc<gateway::plane::GatewayRoute>>,
 }
 
 /// The ingress-nginx behaviours of one route (one path of an Ingress in compatibility mode).
@@ -417,6 +420,8 @@ pub struct RouteTable {
     /// The state of the routes' per-client limits, by route key; the next compile takes over
     /// the entries of the routes it keeps.
     pub(crate) limiters: FastMap<String, Arc<limit::Limiter>>,
+    /// The Gateway entry points; `None` without `--gateway-listen`.
+    pub(crate) gateways: Option<Arc<gateway::plane::GatewayPlane>>,
 }
 
 /// A path nginx would refuse before routing (answered 400).
@@ -508,6 +513,12 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// The Gateway entry points, with `--gateway-listen`.
+    #[inline]
+    pub fn gateways(&self) -> Option<&gateway::plane::GatewayPlane> {
+        self.gateways.as_deref()
     }
 
     /// Whether connections must start with a PROXY protocol header, and its deadline

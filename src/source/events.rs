@@ -42,7 +42,10 @@ pub struct EventRecorder {
 fn api_version(kind: Kind) -> &'static str {
     match kind {
         Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
-        Kind::Service | Kind::Secret | Kind::ConfigMap => "v1",
+        Kind::Service | Kind::Secret | Kind::ConfigMap | Kind::Namespace => "v1",
+        Kind::GatewayClass | Kind::Gateway | Kind::HTTPRoute | Kind::ReferenceGrant => {
+            "gateway.networking.k8s.io/v1"
+        }
         Kind::EndpointSlice => "discovery.k8s.io/v1",
     }
 }

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap as K8sConfigMap, Secret, Service as K8sService};
+use k8s_openapi::api::core::v1::{
+    ConfigMap as K8sConfigMap, Namespace as K8sNamespace, Secret, Service as K8sService,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice as K8sSlice;
 use k8s_openapi::api::networking::v1::{Ingress as K8sIngress, IngressClass as K8sClass};
 use kube::runtime::reflector::{self, Store};
@@ -38,6 +40,7 @@ use crate::config::KubeOptions;
 use crate::dataplane::Shared;
 use crate::model::{Kind, Model, Object, ObjectKey};
 use crate::routing::{owned_ingresses, Rejected};
+use crate::source::gateway_api;
 use crate::translate;
 
 /// The shortest time between the end of one publish and the next. A change after a quiet spell
@@ -206,7 +209,10 @@ trait Watched:
 
     fn object_key(&self) -> ObjectKey {
         let name = self.meta().name.clone().unwrap_or_default();
-        if Self::KIND == Kind::IngressClass {
+        if matches!(
+            Self::KIND,
+            Kind::IngressClass | Kind::GatewayClass | Kind::Namespace
+        ) {
             return ObjectKey::new("", name);
         }
         let ns = self.meta().namespace.as_deref().unwrap_or("default");
@@ -253,6 +259,44 @@ impl Watched for Secret {
     const KIND: Kind = Kind::Secret;
     fn translate(&self) -> Result<Option<Object>, String> {
         translate::secret_from_k8s(self).map(|o| o.map(|s| Object::Secret(Arc::new(s))))
+    }
+}
+
+impl Watched for gateway_api::GatewayClass {
+    const KIND: Kind = Kind::GatewayClass;
+    fn translate(&self) -> Result<Option<Object>, String> {
+        Ok(Some(Object::GatewayClass(Arc::new(self.clone()))))
+    }
+}
+
+impl Watched for gateway_api::Gateway {
+    const KIND: Kind = Kind::Gateway;
+    fn translate(&self) -> Result<Option<Object>, String> {
+        Ok(Some(Object::Gateway(Arc::new(self.clone()))))
+    }
+}
+
+impl Watched for gateway_api::HTTPRoute {
+    const KIND: Kind = Kind::HTTPRoute;
+    fn translate(&self) -> Result<Option<Object>, String> {
+        Ok(Some(Object::HTTPRoute(Arc::new(self.clone()))))
+    }
+}
+
+impl Watched for gateway_api::ReferenceGrant {
+    const KIND: Kind = Kind::ReferenceGrant;
+    fn translate(&self) -> Result<Option<Object>, String> {
+        Ok(Some(Object::ReferenceGrant(Arc::new(self.clone()))))
+    }
+}
+
+impl Watched for K8sNamespace {
+    const KIND: Kind = Kind::Namespace;
+    fn translate(&self) -> Result<Option<Object>, String> {
+        Ok(Some(Object::Namespace(Arc::new(crate::model::Namespace {
+            name: self.metadata.name.clone().unwrap_or_default(),
+            labels: self.metadata.labels.clone().unwrap_or_default(),
+        }))))
     }
 }
 
@@ -551,12 +595,30 @@ impl Controller {
                     Kind::EndpointSlice => self.model.slices.keys().cloned().collect(),
                     Kind::Secret => self.model.secrets.keys().cloned().collect(),
                     Kind::ConfigMap => self.model.config_maps.keys().cloned().collect(),
+                    Kind::GatewayClass => self.model.gateway_api.classes.keys().cloned().collect(),
+                    Kind::Gateway => self.model.gateway_api.gateways.keys().cloned().collect(),
+                    Kind::HTTPRoute => self.model.gateway_api.routes.keys().cloned().collect(),
+                    Kind::ReferenceGrant => self.model.gateway_api.grants.keys().cloned().collect(),
+                    Kind::Namespace => self
+                        .model
+                        .gateway_api
+                        .namespaces
+                        .keys()
+                        .map(|n| ObjectKey::new("", n.clone()))
+                        .collect(),
                 };
                 let scope = |k: &ObjectKey| namespace.as_ref().is_none_or(|ns| k.namespace == *ns);
                 for key in gone.into_iter().filter(|k| !keep.contains(k) && scope(k)) {
                     self.remove(kind, &key);
                 }
-                if kind == Kind::Ingress || kind == Kind::IngressClass {
+                if matches!(
+                    kind,
+                    Kind::Ingress
+                        | Kind::IngressClass
+                        | Kind::GatewayClass
+                        | Kind::Gateway
+                        | Kind::HTTPRoute
+                ) {
                     self.status_dirty = true;
                 }
                 if self.synced.insert((kind, namespace.clone())) {
@@ -597,6 +659,17 @@ impl Controller {
                     self.touch_slice(Some(&new));
                 }
             }
+            // What a Gateway API object means depends on the others: any change recompiles, and
+            // their status is checked again (the writer patches only what differs).
+            o @ (Object::GatewayClass(_)
+            | Object::Gateway(_)
+            | Object::HTTPRoute(_)
+            | Object::ReferenceGrant(_)
+            | Object::Namespace(_)) => {
+                m.insert(o);
+                self.routes_dirty = true;
+                self.status_dirty = true;
+            }
         }
     }
 
@@ -623,6 +696,15 @@ impl Controller {
             Kind::EndpointSlice => {
                 let old = m.slices.remove(key);
                 self.touch_slice(old.as_ref());
+            }
+            Kind::GatewayClass
+            | Kind::Gateway
+            | Kind::HTTPRoute
+            | Kind::ReferenceGrant
+            | Kind::Namespace => {
+                m.remove(kind, key);
+                self.routes_dirty = true;
+                self.status_dirty = true;
             }
         }
     }
@@ -831,6 +913,48 @@ impl KubeSource {
                 extra_lists += 1;
             }
         }
+        // Gateway API (with --gateway-listen): its four kinds everywhere (a route in a watched
+        // namespace may attach to a Gateway elsewhere, and grants live in the target's
+        // namespace), and the namespaces' labels for allowedRoutes selectors.
+        let gateway_stores = shared.options.gateway.as_ref().map(|_| {
+            let classes = spawn_reflector::<gateway_api::GatewayClass>(
+                &mut tasks,
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &tx,
+                shared,
+            );
+            let gateways = spawn_reflector::<gateway_api::Gateway>(
+                &mut tasks,
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &tx,
+                shared,
+            );
+            let routes = spawn_reflector::<gateway_api::HTTPRoute>(
+                &mut tasks,
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &tx,
+                shared,
+            );
+            spawn_reflector::<gateway_api::ReferenceGrant>(
+                &mut tasks,
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &tx,
+                shared,
+            );
+            spawn_reflector::<K8sNamespace>(
+                &mut tasks,
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &tx,
+                shared,
+            );
+            extra_lists += 5;
+            (classes, gateways, routes)
+        });
         drop(tx);
 
         let (owned_tx, owned_rx) = watch::channel(None);
@@ -847,7 +971,7 @@ impl KubeSource {
             .run(rejections_rx),
         );
         let mut elector_task = None;
-        if self.options.publish_addresses.is_empty() {
+        if self.options.publish_addresses.is_empty() && gateway_stores.is_none() {
             tracing::info!("no --publish-address and no $NODE_IP: Ingress status is not written");
         } else {
             let (leader_tx, leader_rx) = watch::channel(false);
@@ -865,15 +989,33 @@ impl KubeSource {
                     elector.run(leader_tx, stop).await;
                 }
             }));
-            tasks.spawn(
-                super::status::StatusWriter {
-                    client: client.clone(),
-                    ingresses,
-                    addresses: self.options.publish_addresses.clone(),
-                    shared: shared.clone(),
-                }
-                .run(owned_rx, leader_rx),
-            );
+            if let Some((classes, gateways, routes)) = gateway_stores {
+                tasks.spawn(
+                    super::gateway_status::GatewayStatusWriter {
+                        client: client.clone(),
+                        classes,
+                        gateways,
+                        routes,
+                        shared: shared.clone(),
+                    }
+                    .run(owned_rx.clone(), leader_rx.clone()),
+                );
+            }
+            if self.options.publish_addresses.is_empty() {
+                tracing::info!(
+                    "no --publish-address and no $NODE_IP: Ingress status is not written"
+                );
+            } else {
+                tasks.spawn(
+                    super::status::StatusWriter {
+                        client: client.clone(),
+                        ingresses,
+                        addresses: self.options.publish_addresses.clone(),
+                        shared: shared.clone(),
+                    }
+                    .run(owned_rx, leader_rx),
+                );
+            }
         }
 
         let mut controller = Controller::new(shared.clone(), owned_tx, rejections_tx);

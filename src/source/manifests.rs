@@ -435,6 +435,43 @@ mod tests {
     }
 
     #[test]
+    fn gateway_api_objects_and_namespace_labels_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::new(Default::default(), Metrics::new().unwrap());
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
+                    metadata: { name: portico }\nspec: { controllerName: portico.dev/gateway-controller }\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                    metadata: { name: gw, namespace: infra }\n\
+                    spec: { gatewayClassName: portico, listeners: [{ name: http, port: 80, protocol: HTTP }] }\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                    metadata: { name: r }\nspec: { parentRefs: [{ name: gw, namespace: infra }] }\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+                    metadata: { name: g, namespace: infra }\n\
+                    spec: { from: [{ group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default }], to: [{ group: '', kind: Service }] }\n---\n\
+                    apiVersion: v1\nkind: Namespace\nmetadata: { name: infra, labels: { team: a } }\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                    metadata: { name: broken }\nspec: { rules: 3 }\n";
+        std::fs::write(dir.path().join("gw.yaml"), yaml).unwrap();
+        let mut manifests = ManifestDir::default();
+        let g = &manifests.scan(dir.path(), &shared).gateway_api;
+        assert!(g.classes.contains_key(&ObjectKey::new("", "portico")));
+        assert!(g.gateways.contains_key(&ObjectKey::new("infra", "gw")));
+        assert!(g.routes.contains_key(&ObjectKey::new("default", "r")));
+        assert!(!g.routes.contains_key(&ObjectKey::new("default", "broken")));
+        assert!(g.grants.contains_key(&ObjectKey::new("infra", "g")));
+        assert_eq!(g.namespaces["infra"].labels["team"], "a");
+        // As the API server adds it.
+        assert_eq!(
+            g.namespaces["infra"].labels["kubernetes.io/metadata.name"],
+            "infra"
+        );
+        // Removing the file removes them.
+        std::fs::remove_file(dir.path().join("gw.yaml")).unwrap();
+        let g = &manifests.scan(dir.path(), &shared).gateway_api;
+        assert!(g.classes.is_empty() && g.routes.is_empty() && g.namespaces.is_empty());
+    }
+
+    #[test]
     fn edits_change_only_their_objects_and_the_first_file_wins() {
         let dir = tempfile::tempdir().unwrap();
         let shared = Shared::new(Default::default(), Metrics::new().unwrap());

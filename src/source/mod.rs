@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod gateway_api;
+pub mod gateway_status;
 pub mod kube;
 pub mod leader;
 pub mod manifests;

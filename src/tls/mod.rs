@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use cert::{CertError, LoadedCert};
-pub use resolver::SniResolver;
+pub use resolver::{GatewaySniResolver, SniResolver};
 pub use store::CertStore;
 
 use crate::model::ObjectKey;

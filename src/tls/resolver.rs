@@ -41,3 +41,36 @@ impl ResolvesServerCert for SniResolver {
             .cloned()
     }
 }
+
+/// The certificate of each handshake on one Gateway TLS socket (`--gateway-listen
+/// https:PORT=ADDR`), bound to one local address: the Gateway's listener certificates for the
+/// SNI name, from the current snapshot; else the default certificate.
+pub struct GatewaySniResolver {
+    shared: Arc<Shared>,
+    local: std::net::SocketAddr,
+}
+
+impl GatewaySniResolver {
+    /// Called once by `server::build` per Gateway TLS socket and address.
+    pub fn new(shared: Arc<Shared>, local: std::net::SocketAddr) -> Self {
+        Self { shared, local }
+    }
+}
+
+impl std::fmt::Debug for GatewaySniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GatewaySniResolver({})", self.local)
+    }
+}
+
+impl ResolvesServerCert for GatewaySniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let plane = self.shared.load();
+        plane
+            .routes
+            .gateways()
+            .and_then(|g| g.certificate(self.local, hello.server_name()))
+            .or_else(|| plane.certs.lookup(None))
+            .cloned()
+    }
+}

@@ -137,6 +137,12 @@ fn from_value(index: usize, value: serde_json::Value, out: &mut Vec<Document>) {
             return;
         }
     }
+    if crate::source::gateway_api::is_gateway_kind(api_version, kind)
+        || (api_version, kind) == ("v1", "Namespace")
+    {
+        out.push(gateway_document(value));
+        return;
+    }
     let known = match (api_version, kind) {
         ("networking.k8s.io/v1", "Ingress") => Some("Ingress"),
         ("networking.k8s.io/v1", "IngressClass") => Some("IngressClass"),
@@ -230,6 +236,62 @@ fn from_value(index: usize, value: serde_json::Value, out: &mut Vec<Document>) {
             }
         }
     });
+}
+
+/// A Gateway API document (GatewayClass, Gateway, HTTPRoute, ReferenceGrant) or a Namespace
+/// (for its labels), into the model: kept whole, the compile step translates them.
+fn gateway_document(value: serde_json::Value) -> Document {
+    use crate::source::gateway_api::{from_value, GatewayObject};
+    let kind: &'static str = match value.get("kind").and_then(|k| k.as_str()) {
+        Some("GatewayClass") => "GatewayClass",
+        Some("Gateway") => "Gateway",
+        Some("HTTPRoute") => "HTTPRoute",
+        Some("ReferenceGrant") => "ReferenceGrant",
+        _ => "Namespace",
+    };
+    let mut key = identity_of(&value);
+    if matches!(kind, "GatewayClass" | "Namespace") {
+        key.namespace.clear();
+    }
+    let invalid = |reason: String| Document::Rejected {
+        identity: Some((kind, key.clone())),
+        error: TranslateError::Invalid {
+            kind,
+            key: key.clone(),
+            reason,
+        },
+    };
+    if key.name.is_empty() {
+        return invalid("metadata.name is missing".into());
+    }
+    if kind == "Namespace" {
+        let mut labels: BTreeMap<String, String> = value
+            .pointer("/metadata/labels")
+            .and_then(|l| l.as_object())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // The API server sets it on every namespace (Kubernetes 1.22 and later); selectors
+        // rely on it.
+        labels.insert("kubernetes.io/metadata.name".into(), key.name.clone());
+        return Document::Object(Object::Namespace(Arc::new(crate::model::Namespace {
+            name: key.name.clone(),
+            labels,
+        })));
+    }
+    match from_value(value) {
+        Some(Ok(o)) => Document::Object(match o {
+            GatewayObject::GatewayClass(o) => Object::GatewayClass(Arc::new(o)),
+            GatewayObject::Gateway(o) => Object::Gateway(Arc::new(o)),
+            GatewayObject::HTTPRoute(o) => Object::HTTPRoute(Arc::new(o)),
+            GatewayObject::ReferenceGrant(o) => Object::ReferenceGrant(Arc::new(o)),
+        }),
+        Some(Err(e)) => invalid(format!("does not match the {kind} schema: {e}")),
+        None => Document::Ignored,
+    }
 }
 
 /// The kind, and its current apiVersion, of a document in an apiVersion Kubernetes removed.

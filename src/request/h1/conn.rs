@@ -64,6 +64,8 @@ pub struct Engine {
 struct Conn {
     tls: bool,
     client: Option<IpAddr>,
+    /// The address the connection arrived on (a Gateway's entry point).
+    local: Option<std::net::SocketAddr>,
     /// The forwarding fields' view of the client, computed once.
     addr: ClientAddr,
 }
@@ -134,14 +136,16 @@ impl Engine {
             .and_then(|d| d.peer_addr())
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let local_port = digest
+        let local = digest
             .as_ref()
             .and_then(|d| d.local_addr())
             .and_then(|a| a.as_inet())
-            .map(|a| a.port());
+            .copied();
+        let local_port = local.map(|a| a.port());
         let conn = Conn {
             tls: stream.get_ssl_digest().is_some(),
             client,
+            local,
             addr: self.policy.client_addr(client, local_port),
         };
         let mut shutdown = shutdown.clone();
@@ -358,6 +362,7 @@ impl Engine {
             head: &head,
             raw: &raw,
             client: conn.client,
+            local: conn.local,
         };
         let decision = self
             .policy
@@ -491,6 +496,7 @@ impl Engine {
                     head,
                     raw,
                     client: conn.client,
+                    local: conn.local,
                 };
                 let host = std::str::from_utf8(head.host(raw)).unwrap_or("");
                 let origin = std::str::from_utf8(head.origin.get(raw)).unwrap_or("/");
@@ -606,7 +612,7 @@ impl Engine {
                 None => (origin, None),
             };
             let mut edits = self.policy.edits(plane, routed, path, query);
-            edits.set = auth_fields;
+            edits.set.extend(auth_fields);
             edits
         });
         self.upstream_head(head, raw, conn, edits.as_ref(), &mut upstream_head);
@@ -1169,6 +1175,7 @@ impl Engine {
             head,
             raw,
             client: conn.client,
+            local: conn.local,
         };
         let set = self.policy.response_set(plane, Some(routed.route), &view);
         encode::response_head(
@@ -1179,6 +1186,7 @@ impl Engine {
             &self.policy.server_header,
             hsts.map(|h| &**h),
             set.as_deref(),
+            self.policy.gateway_response(plane, routed),
             &outcome.cookies,
             &mut out,
         );
@@ -1489,6 +1497,7 @@ struct View<'a> {
     head: &'a RequestHead,
     raw: &'a [u8],
     client: Option<IpAddr>,
+    local: Option<std::net::SocketAddr>,
 }
 
 impl RequestView for View<'_> {
@@ -1533,5 +1542,26 @@ impl RequestView for View<'_> {
             .iter()
             .filter(|f| f.name.get(self.raw).eq_ignore_ascii_case(b"cookie"))
             .find_map(|f| crate::request::policy::cookie_in(f.value.get(self.raw), name))
+    }
+
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.local
+    }
+
+    fn header_joined(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        let mut values = self
+            .head
+            .fields
+            .iter()
+            .filter(|f| f.name.get(self.raw).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|f| std::str::from_utf8(f.value.get(self.raw)));
+        let first = values.next()?.ok()?;
+        let mut out: Option<String> = None;
+        for v in values {
+            let o = out.get_or_insert_with(|| first.to_string());
+            o.push_str(", ");
+            o.push_str(v.ok()?);
+        }
+        Some(out.map_or(std::borrow::Cow::Borrowed(first), std::borrow::Cow::Owned))
     }
 }

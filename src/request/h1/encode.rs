@@ -110,6 +110,9 @@ pub fn request_head_edited(
             field(name.as_str().as_bytes(), v.as_bytes(), out);
         }
     }
+    for (name, value) in edits.map(|e| e.add.as_slice()).unwrap_or_default() {
+        field(name.as_str().as_bytes(), value.as_bytes(), out);
+    }
     if head.framing == Framing::Chunked {
         field(b"Transfer-Encoding", b"chunked", out);
     }
@@ -118,7 +121,7 @@ pub fn request_head_edited(
 
 /// The response head for the client. `rhead` holds the backend's head that `response` indexes;
 /// `set` are the route's own headers (ingress-nginx's `custom-headers`), replacing the backend's
-/// of the same names.
+/// of the same names; `edits` a Gateway API route's `ResponseHeaderModifier`s.
 #[allow(clippy::too_many_arguments)]
 pub fn response_head(
     response: &ResponseHead,
@@ -128,6 +131,7 @@ pub fn response_head(
     server: &ServerHeader,
     hsts: Option<&str>,
     set: Option<&[(http::HeaderName, http::HeaderValue)]>,
+    edits: Option<&crate::routing::gateway::actions::CompiledEdits>,
     cookies: &[http::HeaderValue],
     out: &mut Vec<u8>,
 ) {
@@ -165,14 +169,16 @@ pub fn response_head(
                 Out::None => copy(f, rhead, out),
                 _ => {}
             },
-            _ => match set {
-                None => copy(f, rhead, out),
-                Some(set) => {
+            _ => match (set, edits) {
+                (None, None) => copy(f, rhead, out),
+                _ => {
                     let name = f.name.get(rhead);
-                    if !set
+                    let replaced = set
+                        .unwrap_or_default()
                         .iter()
                         .any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
-                    {
+                        || edits.is_some_and(|e| e.drops(name));
+                    if !replaced {
                         copy(f, rhead, out)
                     }
                 }
@@ -183,6 +189,9 @@ pub fn response_head(
         own_server(server, out);
     }
     for (name, value) in set.unwrap_or_default() {
+        field(name.as_str().as_bytes(), value.as_bytes(), out);
+    }
+    for (name, value) in edits.into_iter().flat_map(|e| e.appended()) {
         field(name.as_str().as_bytes(), value.as_bytes(), out);
     }
     for cookie in cookies {

@@ -112,6 +112,59 @@ impl CompiledEdits {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
+    /// A rule's edits followed by one of its backend's: both filters apply, the backend's
+    /// last (the same value as applying one after the other, except where both name one
+    /// field in different lists).
+    pub fn then(&self, other: &CompiledEdits) -> CompiledEdits {
+        let mut out = self.clone();
+        out.set.extend(other.set.iter().cloned());
+        out.add.extend(other.add.iter().cloned());
+        out.remove.extend(other.remove.iter().cloned());
+        out
+    }
+
+    /// Whether a field of this name is replaced or removed (the backend's never passes).
+    pub fn drops(&self, name: &[u8]) -> bool {
+        let is = |n: &HeaderName| n.as_str().as_bytes().eq_ignore_ascii_case(name);
+        self.set.iter().any(|(n, _)| is(n)) || self.remove.iter().any(is)
+    }
+
+    /// The fields to write after the kept ones: `set`'s values (the last of a name wins), then
+    /// `add`'s, minus the names `remove` drops.
+    pub fn appended(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let removed = |n: &HeaderName| self.remove.contains(n);
+        let set = self
+            .set
+            .iter()
+            .enumerate()
+            .filter(move |(i, (n, _))| !self.set[i + 1..].iter().any(|(m, _)| m == n))
+            .map(|(_, (n, v))| (n, v));
+        set.chain(self.add.iter().map(|(n, v)| (n, v)))
+            .filter(move |(n, _)| !removed(n))
+    }
+
+    /// The edits as an engine applies them to an upstream request: `set` (a value replaces the
+    /// client's fields of the name, `None` removes them) and `add` (appended).
+    pub fn to_edits(
+        &self,
+        set: &mut Vec<(HeaderName, Option<HeaderValue>)>,
+        add: &mut Vec<(HeaderName, HeaderValue)>,
+    ) {
+        for (n, v) in &self.set {
+            set.retain(|(m, _)| m != n);
+            add.retain(|(m, _)| m != n);
+            set.push((n.clone(), Some(v.clone())));
+        }
+        for (n, v) in &self.add {
+            add.push((n.clone(), v.clone()));
+        }
+        for n in &self.remove {
+            set.retain(|(m, _)| m != n);
+            add.retain(|(m, _)| m != n);
+            set.push((n.clone(), None));
+        }
+    }
+
     /// `set` replaces every field of the name, `add` appends a field, `remove` drops them all.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for (n, v) in &self.set {

@@ -2,13 +2,15 @@
 //! chosen by the request's host, then the bucket of the most specific route hostname, then the
 //! first rule in the spec's precedence whose path, method, headers and query all match.
 //!
-//! Built from the translator's [`EffectiveListener`]s; not yet wired into the request path.
-//! Lookups hash the host once per candidate suffix and
+//! Built from the translator's [`EffectiveListener`]s by the compile step, one per entry point
+//! ([`plane`]). Lookups hash the host once per candidate suffix and
 //! scan only the chosen bucket; rules without method, header or query conditions pay one
 //! branch for them.
 
 pub mod actions;
+pub mod plane;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
@@ -21,13 +23,40 @@ use crate::translate::gateway::hostname::GwHost;
 
 /// One request, as matching needs it. `host` must be normalised
 /// ([`super::normalize_request_host`]); `path` has no query.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct RequestView<'a> {
     pub host: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
+    pub headers: &'a dyn Headers,
+}
+
+/// A request's header fields, as each engine holds them.
+pub trait Headers {
+    /// The value of the fields called `name`: several fields of one name are one value joined
+    /// by `, ` (RFC 9110 5.3). `None` when there is none, or a value is not text.
+    fn joined(&self, name: &HeaderName) -> Option<Cow<'_, str>>;
+}
+
+impl Headers for HeaderMap {
+    fn joined(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+        let mut fields = self.get_all(name).iter();
+        let first = fields.next()?;
+        match fields.next() {
+            None => first.to_str().ok().map(Cow::Borrowed),
+            Some(second) => {
+                let mut out = String::new();
+                for v in [first, second].into_iter().chain(fields) {
+                    if !out.is_empty() {
+                        out.push_str(", ");
+                    }
+                    out.push_str(v.to_str().ok()?);
+                }
+                Some(Cow::Owned(out))
+            }
+        }
+    }
 }
 
 /// The listeners served on one entry point, most specific hostname first.
@@ -219,26 +248,7 @@ impl Conditions {
             return false;
         }
         for (name, value) in &self.headers {
-            // Several fields of one name are one value joined by ", " (RFC 9110 5.3).
-            let mut fields = req.headers.get_all(name).iter();
-            let Some(first) = fields.next() else {
-                return false;
-            };
-            let joined;
-            let v = match fields.next() {
-                None => first.to_str().ok(),
-                Some(second) => {
-                    let mut all = vec![first, second];
-                    all.extend(fields);
-                    joined = all
-                        .iter()
-                        .map(|v| v.to_str().unwrap_or(""))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    Some(joined.as_str())
-                }
-            };
-            if !v.is_some_and(|v| value.matches(v)) {
+            if !req.headers.joined(name).is_some_and(|v| value.matches(&v)) {
                 return false;
             }
         }
