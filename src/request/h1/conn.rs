@@ -994,6 +994,7 @@ impl Engine {
                 head,
                 raw,
                 client: conn.client,
+                local: conn.local,
             };
             let agent = view.header("user-agent");
             if let Some(cookie) = self
