@@ -103,9 +103,8 @@ fn every_kubernetes_document_is_valid() {
                     // A CRD: Portico's own type reads it, and it names Portico's default
                     // Gateway controller.
                     let class: portico::source::gateway_api::GatewayClass =
-                        serde_json::from_value(doc.clone()).unwrap_or_else(|e| {
-                            panic!("{}: GatewayClass: {e}", path.display())
-                        });
+                        serde_json::from_value(doc.clone())
+                            .unwrap_or_else(|e| panic!("{}: GatewayClass: {e}", path.display()));
                     assert_eq!(doc["apiVersion"], "gateway.networking.k8s.io/v1");
                     assert_eq!(class.spec.controller_name, "portico.dev/gateway-controller");
                 }
