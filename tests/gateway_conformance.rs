@@ -1247,3 +1247,84 @@ async fn observed_generation_bumps() {
         }
     }
 }
+
+both_engines! {
+    // Portico's own behaviour, beyond the suite: an Ingress and an HTTPRoute claiming the same
+    // host. Gateway sockets are never Ingress listeners, so each API answers on its own sockets
+    // with its own rules; and a Gateway socket never falls back to the Ingress routes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ingress_and_an_httproute_on_the_same_host_each_serve_their_sockets() {
+        let ingress_pods = Pods::start("ingress-backend", 1).await;
+        let route_pods = Pods::start("route-backend", 1).await;
+        let port = wildcard_port();
+        let gateway = format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{ name: {CLASS} }}
+spec: {{ controllerName: {CONTROLLER} }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: default }}
+spec:
+  gatewayClassName: {CLASS}
+  listeners: [{{ name: http, port: 80, protocol: HTTP }}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: shop, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  hostnames: [shop.example]
+  rules: [{{ backendRefs: [{{ name: route-backend, port: 80 }}] }}]
+"
+        );
+        let portico = Portico::start_with(
+            &[
+                ("class.yaml", common::INGRESS_CLASS),
+                (
+                    "ingress.yaml",
+                    &common::ingress(
+                        "default",
+                        "shop",
+                        "2024-01-01T00:00:00Z",
+                        &[("shop.example", "/", "Prefix", "ingress-backend", 80)],
+                    ),
+                ),
+                (
+                    "ingress-backend.yaml",
+                    &ingress_pods.manifests("default", "", 80),
+                ),
+                (
+                    "route-backend.yaml",
+                    &route_pods.manifests("default", "", 80),
+                ),
+                ("gateway.yaml", &gateway),
+            ],
+            |f| {
+                f.gateway_listen = vec![format!("80=0.0.0.0:{port}")];
+                f.gateway_address_pool = vec!["127.0.0.2".into()];
+            },
+        )
+        .await;
+        // The Ingress listener: the Ingress.
+        assert_eq!(
+            portico.echo("shop.example", "/").await.service,
+            "ingress-backend"
+        );
+        // The Gateway's address: the HTTPRoute.
+        let get = |addr: &str| {
+            client()
+                .get(format!("http://{addr}:{port}/"))
+                .header("host", "shop.example")
+                .send()
+        };
+        let r = get("127.0.0.2").await.expect("request");
+        assert_eq!(r.status(), 200);
+        let echo: Echo = r.json().await.expect("echo");
+        assert_eq!(echo.service, "route-backend");
+        // Another address of the Gateway socket: no Gateway there, 404 (no Ingress fallback).
+        let r = get("127.0.0.3").await.expect("request");
+        assert_eq!(r.status(), 404);
+    }
+}
