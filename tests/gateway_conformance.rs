@@ -1327,4 +1327,96 @@ spec:
         let r = get("127.0.0.3").await.expect("request");
         assert_eq!(r.status(), 404);
     }
+
+    // The extended features the README lists as served, end to end (the extended conformance
+    // tests are not in ../shared/gateway-api/): method and query matches, URLRewrite (prefix,
+    // full path, hostname), ResponseHeaderModifier, and RequestRedirect scheme/port/path/code.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn extended_matches_rewrites_response_headers_and_redirects() {
+        let pods = Pods::start("web", 1).await;
+        let port = wildcard_port();
+        let gateway = format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{ name: {CLASS} }}
+spec: {{ controllerName: {CONTROLLER} }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: default }}
+spec:
+  gatewayClassName: {CLASS}
+  listeners: [{{ name: http, port: 80, protocol: HTTP }}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: extended, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  rules:
+    - matches: [{{ path: {{ type: PathPrefix, value: /m }}, method: POST }}]
+      backendRefs: [{{ name: web, port: 80 }}]
+      filters: [{{ type: URLRewrite, urlRewrite: {{ path: {{ type: ReplaceFullPath, replaceFullPath: /posted }} }} }}]
+    - matches: [{{ path: {{ type: PathPrefix, value: /m }}, queryParams: [{{ name: v, value: \"2\" }}] }}]
+      backendRefs: [{{ name: web, port: 80 }}]
+      filters: [{{ type: URLRewrite, urlRewrite: {{ hostname: rewritten.example, path: {{ type: ReplacePrefixMatch, replacePrefixMatch: /v2 }} }} }}]
+    - matches: [{{ path: {{ type: PathPrefix, value: /headers }} }}]
+      backendRefs: [{{ name: web, port: 80 }}]
+      filters:
+        - type: ResponseHeaderModifier
+          responseHeaderModifier:
+            set: [{{ name: X-Set, value: set }}]
+            add: [{{ name: X-Add, value: added }}]
+            remove: [content-type]
+    - matches: [{{ path: {{ type: PathPrefix, value: /old }} }}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: {{ scheme: https, port: 8443, statusCode: 308, path: {{ type: ReplacePrefixMatch, replacePrefixMatch: /new }} }}
+"
+        );
+        let portico = Portico::start_with(
+            &[
+                ("web.yaml", &pods.manifests("default", "", 80)),
+                ("gateway.yaml", &gateway),
+            ],
+            |f| {
+                f.gateway_listen = vec![format!("80=0.0.0.0:{port}")];
+                f.gateway_address_pool = vec!["127.0.0.2".into()];
+            },
+        )
+        .await;
+        let base = format!("http://127.0.0.2:{port}");
+        let echo = |r: reqwest::Response| async move {
+            assert_eq!(r.status(), 200);
+            r.json::<Echo>().await.expect("echo")
+        };
+        // Method: POST /m/x is rewritten to /posted; a GET without the query matches nothing.
+        let e = echo(client().post(format!("{base}/m/x?a=1")).send().await.unwrap()).await;
+        assert_eq!((e.path.as_str(), e.query.as_deref()), ("/posted", Some("a=1")));
+        let r = client().get(format!("{base}/m/x")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        // Query: the prefix replaced, the Host rewritten.
+        let e = echo(client().get(format!("{base}/m/x?v=2")).send().await.unwrap()).await;
+        assert_eq!(e.path, "/v2/x");
+        assert_eq!(e.headers.get("host").map(String::as_str), Some("rewritten.example"));
+        // Response headers: set, added, removed.
+        let r = client().get(format!("{base}/headers")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers().get("x-set").unwrap(), "set");
+        assert_eq!(r.headers().get("x-add").unwrap(), "added");
+        assert!(r.headers().get("content-type").is_none(), "{:?}", r.headers());
+        // Redirect: scheme, port, prefix path and code.
+        let r = client()
+            .get(format!("{base}/old/page?q=1"))
+            .header("host", "shop.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 308);
+        assert_eq!(
+            r.headers().get("location").unwrap(),
+            "https://shop.example:8443/new/page?q=1"
+        );
+        drop(portico);
+    }
 }
