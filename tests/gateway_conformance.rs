@@ -325,6 +325,26 @@ impl Driver {
         r.json().await.expect("status JSON")
     }
 
+    /// Replaces a manifest as an editor or `kubectl` would, atomically (a plain write can be
+    /// read half-written by the file watcher, which then serves that until the next event).
+    fn rewrite(&self, name: &str, text: &str) {
+        self.portico.write_atomic(name, text);
+    }
+
+    /// Polls the status until `check` holds (a file change reaches the snapshot after the
+    /// watcher's debounce); panics with the last status after a few seconds.
+    async fn status_until(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.status().await;
+            if check(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: {s:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the Gateway `ns/name` has an address and all its listeners are Accepted,
     /// ResolvedRefs and Programmed, and each of `routes` (in `ns`) has a parent status of ours
     /// for it that is Accepted (`GatewayAndHTTPRoutesMustBeAccepted`); returns where to send
@@ -766,7 +786,7 @@ both_engines! {
             .filter(|doc| !doc.contains("kind: ReferenceGrant"))
             .map(str::to_string)
             .collect();
-        d.portico.write_and_wait("test.yaml", &without_grant.join("\n---")).await;
+        d.rewrite("test.yaml", &without_grant.join("\n---"));
         d.expect(gw, &[at("/", SERVER_ERROR)]).await;
         assert_eq!(
             d.route_condition("reference-grant", "same-namespace", "ResolvedRefs").await,
@@ -1150,23 +1170,20 @@ async fn gateway_modify_listeners() {
         }
     }
     let edited: Vec<String> = docs.iter().map(Value::to_string).collect();
-    d.portico
-        .write_and_wait("test.yaml", &edited.join("\n---\n"))
-        .await;
-    let s = d.status().await;
-    assert_eq!(
-        gateway_status(&s, "gateway-add-listener", Some("http"))["attachedRoutes"].as_i64(),
-        Some(1),
-        "{s:#}"
-    );
-    let removed = gateway_status(&s, "gateway-remove-listener", None);
-    let names: Vec<&str> = removed["listeners"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["name"].as_str())
-        .collect();
-    assert_eq!(names, ["http"]);
+    d.rewrite("test.yaml", &edited.join("\n---\n"));
+    d.status_until("the listener added and the other removed", |s| {
+        let removed = gateway_status(s, "gateway-remove-listener", None);
+        let names: Vec<&str> = removed["listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["name"].as_str())
+            .collect();
+        gateway_status(s, "gateway-add-listener", Some("http"))["attachedRoutes"].as_i64()
+            == Some(1)
+            && names == ["http"]
+    })
+    .await;
     // And the new listener serves.
     let gw = d.ready("gateway-add-listener", &["http-route-1"]).await;
     d.expect(gw, &[at("/", infra("infra-backend-v1"))]).await;
@@ -1219,17 +1236,15 @@ async fn observed_generation_bumps() {
                 }
             }
             let text: Vec<String> = docs.iter().map(Value::to_string).collect();
-            d.portico
-                .write_and_wait("test.yaml", &text.join("\n---\n"))
-                .await;
-            let s = d.status().await;
-            let ok = match test {
+            d.rewrite("test.yaml", &text.join("\n---\n"));
+            let what = format!("{test}, generation {generation}");
+            d.status_until(&what, |s| match test {
                 "gatewayclass-observed-generation-bump" => observed(
                     &s["gatewayClasses"]["gatewayclass-observed-generation-bump"]["conditions"],
                     generation,
                 ),
                 "gateway-observed-generation-bump" => {
-                    let g = gateway_status(&s, "gateway-observed-generation-bump", None);
+                    let g = gateway_status(s, "gateway-observed-generation-bump", None);
                     let listeners = g["listeners"].as_array().cloned().unwrap_or_default();
                     observed(&g["conditions"], generation)
                         && listeners.len() == generation as usize
@@ -1242,8 +1257,8 @@ async fn observed_generation_bumps() {
                     .is_some_and(|p| {
                         !p.is_empty() && p.iter().all(|p| observed(&p["conditions"], generation))
                     }),
-            };
-            assert!(ok, "{test}, generation {generation}: {s:#}");
+            })
+            .await;
         }
     }
 }
