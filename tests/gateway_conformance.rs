@@ -325,6 +325,26 @@ impl Driver {
         r.json().await.expect("status JSON")
     }
 
+    /// Replaces a manifest as an editor or `kubectl` would, atomically (a plain write can be
+    /// read half-written by the file watcher, which then serves that until the next event).
+    fn rewrite(&self, name: &str, text: &str) {
+        self.portico.write_atomic(name, text);
+    }
+
+    /// Polls the status until `check` holds (a file change reaches the snapshot after the
+    /// watcher's debounce); panics with the last status after a few seconds.
+    async fn status_until(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.status().await;
+            if check(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: {s:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the Gateway `ns/name` has an address and all its listeners are Accepted,
     /// ResolvedRefs and Programmed, and each of `routes` (in `ns`) has a parent status of ours
     /// for it that is Accepted (`GatewayAndHTTPRoutesMustBeAccepted`); returns where to send
@@ -766,7 +786,7 @@ both_engines! {
             .filter(|doc| !doc.contains("kind: ReferenceGrant"))
             .map(str::to_string)
             .collect();
-        d.portico.write_and_wait("test.yaml", &without_grant.join("\n---")).await;
+        d.rewrite("test.yaml", &without_grant.join("\n---"));
         d.expect(gw, &[at("/", SERVER_ERROR)]).await;
         assert_eq!(
             d.route_condition("reference-grant", "same-namespace", "ResolvedRefs").await,
@@ -1150,23 +1170,20 @@ async fn gateway_modify_listeners() {
         }
     }
     let edited: Vec<String> = docs.iter().map(Value::to_string).collect();
-    d.portico
-        .write_and_wait("test.yaml", &edited.join("\n---\n"))
-        .await;
-    let s = d.status().await;
-    assert_eq!(
-        gateway_status(&s, "gateway-add-listener", Some("http"))["attachedRoutes"].as_i64(),
-        Some(1),
-        "{s:#}"
-    );
-    let removed = gateway_status(&s, "gateway-remove-listener", None);
-    let names: Vec<&str> = removed["listeners"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["name"].as_str())
-        .collect();
-    assert_eq!(names, ["http"]);
+    d.rewrite("test.yaml", &edited.join("\n---\n"));
+    d.status_until("the listener added and the other removed", |s| {
+        let removed = gateway_status(s, "gateway-remove-listener", None);
+        let names: Vec<&str> = removed["listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["name"].as_str())
+            .collect();
+        gateway_status(s, "gateway-add-listener", Some("http"))["attachedRoutes"].as_i64()
+            == Some(1)
+            && names == ["http"]
+    })
+    .await;
     // And the new listener serves.
     let gw = d.ready("gateway-add-listener", &["http-route-1"]).await;
     d.expect(gw, &[at("/", infra("infra-backend-v1"))]).await;
@@ -1219,17 +1236,15 @@ async fn observed_generation_bumps() {
                 }
             }
             let text: Vec<String> = docs.iter().map(Value::to_string).collect();
-            d.portico
-                .write_and_wait("test.yaml", &text.join("\n---\n"))
-                .await;
-            let s = d.status().await;
-            let ok = match test {
+            d.rewrite("test.yaml", &text.join("\n---\n"));
+            let what = format!("{test}, generation {generation}");
+            d.status_until(&what, |s| match test {
                 "gatewayclass-observed-generation-bump" => observed(
                     &s["gatewayClasses"]["gatewayclass-observed-generation-bump"]["conditions"],
                     generation,
                 ),
                 "gateway-observed-generation-bump" => {
-                    let g = gateway_status(&s, "gateway-observed-generation-bump", None);
+                    let g = gateway_status(s, "gateway-observed-generation-bump", None);
                     let listeners = g["listeners"].as_array().cloned().unwrap_or_default();
                     observed(&g["conditions"], generation)
                         && listeners.len() == generation as usize
@@ -1242,8 +1257,181 @@ async fn observed_generation_bumps() {
                     .is_some_and(|p| {
                         !p.is_empty() && p.iter().all(|p| observed(&p["conditions"], generation))
                     }),
-            };
-            assert!(ok, "{test}, generation {generation}: {s:#}");
+            })
+            .await;
         }
+    }
+}
+
+both_engines! {
+    // Portico's own behaviour, beyond the suite: an Ingress and an HTTPRoute claiming the same
+    // host. Gateway sockets are never Ingress listeners, so each API answers on its own sockets
+    // with its own rules; and a Gateway socket never falls back to the Ingress routes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ingress_and_an_httproute_on_the_same_host_each_serve_their_sockets() {
+        let ingress_pods = Pods::start("ingress-backend", 1).await;
+        let route_pods = Pods::start("route-backend", 1).await;
+        let port = wildcard_port();
+        let gateway = format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{ name: {CLASS} }}
+spec: {{ controllerName: {CONTROLLER} }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: default }}
+spec:
+  gatewayClassName: {CLASS}
+  listeners: [{{ name: http, port: 80, protocol: HTTP }}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: shop, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  hostnames: [shop.example]
+  rules: [{{ backendRefs: [{{ name: route-backend, port: 80 }}] }}]
+"
+        );
+        let portico = Portico::start_with(
+            &[
+                ("class.yaml", common::INGRESS_CLASS),
+                (
+                    "ingress.yaml",
+                    &common::ingress(
+                        "default",
+                        "shop",
+                        "2024-01-01T00:00:00Z",
+                        &[("shop.example", "/", "Prefix", "ingress-backend", 80)],
+                    ),
+                ),
+                (
+                    "ingress-backend.yaml",
+                    &ingress_pods.manifests("default", "", 80),
+                ),
+                (
+                    "route-backend.yaml",
+                    &route_pods.manifests("default", "", 80),
+                ),
+                ("gateway.yaml", &gateway),
+            ],
+            |f| {
+                f.gateway_listen = vec![format!("80=0.0.0.0:{port}")];
+                f.gateway_address_pool = vec!["127.0.0.2".into()];
+            },
+        )
+        .await;
+        // The Ingress listener: the Ingress.
+        assert_eq!(
+            portico.echo("shop.example", "/").await.service,
+            "ingress-backend"
+        );
+        // The Gateway's address: the HTTPRoute.
+        let get = |addr: &str| {
+            client()
+                .get(format!("http://{addr}:{port}/"))
+                .header("host", "shop.example")
+                .send()
+        };
+        let r = get("127.0.0.2").await.expect("request");
+        assert_eq!(r.status(), 200);
+        let echo: Echo = r.json().await.expect("echo");
+        assert_eq!(echo.service, "route-backend");
+        // Another address of the Gateway socket: no Gateway there, 404 (no Ingress fallback).
+        let r = get("127.0.0.3").await.expect("request");
+        assert_eq!(r.status(), 404);
+    }
+
+    // The extended features the README lists as served, end to end (the extended conformance
+    // tests are not in ../shared/gateway-api/): method and query matches, URLRewrite (prefix,
+    // full path, hostname), ResponseHeaderModifier, and RequestRedirect scheme/port/path/code.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn extended_matches_rewrites_response_headers_and_redirects() {
+        let pods = Pods::start("web", 1).await;
+        let port = wildcard_port();
+        let gateway = format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{ name: {CLASS} }}
+spec: {{ controllerName: {CONTROLLER} }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: default }}
+spec:
+  gatewayClassName: {CLASS}
+  listeners: [{{ name: http, port: 80, protocol: HTTP }}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: extended, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  rules:
+    - matches: [{{ path: {{ type: PathPrefix, value: /m }}, method: POST }}]
+      backendRefs: [{{ name: web, port: 80 }}]
+      filters: [{{ type: URLRewrite, urlRewrite: {{ path: {{ type: ReplaceFullPath, replaceFullPath: /posted }} }} }}]
+    - matches: [{{ path: {{ type: PathPrefix, value: /m }}, queryParams: [{{ name: v, value: \"2\" }}] }}]
+      backendRefs: [{{ name: web, port: 80 }}]
+      filters: [{{ type: URLRewrite, urlRewrite: {{ hostname: rewritten.example, path: {{ type: ReplacePrefixMatch, replacePrefixMatch: /v2 }} }} }}]
+    - matches: [{{ path: {{ type: PathPrefix, value: /headers }} }}]
+      backendRefs: [{{ name: web, port: 80 }}]
+      filters:
+        - type: ResponseHeaderModifier
+          responseHeaderModifier:
+            set: [{{ name: X-Set, value: set }}]
+            add: [{{ name: X-Add, value: added }}]
+            remove: [content-type]
+    - matches: [{{ path: {{ type: PathPrefix, value: /old }} }}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: {{ scheme: https, port: 8443, statusCode: 308, path: {{ type: ReplacePrefixMatch, replacePrefixMatch: /new }} }}
+"
+        );
+        let portico = Portico::start_with(
+            &[
+                ("web.yaml", &pods.manifests("default", "", 80)),
+                ("gateway.yaml", &gateway),
+            ],
+            |f| {
+                f.gateway_listen = vec![format!("80=0.0.0.0:{port}")];
+                f.gateway_address_pool = vec!["127.0.0.2".into()];
+            },
+        )
+        .await;
+        let base = format!("http://127.0.0.2:{port}");
+        let echo = |r: reqwest::Response| async move {
+            assert_eq!(r.status(), 200);
+            r.json::<Echo>().await.expect("echo")
+        };
+        // Method: POST /m/x is rewritten to /posted; a GET without the query matches nothing.
+        let e = echo(client().post(format!("{base}/m/x?a=1")).send().await.unwrap()).await;
+        assert_eq!((e.path.as_str(), e.query.as_deref()), ("/posted", Some("a=1")));
+        let r = client().get(format!("{base}/m/x")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        // Query: the prefix replaced, the Host rewritten.
+        let e = echo(client().get(format!("{base}/m/x?v=2")).send().await.unwrap()).await;
+        assert_eq!(e.path, "/v2/x");
+        assert_eq!(e.headers.get("host").map(String::as_str), Some("rewritten.example"));
+        // Response headers: set, added, removed.
+        let r = client().get(format!("{base}/headers")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers().get("x-set").unwrap(), "set");
+        assert_eq!(r.headers().get("x-add").unwrap(), "added");
+        assert!(r.headers().get("content-type").is_none(), "{:?}", r.headers());
+        // Redirect: scheme, port, prefix path and code.
+        let r = client()
+            .get(format!("{base}/old/page?q=1"))
+            .header("host", "shop.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 308);
+        assert_eq!(
+            r.headers().get("location").unwrap(),
+            "https://shop.example:8443/new/page?q=1"
+        );
+        drop(portico);
     }
 }

@@ -1283,6 +1283,8 @@ impl<'m> Compiler<'m, '_> {
             pool: g.pool.clone(),
             shared: g.shared.clone(),
         };
+        // The one read of the clock in the compile step: it only stamps `lastTransitionTime`
+        // on conditions whose status changes; nothing the data plane reads depends on it.
         let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now(),
         );
@@ -1298,13 +1300,10 @@ impl<'m> Compiler<'m, '_> {
             listen: &listen,
             now: &now,
         });
-        let keyed = |m: &dyn Fn() -> Vec<(String, serde_json::Value)>| {
-            serde_json::Value::Object(m().into_iter().collect())
-        };
         self.out.gateway_status = Some(Arc::new(serde_json::json!({
-            "gatewayClasses": keyed(&|| outcome.classes.iter().map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default())).collect()),
-            "gateways": keyed(&|| outcome.gateways.iter().map(|(k, v)| (k.to_string(), serde_json::to_value(v).unwrap_or_default())).collect()),
-            "httpRoutes": keyed(&|| outcome.routes.iter().map(|(k, v)| (k.to_string(), serde_json::to_value(v).unwrap_or_default())).collect()),
+            "gatewayClasses": by_name(&outcome.classes),
+            "gateways": by_name(&outcome.gateways),
+            "httpRoutes": by_name(&outcome.routes),
         })));
 
         // The pools of Gateway backends, by Service and port number.
@@ -1795,6 +1794,18 @@ impl Compiler<'_, '_> {
         let pool = reusable.unwrap_or_else(|| Arc::new(build_pool(spec, &self.slices)));
         (pool, slices)
     }
+}
+
+/// A map of statuses as a JSON object keyed by `namespace/name` (or name).
+fn by_name<K: std::fmt::Display, V: serde::Serialize>(
+    statuses: &BTreeMap<K, V>,
+) -> serde_json::Value {
+    serde_json::Value::Object(
+        statuses
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::to_value(v).unwrap_or_default()))
+            .collect(),
+    )
 }
 
 /// A path as ingress-nginx reads it: on a regex host every path is a case-insensitive regex
