@@ -8,7 +8,7 @@ use crate::model::Object;
 use crate::translate::{parse_documents, Document};
 
 /// The examples compiled into the binary (conf/examples).
-pub const EXAMPLES: [(&str, &str); 4] = [
+pub const EXAMPLES: [(&str, &str); 5] = [
     (
         "00-ingressclass.yaml",
         include_str!("../conf/examples/00-ingressclass.yaml"),
@@ -22,7 +22,14 @@ pub const EXAMPLES: [(&str, &str); 4] = [
         "virtual-hosts.yaml",
         include_str!("../conf/examples/virtual-hosts.yaml"),
     ),
+    (
+        "gateway.yaml",
+        include_str!("../conf/examples/gateway.yaml"),
+    ),
 ];
+
+/// The socket of the demo's Gateway listener port 80.
+pub const GATEWAY_LISTEN: &str = "80=127.0.0.1:8081";
 
 /// Writes the examples into `dir`.
 pub fn write_examples(dir: &Path) -> std::io::Result<()> {
@@ -71,8 +78,20 @@ pub fn banner(
     http: SocketAddr,
     https: Option<SocketAddr>,
     admin: SocketAddr,
+    gateway: Option<SocketAddr>,
     dir: &Path,
 ) -> String {
+    let gateway = gateway
+        .map(|g| {
+            format!(
+                "\n  # Gateway API: a Gateway and an HTTPRoute (80/20 by weight; x-version: v2 to \
+                 service2)\n\
+                 \x20 curl -s -H 'Host: gateway.example.com' http://{g}/\n\
+                 \x20 curl -s -H 'Host: gateway.example.com' -H 'x-version: v2' http://{g}/\n\
+                 \x20 curl -s http://{admin}/status/gateway-api\n"
+            )
+        })
+        .unwrap_or_default();
     let tls = https
         .map(|a| {
             format!(
@@ -95,6 +114,7 @@ pub fn banner(
          \x20 curl -s -H 'Host: ww1.example.com' http://{http}/\n\
          \x20 curl -s -H 'Host: ww2.example.com' http://{http}/\n\
          {tls}\
+         {gateway}\
          \n  # operations\n\
          \x20 curl -s http://{admin}/readyz\n\
          \x20 curl -s http://{admin}/metrics | grep portico_requests_total\n\

@@ -36,6 +36,9 @@ fn run() -> anyhow::Result<()> {
         flags.http_listen.get_or_insert("127.0.0.1:8080".into());
         flags.https_listen.get_or_insert("127.0.0.1:8443".into());
         flags.admin_listen.get_or_insert("127.0.0.1:10254".into());
+        if flags.gateway_listen.is_empty() {
+            flags.gateway_listen = vec![portico::demo::GATEWAY_LISTEN.into()];
+        }
     }
     let config = flags.resolve()?;
     portico::telemetry::init(config.access_log);
@@ -49,6 +52,11 @@ fn run() -> anyhow::Result<()> {
                     config.http_listen,
                     config.https_listen,
                     config.admin_listen,
+                    config
+                        .compile
+                        .gateway
+                        .as_ref()
+                        .and_then(|g| g.http.first().map(|(_, socket)| *socket)),
                     dir
                 )
             );

@@ -565,3 +565,81 @@ endpoints:
     }
 }
 }
+
+/// `portico demo`'s examples, as the demo serves them: the Ingresses on the HTTP listener and the
+/// Gateway's HTTPRoute on its own socket, with the demo's echo backends; on both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_a_gateway_next_to_the_ingresses() {
+    // The examples' fixed pod addresses: started once for both engines.
+    let mut backends = Vec::new();
+    for (addr, id) in portico::demo::backends() {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("demo backend address");
+        backends.push(tokio::spawn(portico::echo::serve(l, id)));
+    }
+    let files: Vec<(&str, &str)> = portico::demo::EXAMPLES.to_vec();
+    for engine in [
+        portico::request::policy::Http1Engine::Portico,
+        portico::request::policy::Http1Engine::Pingora,
+    ] {
+        let socket = format!("127.0.0.1:{}", common::free_port());
+        let p = Portico::start_with(&files, |f| {
+            f.gateway_listen = vec![format!("80={socket}")];
+            f.http1_engine = Some(engine);
+        })
+        .await;
+        // The Ingresses, as before.
+        assert_eq!(p.echo("ww1.example.com", "/").await.service, "service1");
+        // The HTTPRoute: the header match, and the 80/20 split (exact over 10 requests).
+        let client = common::client();
+        let get = |v2: bool| {
+            let mut r = client
+                .get(format!("http://{socket}/"))
+                .header("host", "gateway.example.com");
+            if v2 {
+                r = r.header("x-version", "v2");
+            }
+            async move {
+                let body = r
+                    .send()
+                    .await
+                    .expect("gateway request")
+                    .text()
+                    .await
+                    .expect("body");
+                serde_json::from_str::<portico::echo::Echo>(&body)
+                    .unwrap_or_else(|e| panic!("{e}: {body}"))
+                    .service
+            }
+        };
+        assert_eq!(get(true).await, "service2", "{engine:?}");
+        let mut seen = HashMap::new();
+        for _ in 0..10 {
+            *seen.entry(get(false).await).or_insert(0) += 1;
+        }
+        assert_eq!(seen.get("service1"), Some(&8), "{engine:?}: {seen:?}");
+        assert_eq!(seen.get("service2"), Some(&2), "{engine:?}: {seen:?}");
+        // Its status, as the admin listener serves it.
+        let status: serde_json::Value = client
+            .get(format!("http://{}/status/gateway-api", p.admin))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("JSON");
+        let route = &status["httpRoutes"]["default/demo-route"]["parents"][0]["conditions"];
+        assert!(
+            route
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Accepted" && c["status"] == "True"),
+            "{status}"
+        );
+    }
+    for b in backends {
+        b.abort();
+    }
+}

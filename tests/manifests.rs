@@ -108,6 +108,17 @@ fn every_kubernetes_document_is_valid() {
                     assert_eq!(doc["apiVersion"], "gateway.networking.k8s.io/v1");
                     assert_eq!(class.spec.controller_name, "portico.dev/gateway-controller");
                 }
+                "Gateway" => {
+                    let gw: portico::source::gateway_api::Gateway =
+                        serde_json::from_value(doc.clone())
+                            .unwrap_or_else(|e| panic!("{}: Gateway: {e}", path.display()));
+                    assert_eq!(gw.spec.gateway_class_name, "portico");
+                }
+                "HTTPRoute" => {
+                    let _: portico::source::gateway_api::HTTPRoute =
+                        serde_json::from_value(doc.clone())
+                            .unwrap_or_else(|e| panic!("{}: HTTPRoute: {e}", path.display()));
+                }
                 "PodMonitor" => {
                     // A CRD with no k8s-openapi type: check the fields the operator needs.
                     assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");
