@@ -56,10 +56,26 @@ pub async fn read_header<S: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(256);
     let read = async {
         loop {
-            let (len, addr) = match HeaderResult::parse(&buf) {
-                // ppp calls a v1 line with a bad field "incomplete"; once the line has ended
-                // (or passed v1's 107 bytes), it is not.
-                r if r.is_incomplete() && buf.starts_with(b"PROXY ") && v1_ended(&buf) => {
+            // A v1 line is judged only once it has ended (or passed v1's 107 bytes): before,
+            // ppp may call a line cut inside a number or between CR and LF invalid; after, it
+            // may call a line with a bad field incomplete.
+            let v1 = looks_v1(&buf);
+            let parsed = HeaderResult::parse(&buf);
+            let (len, addr) = match parsed {
+                _ if v1 && !v1_ended(&buf) => {
+                    let n = stream
+                        .read_buf(&mut buf)
+                        .await
+                        .map_err(|_| ProxyHeaderError::Closed)?;
+                    if n == 0 {
+                        return Err(match buf.is_empty() {
+                            true => ProxyHeaderError::Empty,
+                            false => ProxyHeaderError::Closed,
+                        });
+                    }
+                    continue;
+                }
+                r if r.is_incomplete() && v1 => {
                     return Err(ProxyHeaderError::Invalid(format!("{r:?}")));
                 }
                 r if r.is_incomplete() => {
@@ -113,6 +129,12 @@ pub async fn read_header<S: AsyncRead + Unpin>(
         Ok(result) => result,
         Err(_) => Err(ProxyHeaderError::Timeout(limit)),
     }
+}
+
+/// Whether `buf` is, or may become, a v1 header (it starts with `PROXY`, or is a prefix of it);
+/// an empty buffer may be either version.
+fn looks_v1(buf: &[u8]) -> bool {
+    !buf.is_empty() && (buf.starts_with(b"PROXY") || b"PROXY".starts_with(buf))
 }
 
 /// Whether a v1 header's line has ended, or is longer than v1 allows.
@@ -189,6 +211,21 @@ mod tests {
             .expect("v1 6");
         assert_eq!(addr, Some("[2001:db8::1]:4000".parse().unwrap()));
         assert_eq!(parse(b"PROXY UNKNOWN\r\nx").await.expect("unknown").0, None);
+        // A line that arrives in pieces, cut inside a number and between CR and LF.
+        let line = b"PROXY TCP4 198.51.100.7 127.0.0.1 50000 80\r\nGET";
+        for cut in [line.len() - 6, line.len() - 5, line.len() - 4, 8, 3] {
+            let (a, b) = line.split_at(cut);
+            let mut reader = tokio_test_reader(a, b);
+            let (addr, rest) = read_header(&mut reader, Duration::from_secs(1))
+                .await
+                .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            assert_eq!(
+                addr,
+                Some("198.51.100.7:50000".parse().unwrap()),
+                "cut at {cut}"
+            );
+            assert!(b"GET".starts_with(&rest), "cut at {cut}");
+        }
         let v2 = ppp::v2::Builder::with_addresses(
             ppp::v2::Version::Two | ppp::v2::Command::Proxy,
             ppp::v2::Protocol::Stream,
