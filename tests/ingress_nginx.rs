@@ -1902,6 +1902,8 @@ async fn custom_http_errors_ask_the_default_backend() {
         .await
         .expect("head");
     assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("content-length"), "the page's head");
+    assert_eq!(r.bytes().await.expect("body").len(), 0, "no body for HEAD");
     // Without any default backend, ingress-nginx's built-in one answers: 404.
     drop(p);
     let p = Portico::start_with(&refs, |f| f.ingress_nginx_compat = Some(true)).await;

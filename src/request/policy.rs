@@ -182,6 +182,33 @@ impl<R: RequestView> crate::routing::gateway::Headers for GatewayHeaders<'_, R> 
     }
 }
 
+/// The client's fields for a sub-request (external auth, an error page): all but the framing and
+/// hop-by-hop ones and `skip` (lowercase: the fields the sub-request sets itself).
+fn sub_request_fields(request: &impl RequestView, skip: &[&str]) -> reqwest::header::HeaderMap {
+    const HOP: &[&str] = &[
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "expect",
+    ];
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in request.fields() {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        else {
+            continue;
+        };
+        if !HOP.contains(&name.as_str()) && !skip.contains(&name.as_str()) {
+            headers.append(name, value);
+        }
+    }
+    headers
+}
+
 /// The value of cookie `name` in one `Cookie` field value (`a=1; b=2`), if there.
 pub fn cookie_in<'a>(field: &'a [u8], name: &str) -> Option<&'a [u8]> {
     field.split(|&b| b == b';').find_map(|pair| {
@@ -1205,30 +1232,7 @@ impl Policy {
         let Ok(method) = reqwest::Method::from_bytes(request.method()) else {
             return failed("bad method");
         };
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (name, value) in request.fields() {
-            const SKIP: &[&str] = &[
-                "content-length",
-                "transfer-encoding",
-                "connection",
-                "keep-alive",
-                "te",
-                "trailer",
-                "upgrade",
-                "proxy-connection",
-                "expect",
-                "x-forwarded-for",
-                "x-request-id",
-            ];
-            let (Ok(name), Ok(value)) =
-                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
-            else {
-                continue;
-            };
-            if !SKIP.contains(&name.as_str()) {
-                headers.append(name, value);
-            }
-        }
+        let mut headers = sub_request_fields(request, &["x-forwarded-for", "x-request-id"]);
         let mut set = |name: &'static str, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
                 headers.insert(name, v);
@@ -1343,36 +1347,18 @@ impl Policy {
         let Ok(method) = reqwest::Method::from_bytes(method) else {
             return Err(failed("bad method"));
         };
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (name, value) in request.fields() {
-            const SKIP: &[&str] = &[
+        let mut headers = sub_request_fields(
+            request,
+            &[
                 "host",
-                "content-length",
-                "transfer-encoding",
-                "connection",
-                "keep-alive",
-                "te",
-                "trailer",
-                "upgrade",
-                "proxy-connection",
-                "expect",
                 "x-original-url",
                 "x-original-method",
                 "x-auth-request-redirect",
                 "x-sent-from",
                 "x-real-ip",
                 "x-forwarded-for",
-            ];
-            let Ok(name) = HeaderName::from_bytes(name) else {
-                continue;
-            };
-            if SKIP.contains(&name.as_str()) {
-                continue;
-            }
-            if let Ok(value) = HeaderValue::from_bytes(value) {
-                headers.append(name, value);
-            }
-        }
+            ],
+        );
         let mut set = |name: &'static str, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
                 headers.insert(name, v);

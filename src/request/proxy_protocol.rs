@@ -63,16 +63,7 @@ pub async fn read_header<S: AsyncRead + Unpin>(
             let parsed = HeaderResult::parse(&buf);
             let (len, addr) = match parsed {
                 _ if v1 && !v1_ended(&buf) => {
-                    let n = stream
-                        .read_buf(&mut buf)
-                        .await
-                        .map_err(|_| ProxyHeaderError::Closed)?;
-                    if n == 0 {
-                        return Err(match buf.is_empty() {
-                            true => ProxyHeaderError::Empty,
-                            false => ProxyHeaderError::Closed,
-                        });
-                    }
+                    read_more(stream, &mut buf).await?;
                     continue;
                 }
                 r if r.is_incomplete() && v1 => {
@@ -82,16 +73,7 @@ pub async fn read_header<S: AsyncRead + Unpin>(
                     if buf.len() >= MAX_HEADER {
                         return Err(ProxyHeaderError::TooLong);
                     }
-                    let n = stream
-                        .read_buf(&mut buf)
-                        .await
-                        .map_err(|_| ProxyHeaderError::Closed)?;
-                    if n == 0 {
-                        return Err(match buf.is_empty() {
-                            true => ProxyHeaderError::Empty,
-                            false => ProxyHeaderError::Closed,
-                        });
-                    }
+                    read_more(stream, &mut buf).await?;
                     continue;
                 }
                 HeaderResult::V1(Ok(h)) => (
@@ -128,6 +110,22 @@ pub async fn read_header<S: AsyncRead + Unpin>(
     match tokio::time::timeout(limit, read).await {
         Ok(result) => result,
         Err(_) => Err(ProxyHeaderError::Timeout(limit)),
+    }
+}
+
+/// Reads more of the header into `buf`; the end of the stream is an error.
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<(), ProxyHeaderError> {
+    let n = stream
+        .read_buf(buf)
+        .await
+        .map_err(|_| ProxyHeaderError::Closed)?;
+    match (n, buf.is_empty()) {
+        (0, true) => Err(ProxyHeaderError::Empty),
+        (0, false) => Err(ProxyHeaderError::Closed),
+        _ => Ok(()),
     }
 }
 
