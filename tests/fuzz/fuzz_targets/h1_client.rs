@@ -39,11 +39,19 @@ fuzz_target!(|data: &[u8]| {
         encode::request_head(&head, raw, &forwarded, &mut up);
         match parse_request_n::<128>(&up, 0, &upstream_limits) {
             Ok(Parsed::Complete(u)) => {
-                assert_eq!(u.len, up.len(), "upstream head: {:?}", String::from_utf8_lossy(&up));
+                assert_eq!(
+                    u.len,
+                    up.len(),
+                    "upstream head: {:?}",
+                    String::from_utf8_lossy(&up)
+                );
                 assert_eq!(u.framing, head.framing);
                 assert_eq!(u.method.get(&up), head.method.get(raw));
                 assert_eq!(u.version, 1);
-                assert_eq!(u.upgrade, head.upgrade, "an upgrade goes on as asked, never made up");
+                assert_eq!(
+                    u.upgrade, head.upgrade,
+                    "an upgrade goes on as asked, never made up"
+                );
             }
             other => panic!(
                 "the upstream head does not parse ({other:?}): {:?}",

@@ -53,7 +53,16 @@ fuzz_target!(|data: &[u8]| {
     }
     let framing = encode::out_framing(response.framing, client_11);
     encode::response_head(
-        &response, rhead, framing, keep, &server, hsts, set, None, &[], &mut out,
+        &response,
+        rhead,
+        framing,
+        keep,
+        &server,
+        hsts,
+        set,
+        None,
+        &[],
+        &mut out,
     );
     let head_len = out.len();
     let mut body = Vec::new();
