@@ -444,6 +444,7 @@ impl Flags {
             https,
             pool,
             shared,
+            ingress_sockets: Vec::new(),
         }))
     }
 }
@@ -658,20 +659,40 @@ impl Flags {
             },
         };
         let http_listen = parse_addr("--http-listen", flags.http_listen.clone(), "0.0.0.0:80")?;
-        // A Gateway socket is never an Ingress listener: the two APIs do not share connections.
-        for (_, g) in gateway.iter().flat_map(|g| g.http.iter().chain(&g.https)) {
-            let overlaps = |a: SocketAddr| {
-                a.port() == g.port()
-                    && (a.ip() == g.ip() || a.ip().is_unspecified() || g.ip().is_unspecified())
-            };
-            if overlaps(http_listen) || https_listen.is_some_and(overlaps) {
-                return Err(ConfigError::Invalid {
-                    flag: "--gateway-listen",
-                    reason: format!(
-                        "{g} is also an Ingress listener (--http-listen/--https-listen); give \
-                         Gateways their own sockets"
-                    ),
-                });
+        // A Gateway socket is either the Ingress listener of its protocol, exactly (the two APIs
+        // share it: Gateway routes first), or a socket of its own that no Ingress listener
+        // overlaps (a wildcard address and a specific one on the same port would split a port's
+        // connections between them by address, which is never what was meant).
+        let mut gateway = gateway;
+        if let Some(g) = gateway.as_mut() {
+            let sockets: Vec<(bool, SocketAddr)> = g
+                .http
+                .iter()
+                .map(|(_, a)| (false, *a))
+                .chain(g.https.iter().map(|(_, a)| (true, *a)))
+                .collect();
+            for (tls, socket) in sockets {
+                let ingress = if tls { https_listen } else { Some(http_listen) };
+                if ingress == Some(socket) {
+                    g.ingress_sockets.push(socket);
+                    continue;
+                }
+                let overlaps = |a: SocketAddr| {
+                    a.port() == socket.port()
+                        && (a.ip() == socket.ip()
+                            || a.ip().is_unspecified()
+                            || socket.ip().is_unspecified())
+                };
+                if overlaps(http_listen) || https_listen.is_some_and(overlaps) {
+                    return Err(ConfigError::Invalid {
+                        flag: "--gateway-listen",
+                        reason: format!(
+                            "{socket} overlaps an Ingress listener: give exactly the address of \
+                             --http-listen (or, with https:, of --https-listen) to share that \
+                             listener with the Ingresses, or a socket of its own"
+                        ),
+                    });
+                }
             }
         }
         let default_tls = default_tls(
@@ -917,8 +938,9 @@ mod tests {
             (&["80=127.0.0.1:1", "80=127.0.0.1:2"], &[]),
             (&["80=127.0.0.1:1", "https:80=127.0.0.1:2"], &[]),
             (&["tls:443=127.0.0.1:1"], &[]),
-            // The Ingress listener's socket.
+            // Overlapping the Ingress listener without being it; HTTPS on the plain one.
             (&["80=0.0.0.0:8080"], &[]),
+            (&["https:443=127.0.0.1:8080"], &[]),
             (&["80=127.0.0.1:1"], &["127.0.0.5-127.0.0.2"]),
             (&["80=127.0.0.1:1"], &["x"]),
         ] {
@@ -927,6 +949,14 @@ mod tests {
                 "{listen:?} {pool:?}"
             );
         }
+        // Exactly the Ingress listener: shared.
+        let g = flags(&["80=127.0.0.1:8080", "8081=127.0.0.1:8081"], &[])
+            .resolve()
+            .unwrap()
+            .compile
+            .gateway
+            .unwrap();
+        assert_eq!(g.ingress_sockets, ["127.0.0.1:8080".parse().unwrap()]);
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod names {
     pub const AUTH_REQUESTS_TOTAL: &str = "portico_auth_requests_total";
     pub const PROXY_PROTOCOL_REFUSED_TOTAL: &str = "portico_proxy_protocol_refused_total";
     pub const AUTH_REQUEST_DURATION_SECONDS: &str = "portico_auth_request_duration_seconds";
+    pub const MIRROR_REQUESTS_TOTAL: &str = "portico_mirror_requests_total";
 }
 
 /// Methods with their own label value; anything else is counted as `OTHER`.
@@ -91,6 +92,8 @@ pub struct Metrics {
     /// External auth sub-requests by result (`allowed`, `denied`, `error`).
     pub auth_requests: IntCounterVec,
     pub auth_duration: prometheus::Histogram,
+    /// Gateway API `RequestMirror` copies by result (`answered`, `failed`, `skipped`).
+    pub mirror_requests: IntCounterVec,
     pub generation: IntGauge,
     compile_duration: Gauge,
     last_success: Gauge,
@@ -232,6 +235,15 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let mirror_requests = IntCounterVec::new(
+            Opts::new(
+                names::MIRROR_REQUESTS_TOTAL,
+                "Copies of requests sent to Gateway API RequestMirror backends, by result: \
+                 answered (the mirror answered; its answer is dropped), failed (unreachable, \
+                 no endpoint, timed out) or skipped (a streamed body over 64 KiB, not held).",
+            ),
+            &["result"],
+        )?;
         let auth_duration = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 names::AUTH_REQUEST_DURATION_SECONDS,
@@ -262,6 +274,7 @@ impl Metrics {
             Box::new(proxy_protocol_refused.clone()),
             Box::new(auth_requests.clone()),
             Box::new(auth_duration.clone()),
+            Box::new(mirror_requests.clone()),
         ] {
             registry.register(c)?;
         }
@@ -280,6 +293,7 @@ impl Metrics {
             proxy_protocol_refused,
             auth_requests,
             auth_duration,
+            mirror_requests,
             generation,
             compile_duration,
             last_success,

@@ -879,6 +879,9 @@ pub struct RouteLimits {
     /// How long after the first attempt another may start (`proxy-next-upstream-timeout`);
     /// `None`: no limit.
     pub retry_timeout: Option<std::time::Duration>,
+    /// Gateway API `timeouts.request`: from the first attempt (the request head and a held
+    /// body are in) until the response head, over every attempt; late is 504. `None`: none.
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 /// What sends a request on to the next endpoint: nginx's `proxy_next_upstream` conditions.

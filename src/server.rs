@@ -64,13 +64,14 @@ fn check_free(flag: &'static str, addr: SocketAddr) -> Result<(), ServerError> {
         .map_err(|error| ServerError::Listen { flag, addr, error })
 }
 
-/// The Gateway API sockets to bind, and whether each is TLS. A TLS socket on a wildcard address
-/// is bound once per pool address, so that its certificate resolver knows which Gateway a
-/// handshake is for.
+/// The Gateway API sockets to bind, and whether each is TLS: not those that are the Ingress
+/// listeners (bound once, as those). A TLS socket on a wildcard address is bound once per pool
+/// address, so that its certificate resolver knows which Gateway a handshake is for.
 fn gateway_sockets(config: &Config) -> impl Iterator<Item = (SocketAddr, bool)> + '_ {
     config.compile.gateway.iter().flat_map(|g| {
-        let plain = g.http.iter().map(|(_, a)| (*a, false));
-        let tls = g.https.iter().flat_map(move |(_, a)| {
+        let own = move |a: &&(u16, SocketAddr)| !g.ingress_sockets.contains(&a.1);
+        let plain = g.http.iter().filter(own).map(|(_, a)| (*a, false));
+        let tls = g.https.iter().filter(own).flat_map(move |(_, a)| {
             let per_address: Vec<SocketAddr> = if a.ip().is_unspecified() && !g.pool.is_empty() {
                 g.pool
                     .iter()

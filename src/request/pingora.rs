@@ -46,7 +46,13 @@ pub struct RequestCtx {
     permit: Option<crate::routing::limit::Permit>,
     /// The upstream's status that an error page replaces (custom-http-errors).
     error_page: Option<u16>,
+    /// The request body read so far, for the copies of a Gateway API `RequestMirror`; `None`
+    /// when there is none to send, or it grew over [`MIRROR_BODY`] (the copy is skipped).
+    mirror_body: Option<bytes::BytesMut>,
 }
+
+/// The largest request body copied to a mirror on this engine, as Portico's engine holds.
+const MIRROR_BODY: usize = 64 * 1024;
 
 /// The host used for routing: the URI authority (absolute-form, HTTP/2 `:authority`) or else the
 /// `Host` header.
@@ -61,6 +67,40 @@ fn request_host(req: &RequestHeader) -> &str {
 }
 
 impl PingoraApp {
+    /// Sends a Gateway API rule's mirror copies ([`Policy::mirror`]) of the request, with its
+    /// body (`None`: not held).
+    fn mirror(&self, session: &Session, ctx: &RequestCtx, body: Option<Bytes>) {
+        let (Some(plane), Some(routed)) = (ctx.plane.as_ref(), ctx.routed.as_ref()) else {
+            return;
+        };
+        let req = session.req_header();
+        let view = View {
+            policy: &self.policy,
+            req,
+            client: ctx.client,
+            local: ctx.local,
+        };
+        let edits = routed.edits.then(|| {
+            self.policy
+                .edits(plane, routed, req.uri.path(), req.uri.query())
+        });
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let target = edits
+            .as_ref()
+            .and_then(|e| e.target.as_deref())
+            .unwrap_or(target);
+        self.policy.mirror(
+            plane,
+            routed,
+            &view,
+            request_host(req),
+            target,
+            edits.as_ref(),
+            view.client_ip(None),
+            body,
+        );
+    }
+
     /// Sends a route's answer, or the error page that replaces it (custom-http-errors).
     async fn route_answer(
         &self,
@@ -164,6 +204,7 @@ impl ProxyHttp for PingoraApp {
             grant: AuthGrant::default(),
             permit: None,
             error_page: None,
+            mirror_body: None,
         }
     }
 
@@ -265,6 +306,13 @@ impl ProxyHttp for PingoraApp {
                         Err(answer) => return self.route_answer(session, ctx, answer).await,
                     }
                 }
+                if routed.mirror {
+                    if session.is_body_empty() {
+                        self.mirror(session, ctx, Some(Bytes::new()));
+                    } else {
+                        ctx.mirror_body = Some(bytes::BytesMut::new());
+                    }
+                }
                 session.set_read_timeout(Some(self.policy.limits.client_body_timeout));
                 Ok(false)
             }
@@ -273,15 +321,31 @@ impl ProxyHttp for PingoraApp {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(b), Some(routed)) = (body, &ctx.routed) {
+        if let (Some(b), Some(routed)) = (body.as_ref(), &ctx.routed) {
             ctx.body_bytes += b.len() as u64;
             if routed.max_body > 0 && ctx.body_bytes > routed.max_body {
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
+        if ctx.routed.is_some_and(|r| r.mirror) {
+            if let (Some(held), Some(b)) = (ctx.mirror_body.as_mut(), body.as_ref()) {
+                if held.len() + b.len() > MIRROR_BODY {
+                    // Too large to hold: the copy is skipped (and counted).
+                    ctx.mirror_body = None;
+                    self.mirror(session, ctx, None);
+                } else {
+                    held.extend_from_slice(b);
+                }
+            }
+            if end_of_stream {
+                if let Some(held) = ctx.mirror_body.take() {
+                    self.mirror(session, ctx, Some(held.freeze()));
+                }
             }
         }
         Ok(())

@@ -254,6 +254,8 @@ pub struct Routed {
     pub affinity_new: bool,
     /// Some answers are replaced by error pages ([`Policy::error_page`]).
     pub errors: bool,
+    /// A Gateway API rule's `RequestMirror`s are to get a copy ([`Policy::mirror`]).
+    pub mirror: bool,
     /// A Gateway API route's chosen backend (its index among the rule's backends).
     pub backend: u16,
 }
@@ -317,6 +319,8 @@ pub struct Endpoint {
     pub retry_timeout: Option<Duration>,
     /// A new affinity key chosen for this attempt (`session-cookie-change-on-failure`).
     pub rekey: Option<u64>,
+    /// When the request's whole-request timeout ends (its timeouts above end no later).
+    pub deadline: Option<Instant>,
 }
 
 impl Endpoint {
@@ -377,6 +381,9 @@ pub struct Attempts {
     pub retry_until: Option<Instant>,
     /// The affinity key a retry moved the client to, for its new cookie.
     pub rekeyed: Option<u64>,
+    /// The end of the route's whole-request timeout (Gateway API `timeouts.request`), set by
+    /// the first attempt: no attempt starts or waits past it.
+    pub deadline: Option<Instant>,
 }
 
 /// Why an attempt failed, as nginx's `proxy_next_upstream` tells failures apart.
@@ -420,6 +427,7 @@ impl Attempts {
         if self.retry_on.is_none() {
             self.retry_on = Some(endpoint.retry_on);
             self.retry_until = endpoint.retry_timeout.map(|t| Instant::now() + t);
+            self.deadline = endpoint.deadline;
         }
     }
 
@@ -439,6 +447,7 @@ impl Attempts {
             && fault.condition().is_some_and(|c| on.contains(c))
             && (!sent || idempotent || on.contains(RetryOn::NON_IDEMPOTENT))
             && self.retry_until.is_none_or(|t| Instant::now() < t)
+            && self.deadline.is_none_or(|t| Instant::now() < t)
     }
 }
 
@@ -573,19 +582,32 @@ impl Policy {
         request: &impl RequestView,
     ) -> Decision {
         if let Some(g) = plane.routes.gateways() {
-            // A Gateway socket is answered by Gateway routes only.
-            if let Some(local) = request.local_addr().filter(|l| g.serves_port(l.port())) {
-                return self.decide_gateway(
-                    plane,
-                    g,
-                    local,
-                    host,
-                    path,
-                    path_and_query,
-                    tls,
-                    declared_len,
-                    request,
-                );
+            // A Gateway socket of its own is answered by Gateway routes only; on the Ingress
+            // listener, a request no Gateway route matches goes on to the Ingress routes.
+            if let Some(local) = request.local_addr() {
+                if let Some(shared) = g.socket(local) {
+                    let decided = self.decide_gateway(
+                        plane,
+                        g,
+                        local,
+                        host,
+                        path,
+                        path_and_query,
+                        tls,
+                        declared_len,
+                        request,
+                    );
+                    match decided {
+                        Some(d) => return d,
+                        None if !shared => {
+                            return Decision::Answer {
+                                route: None,
+                                answer: Answer::error(404, "no route for this host and path\n"),
+                            }
+                        }
+                        None => {}
+                    }
+                }
             }
         }
         let raw_host = host;
@@ -761,13 +783,15 @@ impl Policy {
                 .nginx
                 .as_ref()
                 .is_some_and(|x| x.error_pages.is_some()),
+            mirror: false,
             backend: 0,
         })
     }
 
     /// [`Policy::decide`] for a request on a Gateway socket: the entry point of the local
     /// address, the listener and rule by the spec's precedence, then the rule's action (a
-    /// redirect, an error, or a weighted backend). 404 when nothing matches; 500 for an invalid
+    /// redirect, an error, or a weighted backend). `None` when nothing matches (the caller
+    /// answers 404, or asks the Ingress routes on a shared listener); 500 for an invalid
     /// backend's share; 503 for a valid backend without endpoints.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
@@ -782,16 +806,10 @@ impl Policy {
         tls: bool,
         declared_len: Option<u64>,
         request: &impl RequestView,
-    ) -> Decision {
+    ) -> Option<Decision> {
         use crate::routing::gateway::actions::{redirect_location, RedirectFrom};
         use crate::routing::gateway::plane::GatewayAction;
-        let not_found = || Decision::Answer {
-            route: None,
-            answer: Answer::error(404, "no route for this host and path\n"),
-        };
-        let Some(entry) = g.entry(local) else {
-            return not_found();
-        };
+        let entry = g.entry(local)?;
         let host = normalize_request_host(raw_host);
         let query = path_and_query.split_once('?').map(|(_, q)| q);
         let headers = GatewayHeaders(request);
@@ -802,18 +820,13 @@ impl Policy {
             query,
             headers: &headers,
         };
-        let Some(found) = entry.table.lookup(&view) else {
-            return not_found();
-        };
-        let Some((route, gw)) = entry
+        let found = entry.table.lookup(&view)?;
+        let (route, gw) = entry
             .routes
             .get(found.listener)
             .and_then(|l| l.get(found.rule))
             .and_then(|id| plane.routes.routes().get(*id))
-            .and_then(|r| Some((r, r.gateway.as_ref()?)))
-        else {
-            return not_found();
-        };
+            .and_then(|r| Some((r, r.gateway.as_ref()?)))?;
         let id = Some(route.id);
         let f = match &gw.action {
             GatewayAction::Redirect(r) => {
@@ -824,46 +837,46 @@ impl Policy {
                     path,
                     query,
                 };
-                return Decision::Answer {
+                return Some(Decision::Answer {
                     route: id,
                     answer: Answer {
                         location: Some(redirect_location(r, &from)),
                         ..Answer::error(r.status, "")
                     },
-                };
+                });
             }
             GatewayAction::Error(status) => {
-                return Decision::Answer {
+                return Some(Decision::Answer {
                     route: id,
                     answer: Answer::error(*status, "this rule has no valid backend\n"),
-                };
+                });
             }
             GatewayAction::Forward(f) => f,
         };
         let backend = f.pick();
         let Some(pool) = f.backends.get(backend).and_then(|b| b.pool) else {
-            return Decision::Answer {
+            return Some(Decision::Answer {
                 route: id,
                 answer: Answer::error(500, "invalid backend reference\n"),
-            };
+            });
         };
         if plane.pools.get(pool).is_none_or(|p| p.is_empty()) {
-            return Decision::Answer {
+            return Some(Decision::Answer {
                 route: id,
                 answer: Answer::error(503, "no usable endpoint for this backend\n"),
-            };
+            });
         }
         let max_body = self.limits.max_body_size;
         if max_body > 0 && declared_len.is_some_and(|n| n > max_body) {
-            return Decision::Answer {
+            return Some(Decision::Answer {
                 route: id,
                 answer: Answer {
                     close: true,
                     ..Answer::error(413, "request body too large\n")
                 },
-            };
+            });
         }
-        Decision::Proxy(Routed {
+        Some(Decision::Proxy(Routed {
             route: route.id,
             pool,
             max_body,
@@ -875,8 +888,9 @@ impl Policy {
             affinity: None,
             affinity_new: false,
             errors: false,
+            mirror: !f.mirrors.is_empty(),
             backend: backend as u16,
-        })
+        }))
     }
 
     /// The changes to the upstream request of a route whose [`Routed::edits`] is set; `path` is
@@ -1013,16 +1027,35 @@ impl Policy {
             .or_else(|| pool.pick(|_| true))?;
         let upstream = pool.endpoints().get(index)?;
         let limits = &route.limits;
+        let mut connect_timeout = limits
+            .connect_timeout
+            .unwrap_or(self.upstream.connect_timeout);
+        let mut read_timeout = limits.read_timeout.unwrap_or(self.upstream.read_timeout);
+        let mut write_timeout = limits.send_timeout.unwrap_or(self.upstream.write_timeout);
+        // A whole-request deadline (Gateway API `timeouts.request`): no wait of this attempt
+        // lasts past it, so the response head is late at the deadline (504).
+        let deadline = attempts.deadline.or_else(|| {
+            limits
+                .request_timeout
+                .map(|t| std::time::Instant::now() + t)
+        });
+        if let Some(d) = deadline {
+            let left = d
+                .saturating_duration_since(std::time::Instant::now())
+                .max(Duration::from_millis(1));
+            connect_timeout = connect_timeout.min(left);
+            read_timeout = read_timeout.min(left);
+            write_timeout = write_timeout.min(left);
+        }
         Some(Endpoint {
             addr: upstream.addr,
             health: upstream.health.clone(),
             protocol: route.backend_protocol,
-            connect_timeout: limits
-                .connect_timeout
-                .unwrap_or(self.upstream.connect_timeout),
-            read_timeout: limits.read_timeout.unwrap_or(self.upstream.read_timeout),
-            write_timeout: limits.send_timeout.unwrap_or(self.upstream.write_timeout),
+            connect_timeout,
+            read_timeout,
+            write_timeout,
             idle_timeout: self.upstream.idle_timeout,
+            deadline,
             tls: route.nginx.as_ref().and_then(|x| x.upstream_tls.clone()),
             attempts: limits
                 .upstream_attempts
@@ -1174,6 +1207,103 @@ impl Policy {
     /// `X-Forwarded-For`. A 2xx admits it; 401 and 403 go back to the client (401 with the
     /// service's `WWW-Authenticate`, or a redirect to `auth-signin`); anything else, an
     /// unreachable service or one slower than the route's read timeout, is a 500.
+    /// Sends the copies of a request that a Gateway API rule's `RequestMirror`s ask for (those
+    /// whose fraction this request falls in), each to one endpoint of its backend, and drops
+    /// their answers; returns at once (the copies are sent by their own tasks, bounded by the
+    /// route's connect and read timeouts). A copy is the upstream request: the client's method,
+    /// target and fields (`target` and `edits`: after `URLRewrite` and the header modifiers),
+    /// `X-Forwarded-For`, and the body when it is held whole (`None`: a streamed body, not
+    /// held: the copy is skipped and counted).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mirror(
+        &self,
+        plane: &DataPlane,
+        routed: &Routed,
+        request: &impl RequestView,
+        host: &str,
+        target: &str,
+        edits: Option<&Edits>,
+        client: Option<IpAddr>,
+        body: Option<bytes::Bytes>,
+    ) {
+        use crate::routing::gateway::plane::GatewayAction;
+        let Some(route) = plane.routes.routes().get(routed.route) else {
+            return;
+        };
+        let Some(GatewayAction::Forward(f)) = route.gateway.as_ref().map(|g| &g.action) else {
+            return;
+        };
+        let counter = &self.shared.metrics.mirror_requests;
+        for m in f.mirrors.iter().filter(|m| m.fires()) {
+            let Some(body) = body.clone() else {
+                counter.with_label_values(&["skipped"]).inc();
+                continue;
+            };
+            let now = now_ms();
+            let Some(upstream) = plane.pools.get(m.pool).and_then(|pool| {
+                let i = pool
+                    .pick(|u| u.health.is_available(now))
+                    .or_else(|| pool.pick(|_| true))?;
+                pool.endpoints().get(i)
+            }) else {
+                counter.with_label_values(&["failed"]).inc();
+                continue;
+            };
+            let Ok(method) = reqwest::Method::from_bytes(request.method()) else {
+                continue;
+            };
+            let mut skip: Vec<&str> = vec!["host", "x-forwarded-for"];
+            if let Some(e) = edits {
+                skip.extend(e.set.iter().map(|(n, _)| n.as_str()));
+            }
+            let mut headers = sub_request_fields(request, &skip);
+            let host = edits
+                .and_then(|e| e.host.clone())
+                .or_else(|| HeaderValue::from_str(host).ok());
+            if let Some(h) = host {
+                headers.insert(http::header::HOST, h);
+            }
+            if let Some(e) = edits {
+                for (name, value) in &e.set {
+                    if let Some(v) = value {
+                        headers.insert(name.clone(), v.clone());
+                    }
+                }
+                for (name, value) in &e.add {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+            if let Some(ip) = client {
+                if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+                    headers.insert("x-forwarded-for", v);
+                }
+            }
+            let limits = &route.limits;
+            let timeout = limits
+                .connect_timeout
+                .unwrap_or(self.upstream.connect_timeout)
+                + limits.read_timeout.unwrap_or(self.upstream.read_timeout);
+            let send = self
+                .auth_client
+                .request(method, format!("http://{}{target}", upstream.addr))
+                .headers(headers)
+                .body(body)
+                .timeout(timeout)
+                .send();
+            let counter = counter.clone();
+            let (addr, route_key) = (upstream.addr, route.ingress.clone());
+            tokio::spawn(async move {
+                match send.await {
+                    Ok(_) => counter.with_label_values(&["answered"]).inc(),
+                    Err(e) => {
+                        tracing::debug!(upstream = %addr, route = %route_key, error = %e, "mirror request failed");
+                        counter.with_label_values(&["failed"]).inc();
+                    }
+                }
+            });
+        }
+    }
+
     /// Whether an answer with `status` on `route` is replaced by an error page
     /// (ingress-nginx's `custom-http-errors`).
     pub fn error_page_for(&self, plane: &DataPlane, route: Option<usize>, status: u16) -> bool {

@@ -3,7 +3,7 @@
 //! It never fails as a whole: each invalid rule, path, backend or TLS entry is left out with a
 //! [`Rejected`] entry naming the object and the reason, and everything else is compiled.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -56,6 +56,11 @@ pub struct GatewayOptions {
     /// One address per Gateway from here, stably; empty: every Gateway gets `shared`.
     pub pool: Vec<std::net::IpAddr>,
     pub shared: Vec<std::net::IpAddr>,
+    /// Gateway sockets that are also the Ingress listener (`--gateway-listen` given the address
+    /// of `--http-listen`, or `https:` that of `--https-listen`): a request there is matched
+    /// against the Gateway routes of its address first, and one that none matches goes to the
+    /// Ingress routes, so that a host can move from Ingress to HTTPRoute on the same port.
+    pub ingress_sockets: Vec<SocketAddr>,
 }
 
 impl Default for CompileOptions {
@@ -1217,6 +1222,7 @@ impl<'m> Compiler<'m, '_> {
                             .next_upstream_timeout
                             .or(self.nginx_globals.next_upstream_timeout)
                             .filter(|t| !t.is_zero()),
+                        request_timeout: None,
                     }
                 }
                 None => ing.annotations.limits,
@@ -1248,20 +1254,19 @@ impl<'m> Compiler<'m, '_> {
     /// each listener (after the Ingress routes: their ids do not move).
     fn gateways(&mut self, g: &GatewayOptions) {
         use crate::routing::gateway::plane::{
-            EntryPoint, GatewayAction, GatewayBackend, GatewayForward, GatewayPlane, GatewayRoute,
+            EntryPoint, GatewayAction, GatewayBackend, GatewayForward, GatewayMirror, GatewayPlane,
+            GatewayRoute,
         };
         use crate::routing::gateway::{actions, GatewayTable};
         use crate::translate::gateway::effective::{Action, BackendTarget};
 
-        let mut ports: Vec<u16> = g
+        let sockets: Vec<(SocketAddr, bool)> = g
             .http
             .iter()
             .chain(&g.https)
-            .map(|(_, a)| a.port())
+            .map(|(_, a)| (*a, g.ingress_sockets.contains(a)))
             .collect();
-        ports.sort_unstable();
-        ports.dedup();
-        let mut plane = GatewayPlane::new(ports);
+        let mut plane = GatewayPlane::new(sockets);
         let api = &self.model.gateway_api;
         if api.is_empty() {
             self.out.table.gateways = Some(Arc::new(plane));
@@ -1318,6 +1323,13 @@ impl<'m> Compiler<'m, '_> {
                 let l = Arc::new(l.clone());
                 let sockets = if l.tls { &g.https } else { &g.http };
                 for (_, socket) in sockets.iter().filter(|(p, _)| *p == l.port) {
+                    if g.pool.is_empty() && socket.ip().is_unspecified() {
+                        // Shared addresses on a wildcard socket: any local address.
+                        if !gw.addresses.is_empty() {
+                            by_local.entry(*socket).or_default().push(l.clone());
+                        }
+                        continue;
+                    }
                     for ip in &gw.addresses {
                         if socket.ip().is_unspecified() || socket.ip() == *ip {
                             by_local
@@ -1329,6 +1341,20 @@ impl<'m> Compiler<'m, '_> {
                 }
             }
         }
+        // On the Ingress listeners: the served Ingress rules an HTTPRoute may take over there
+        // (reported, not refused), and the TLS listeners' certificates.
+        let on_ingress_socket = |local: &SocketAddr| {
+            g.ingress_sockets.iter().any(|s| {
+                s.port() == local.port() && (s.ip().is_unspecified() || s.ip() == local.ip())
+            })
+        };
+        let ingress_rules = if by_local.keys().any(on_ingress_socket) {
+            self.served_ingress_rules()
+        } else {
+            Vec::new()
+        };
+        let mut ingress_certs = Vec::new();
+        let mut taken_over: BTreeMap<(ObjectKey, String), String> = BTreeMap::new();
         for (local, listeners) in by_local {
             let table = match GatewayTable::build(&listeners) {
                 Ok(t) => t,
@@ -1363,6 +1389,10 @@ impl<'m> Compiler<'m, '_> {
                     b.0.as_ref(),
                 )
             });
+            let shared = on_ingress_socket(&local);
+            if shared {
+                ingress_certs.extend(certs.iter().cloned());
+            }
             plane.insert_certificates(local, certs);
             for l in &listeners {
                 let mut ids = Vec::with_capacity(l.rules.len());
@@ -1401,10 +1431,26 @@ impl<'m> Compiler<'m, '_> {
                             } else {
                                 None
                             };
+                            let mirrors = f
+                                .mirrors
+                                .iter()
+                                .filter_map(|m| match &m.backend {
+                                    BackendTarget::Service { service, port } => {
+                                        Some(GatewayMirror::new(
+                                            self.gateway_pool(&mut pools, service, *port),
+                                            m.numerator,
+                                            m.denominator,
+                                        ))
+                                    }
+                                    // Dropped, as the spec says (ResolvedRefs tells why).
+                                    BackendTarget::Invalid { .. } => None,
+                                })
+                                .collect();
                             GatewayAction::Forward(GatewayForward {
                                 rewrite: f.rewrite.clone(),
                                 backends,
                                 choice,
+                                mirrors,
                             })
                         }
                     };
@@ -1419,6 +1465,7 @@ impl<'m> Compiler<'m, '_> {
                         https_redirect_code: 308,
                         limits: crate::model::RouteLimits {
                             read_timeout: rule.timeouts.backend_request,
+                            request_timeout: rule.timeouts.request,
                             ..Default::default()
                         },
                         hsts: None,
@@ -1433,9 +1480,82 @@ impl<'m> Compiler<'m, '_> {
                 }
                 entry.routes.push(ids);
             }
+            if shared {
+                for (ingress, host, path) in &ingress_rules {
+                    let headers = http::HeaderMap::new();
+                    let view = crate::routing::gateway::RequestView {
+                        host,
+                        method: "GET",
+                        path,
+                        query: None,
+                        headers: &headers,
+                    };
+                    let Some(found) = entry.table.lookup(&view) else {
+                        continue;
+                    };
+                    let route = entry
+                        .routes
+                        .get(found.listener)
+                        .and_then(|l| l.get(found.rule))
+                        .and_then(|id| self.out.table.routes.get(*id));
+                    if let Some(route) = route {
+                        taken_over
+                            .entry(((**ingress).clone(), format!("{host}{path}")))
+                            .or_insert_with(|| format!("{} on {local}", route.ingress));
+                    }
+                }
+            }
             plane.insert(local, entry);
         }
+        for ((ingress, at), by) in taken_over {
+            self.out.rejected.push(Rejected {
+                kind: Kind::Ingress,
+                key: ingress,
+                reason: "SharedWithHTTPRoute",
+                message: format!(
+                    "{at} is also claimed by HTTPRoute {by}, the Ingress listener shared with a \
+                     Gateway: Gateway routes are matched first there, so requests to {at} go \
+                     to the HTTPRoute, and this Ingress serves only those no HTTPRoute rule \
+                     matches"
+                ),
+            });
+        }
+        ingress_certs.sort_by(|a, b| {
+            crate::translate::gateway::hostname::listener_specificity(a.0.as_ref(), b.0.as_ref())
+        });
+        plane.set_ingress_certificates(ingress_certs);
         self.out.table.gateways = Some(Arc::new(plane));
+    }
+
+    /// `(Ingress, host, path)` of every rule of the Ingresses in the table so far (Gateway rules
+    /// come after them) with a host that is not a wildcard: what an HTTPRoute may take over on
+    /// a shared listener.
+    fn served_ingress_rules(&self) -> Vec<(Arc<ObjectKey>, String, String)> {
+        let served: BTreeSet<&ObjectKey> = self
+            .out
+            .table
+            .routes
+            .iter()
+            .filter(|r| r.gateway.is_none())
+            .map(|r| &*r.ingress)
+            .collect();
+        let mut out = Vec::new();
+        for key in served {
+            let Some(ing) = self.model.ingresses.get(key) else {
+                continue;
+            };
+            let key = Arc::new(key.clone());
+            for rule in &ing.rules {
+                let Some(host) = rule.host.as_deref().filter(|h| !h.starts_with('*')) else {
+                    continue;
+                };
+                for p in &rule.paths {
+                    let path = if p.path.is_empty() { "/" } else { &p.path };
+                    out.push((key.clone(), host.to_ascii_lowercase(), path.to_string()));
+                }
+            }
+        }
+        out
     }
 
     /// The pool of a Gateway backend (a Service port the translator found), shared by every
@@ -2125,6 +2245,7 @@ spec: { ports: [{ name: http, port: 8080 }] }
                 https: Vec::new(),
                 pool: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
                 shared: Vec::new(),
+                ingress_sockets: Vec::new(),
             }),
             ..CompileOptions::default()
         }
@@ -2136,7 +2257,11 @@ spec: { ports: [{ name: http, port: 8080 }] }
         let model = gateway_model();
         let out = compile(&model, &gateway_options());
         let plane = out.table.gateways().expect("a Gateway plane");
-        assert!(plane.serves_port(18080) && !plane.serves_port(80));
+        assert_eq!(
+            plane.socket("127.0.0.9:18080".parse().unwrap()),
+            Some(false)
+        );
+        assert_eq!(plane.socket("127.0.0.9:80".parse().unwrap()), None);
         // The pool's first address is the Gateway's; the second is free: no entry point.
         let entry = plane
             .entry("127.0.0.2:18080".parse().unwrap())
@@ -2207,7 +2332,7 @@ spec: { ports: [{ name: http, port: 8080 }] }
         model.gateway_api.classes.clear();
         let out = compile(&model, &gateway_options());
         let plane = out.table.gateways().expect("a Gateway plane");
-        assert!(plane.serves_port(18080) && plane.is_empty());
+        assert!(plane.socket("127.0.0.2:18080".parse().unwrap()).is_some() && plane.is_empty());
     }
 
     fn class(name: &str, controller: &str, is_default: bool) -> Arc<IngressClass> {

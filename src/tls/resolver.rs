@@ -33,12 +33,18 @@ impl std::fmt::Debug for SniResolver {
 impl ResolvesServerCert for SniResolver {
     /// Exact name, then wildcard, then the default certificate. Returns `None` (and the handshake
     /// fails) only when there is no default certificate, which `server::build` never allows.
+    /// When the listener is also a Gateway's (`--gateway-listen https:PORT=` this address), a
+    /// Gateway listener whose hostname matches the name comes first, and one without hostname
+    /// stands in for the default certificate.
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.shared
-            .load()
-            .certs
-            .lookup(hello.server_name())
-            .cloned()
+        let plane = self.shared.load();
+        let sni = hello.server_name();
+        if let Some(g) = plane.routes.gateways() {
+            if let Some(c) = g.ingress_socket_certificate(sni, |n| plane.certs.names(n)) {
+                return Some(c.clone());
+            }
+        }
+        plane.certs.lookup(sni).cloned()
     }
 }
 

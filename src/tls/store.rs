@@ -70,6 +70,13 @@ impl CertStore {
         self.default.as_ref()
     }
 
+    /// Whether an Ingress certificate names `name` (exactly or by wildcard); the default
+    /// certificate does not count.
+    pub fn names(&self, name: &str) -> bool {
+        self.exact.contains_key(name)
+            || wildcard_suffix(name).is_some_and(|s| self.wildcard.contains_key(s))
+    }
+
     /// The leaf certificate served for `host` (a TLS host as written in an Ingress), if the
     /// host has one of its own.
     pub fn host_certificate(&self, host: &HostMatch) -> Option<&Arc<LoadedCert>> {

@@ -1566,3 +1566,262 @@ spec:
         drop(portico);
     }
 }
+
+/// A backend that records every request it gets (method, target, Host, body) and answers 200:
+/// the mirror of the tests below.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Vec<u8>)>>>;
+
+async fn recording_backend(service: &str) -> (Pods, Seen) {
+    use http_body_util::BodyExt;
+    let seen: Seen = Default::default();
+    let record = seen.clone();
+    let pods = Pods::scripted(service, move |stream, _| {
+        let record = record.clone();
+        async move {
+            let serve = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let record = record.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let host = parts
+                        .headers
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    record.lock().unwrap().push((
+                        parts.method.to_string(),
+                        parts.uri.to_string(),
+                        host,
+                        body.to_vec(),
+                    ));
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"mirror\n")),
+                    ))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), serve)
+                .await;
+        }
+    })
+    .await;
+    (pods, seen)
+}
+
+/// Waits until `seen` holds `n` requests (the copies are sent by their own tasks).
+async fn wait_seen(seen: &Seen, n: usize) -> Vec<(String, String, String, Vec<u8>)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = seen.lock().unwrap().clone();
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+both_engines! {
+    // Ingress by Ingress on one port: with --gateway-listen given the Ingress listener's own
+    // address, a Gateway on it is matched first and whatever none of its routes matches goes
+    // on to the Ingress routes. No pool: the Gateway is reached at any address of the wildcard
+    // socket (its published address is data, never contacted). The takeover is reported on
+    // the Ingress (an Event in a cluster; the rejection metric here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_httproute_takes_over_ingress_paths_on_the_shared_listener() {
+        let ingress_pods = Pods::start("ingress-backend", 1).await;
+        let route_pods = Pods::start("route-backend", 1).await;
+        let port = wildcard_port();
+        let gateway = format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{ name: {CLASS} }}
+spec: {{ controllerName: {CONTROLLER} }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: default }}
+spec:
+  gatewayClassName: {CLASS}
+  listeners: [{{ name: http, port: 80, protocol: HTTP }}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: shop-api, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  hostnames: [shop.example]
+  rules:
+    - matches: [{{ path: {{ type: PathPrefix, value: /api }} }}]
+      backendRefs: [{{ name: route-backend, port: 80 }}]
+"
+        );
+        let portico = Portico::start_with(
+            &[
+                ("class.yaml", common::INGRESS_CLASS),
+                (
+                    "shop.yaml",
+                    &common::ingress(
+                        "default",
+                        "shop",
+                        "2024-01-01T00:00:00Z",
+                        &[
+                            ("shop.example", "/", "Prefix", "ingress-backend", 80),
+                            ("shop.example", "/api", "Prefix", "ingress-backend", 80),
+                        ],
+                    ),
+                ),
+                (
+                    "blog.yaml",
+                    &common::ingress(
+                        "default",
+                        "blog",
+                        "2024-01-01T00:00:00Z",
+                        &[("blog.example", "/", "Prefix", "ingress-backend", 80)],
+                    ),
+                ),
+                ("ingress-backend.yaml", &ingress_pods.manifests("default", "", 80)),
+                ("route-backend.yaml", &route_pods.manifests("default", "", 80)),
+                ("gateway.yaml", &gateway),
+            ],
+            |f| {
+                f.http_listen = Some(format!("0.0.0.0:{port}"));
+                f.gateway_listen = vec![format!("80=0.0.0.0:{port}")];
+                f.publish_address = vec!["192.0.2.10".into()];
+            },
+        )
+        .await;
+        let get = |addr: &'static str, host: &'static str, path: &'static str| async move {
+            let r = client()
+                .get(format!("http://{addr}:{port}{path}"))
+                .header("host", host)
+                .send()
+                .await
+                .expect("request");
+            let status = r.status().as_u16();
+            let service = r.json::<Echo>().await.map(|e| e.service).unwrap_or_default();
+            (status, service)
+        };
+        for addr in ["127.0.0.1", "127.0.0.3"] {
+            // The HTTPRoute's path; the rest of the host and another host stay the Ingresses'.
+            assert_eq!(get(addr, "shop.example", "/api/x").await, (200, "route-backend".into()));
+            assert_eq!(get(addr, "shop.example", "/cart").await, (200, "ingress-backend".into()));
+            assert_eq!(get(addr, "blog.example", "/").await, (200, "ingress-backend".into()));
+            assert_eq!(get(addr, "none.example", "/").await.0, 404);
+        }
+        // Reported on the Ingress whose path the HTTPRoute took.
+        let metrics = client()
+            .get(format!("http://{}/metrics", portico.admin))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            metrics.contains(
+                "portico_rejected_objects{kind=\"Ingress\",reason=\"SharedWithHTTPRoute\"} 1"
+            ),
+            "{metrics}"
+        );
+    }
+
+    // timeouts.request (504 once the response head is late, whatever the backend does after)
+    // and RequestMirror (a copy with the body, after URLRewrite; a fraction spread exactly).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_timeouts_and_mirrors() {
+        let pods = Pods::start("web", 1).await;
+        let (mirror, seen) = recording_backend("mirror").await;
+        let port = wildcard_port();
+        let gateway = format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{ name: {CLASS} }}
+spec: {{ controllerName: {CONTROLLER} }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: default }}
+spec:
+  gatewayClassName: {CLASS}
+  listeners: [{{ name: http, port: 80, protocol: HTTP }}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: r, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  rules:
+    - matches: [{{ path: {{ type: PathPrefix, value: /delay }} }}]
+      timeouts: {{ request: 400ms }}
+      backendRefs: [{{ name: web, port: 80 }}]
+    - matches: [{{ path: {{ type: PathPrefix, value: /copied }} }}]
+      filters:
+        - type: URLRewrite
+          urlRewrite: {{ path: {{ type: ReplacePrefixMatch, replacePrefixMatch: /rewritten }} }}
+        - type: RequestMirror
+          requestMirror: {{ backendRef: {{ name: mirror, port: 80 }} }}
+      backendRefs: [{{ name: web, port: 80 }}]
+    - matches: [{{ path: {{ type: PathPrefix, value: /some }} }}]
+      filters:
+        - type: RequestMirror
+          requestMirror: {{ backendRef: {{ name: mirror, port: 80 }}, fraction: {{ numerator: 1, denominator: 4 }} }}
+      backendRefs: [{{ name: web, port: 80 }}]
+"
+        );
+        let portico = Portico::start_with(
+            &[
+                ("web.yaml", &pods.manifests("default", "", 80)),
+                ("mirror.yaml", &mirror.manifests("default", "", 80)),
+                ("gateway.yaml", &gateway),
+            ],
+            |f| {
+                f.gateway_listen = vec![format!("80=0.0.0.0:{port}")];
+                f.gateway_address_pool = vec!["127.0.0.2".into()];
+            },
+        )
+        .await;
+        let base = format!("http://127.0.0.2:{port}");
+        // Within the timeout: served. Past it: 504, long before the backend would answer.
+        let r = client().get(format!("{base}/delay/10")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let started = Instant::now();
+        let r = client().get(format!("{base}/delay/20000")).send().await.unwrap();
+        assert_eq!(r.status(), 504);
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        // Mirrored: the backend answers the client; the mirror gets the same request.
+        let r = client()
+            .post(format!("{base}/copied/x?q=1"))
+            .header("host", "shop.example")
+            .body("hello mirror")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let echo: Echo = r.json().await.unwrap();
+        assert_eq!((echo.service.as_str(), echo.path.as_str()), ("web", "/rewritten/x"));
+        let got = wait_seen(&seen, 1).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            got[0],
+            (
+                "POST".to_string(),
+                "/rewritten/x?q=1".to_string(),
+                "shop.example".to_string(),
+                b"hello mirror".to_vec()
+            )
+        );
+        // A quarter of the requests, exactly.
+        for _ in 0..8 {
+            let r = client().get(format!("{base}/some")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        let got = wait_seen(&seen, 3).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let got_after = seen.lock().unwrap().clone();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got_after.len(), 3, "{got_after:?}");
+        assert!(got[1..].iter().all(|(m, p, _, _)| m == "GET" && p == "/some"));
+        drop(portico);
+    }
+}

@@ -616,6 +616,29 @@ impl Engine {
             edits
         });
         self.upstream_head(head, raw, conn, edits.as_ref(), &mut upstream_head);
+        if routed.mirror {
+            let view = View {
+                policy: &self.policy,
+                head,
+                raw,
+                client: conn.client,
+                local: conn.local,
+            };
+            let origin = std::str::from_utf8(head.origin.get(raw)).unwrap_or("/");
+            self.policy.mirror(
+                plane,
+                routed,
+                &view,
+                std::str::from_utf8(head.host(raw)).unwrap_or(""),
+                edits
+                    .as_ref()
+                    .and_then(|e| e.target.as_deref())
+                    .unwrap_or(origin),
+                edits.as_ref(),
+                view.client_ip(None),
+                buffered.map(|n| Bytes::copy_from_slice(&buf[..n])),
+            );
+        }
         loop {
             let Some(endpoint) = self.policy.pick(plane, routed, &attempts) else {
                 let answer = Answer::error(503, "no usable endpoint for this backend\n");

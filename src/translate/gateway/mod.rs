@@ -41,9 +41,30 @@ pub use effective::EffectiveGateway;
 /// The controller name Portico's GatewayClasses carry by default.
 pub const DEFAULT_CONTROLLER_NAME: &str = "portico.dev/gateway-controller";
 
-/// The features announced in GatewayClass `status.supportedFeatures` once they are served (the
-/// list grows with the data plane).
-pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+/// The features announced in GatewayClass `status.supportedFeatures`: the core ones and the
+/// extended ones served (names of the suite's `pkg/features`), in alphabetical order.
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendRequestHeaderModification",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "ReferenceGrant",
+];
 
 /// How Portico listens, which Pingora fixes at start: the ports, each plain or TLS, and the
 /// addresses each Gateway is reachable at.

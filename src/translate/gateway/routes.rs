@@ -271,14 +271,6 @@ fn build(route: &HTTPRoute, key: &ObjectKey, inputs: &Inputs<'_>) -> RouteBuild 
     for (ri, rule) in route.spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{ri}]");
         let timeouts = timeouts(rule.timeouts.as_ref(), &at, &mut v);
-        // TODO(issue 16): the whole-exchange deadline; refused until the request path keeps
-        // it (skipping it silently is what the spec forbids). backendRequest is served.
-        if timeouts.request.is_some() {
-            v.refuse(
-                reason::UNSUPPORTED_VALUE,
-                format!("{at}.timeouts.request is not supported yet (backendRequest is)"),
-            );
-        }
         let mut matchers = Vec::new();
         // An explicit empty list matches every request, as the default does.
         let defaults = [HTTPRouteMatch::default()];
@@ -580,12 +572,6 @@ impl RuleFilters {
                             numerator,
                             denominator,
                         });
-                        // TODO(issue 16): send the copies; refused until the request path
-                        // does.
-                        v.refuse(
-                            reason::UNSUPPORTED_VALUE,
-                            format!("{at}: RequestMirror is not supported yet"),
-                        );
                     }
                     None => missing(v, "requestMirror"),
                 },
