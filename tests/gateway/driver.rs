@@ -1396,8 +1396,9 @@ async fn observed_generation_bumps() {
 
 both_engines! {
     // Portico's own behaviour, beyond the suite: an Ingress and an HTTPRoute claiming the same
-    // host. Gateway sockets are never Ingress listeners, so each API answers on its own sockets
-    // with its own rules; and a Gateway socket never falls back to the Ingress routes.
+    // host on different sockets. Each API answers on its own sockets with its own rules, and a
+    // Gateway socket of its own never falls back to the Ingress routes (the shared listener
+    // below does).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_ingress_and_an_httproute_on_the_same_host_each_serve_their_sockets() {
         let ingress_pods = Pods::start("ingress-backend", 1).await;
