@@ -1337,3 +1337,77 @@ async fn proxy_protocol_names_the_client_on_both_listeners() {
     .await;
 }
 }
+
+both_engines! {
+// The Ingress HTTPS listener shared with a Gateway (`--gateway-listen https:443=` the
+// `--https-listen` address): by SNI, a Gateway listener whose hostname matches, else the
+// Ingress's certificate for the name, else the Gateway listener without hostname (in place of
+// the default certificate); and by Host, the HTTPRoute first, then the Ingresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_shares_the_ingress_https_listener() {
+    bounded(async {
+        let (gw, any, ing) = (cert(&["gw.test"]), cert(&["any.gw"]), cert(&["ing.test"]));
+        let (s_gw, s_ing) = (echo("svc-gw").await, echo("svc-ing").await);
+        let gateway = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: { name: portico-gw }
+spec: { controllerName: portico.dev/gateway-controller }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: gw, namespace: default }
+spec:
+  gatewayClassName: portico-gw
+  listeners:
+    - { name: named, port: 443, protocol: HTTPS, hostname: gw.test, tls: { certificateRefs: [{ name: gw }] } }
+    - { name: any, port: 443, protocol: HTTPS, tls: { certificateRefs: [{ name: any }] } }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: r, namespace: default }
+spec:
+  parentRefs: [{ name: gw }]
+  hostnames: [gw.test]
+  rules: [{ backendRefs: [{ name: svc-gw, port: 80 }] }]
+";
+        let p = Proxy::start_with(
+            &[
+                ("class.yaml", CLASS.into()),
+                (
+                    "svc.yaml",
+                    format!("{}---\n{}", service("svc-gw", s_gw), service("svc-ing", s_ing)),
+                ),
+                (
+                    "secrets.yaml",
+                    format!(
+                        "{}\n---\n{}\n---\n{}",
+                        secret("gw", &gw.pem, &gw.key),
+                        secret("any", &any.pem, &any.key),
+                        secret("ing", &ing.pem, &ing.key)
+                    ),
+                ),
+                (
+                    "ing.yaml",
+                    ingress("ing", &[], &["ing.test"], "svc-ing", &[(&["ing.test"], "ing")]),
+                ),
+                ("gateway.yaml", gateway.into()),
+            ],
+            |f| {
+                let https = f.https_listen.clone().expect("https");
+                f.gateway_listen = vec![format!("https:443={https}")];
+            },
+        )
+        .await;
+        assert_eq!(p.leaf(Some("gw.test")).await, gw.der);
+        assert_eq!(p.leaf(Some("ing.test")).await, ing.der);
+        assert_eq!(p.leaf(Some("other.test")).await, any.der);
+        assert_eq!(p.leaf(None).await, any.der);
+        for (name, service) in [("gw.test", "svc-gw"), ("ing.test", "svc-ing")] {
+            let mut conn = http1(tls(p.https(), Some(name), &[], Versions::All).await).await;
+            let (status, _, body) = get1(&mut conn, name, "/").await;
+            assert_eq!((status, echo_of(&body).service.as_str()), (200, service), "{name}");
+        }
+    })
+    .await;
+}
+}
