@@ -199,7 +199,13 @@ impl Shared {
         );
         drop(previous);
         compiled.rejected.extend(rejected_secrets);
-        self.metrics.set_tls_expiry(&certs.expiries());
+        // Gateway listeners' certificates beside the Ingresses': a host served by several
+        // shows the one that expires first.
+        let mut expiries = certs.expiries();
+        expiries.extend(compiled.gateway_cert_expiries.iter().cloned());
+        expiries.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        expiries.dedup_by(|later, first| later.0 == first.0);
+        self.metrics.set_tls_expiry(&expiries);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let route_metrics = self.route_metrics(compiled.table.routes(), generation);
         let plane = DataPlane {

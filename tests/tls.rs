@@ -1402,6 +1402,12 @@ spec:
         assert_eq!(p.leaf(Some("ing.test")).await, ing.der);
         assert_eq!(p.leaf(Some("other.test")).await, any.der);
         assert_eq!(p.leaf(None).await, any.der);
+        // Their expiry is watched like the Ingresses'.
+        let m = p.metrics().await;
+        for host in ["gw.test", "*", "ing.test"] {
+            let series = format!("portico_tls_certificate_expiry_timestamp_seconds{{host=\"{host}\"}}");
+            assert!(m.contains(&series), "{series}: {m}");
+        }
         for (name, service) in [("gw.test", "svc-gw"), ("ing.test", "svc-ing")] {
             let mut conn = http1(tls(p.https(), Some(name), &[], Versions::All).await).await;
             let (status, _, body) = get1(&mut conn, name, "/").await;

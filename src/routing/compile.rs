@@ -149,6 +149,9 @@ pub struct Compiled {
     /// (`{"gatewayClasses": {name: status}, "gateways": {ns/name: status}, "httpRoutes": ...}`);
     /// `None` without Gateway API.
     pub gateway_status: Option<Arc<serde_json::Value>>,
+    /// `(hostname, notAfter)` of each Gateway listener certificate served (`*` for a listener
+    /// without hostname), for the expiry metric.
+    pub gateway_cert_expiries: Vec<(String, f64)>,
 }
 
 /// The EndpointSlices one pool was built from: its Service's slices, in key order. Shared, so
@@ -1375,7 +1378,11 @@ impl<'m> Compiler<'m, '_> {
                 .filter_map(|l| {
                     let secret = self.model.secrets.get(l.certificates.first()?)?;
                     match crate::tls::LoadedCert::from_pem(&secret.cert_pem, &secret.key_pem) {
-                        Ok(c) => Some((l.hostname.clone(), c.key)),
+                        Ok(c) => {
+                            let host = l.hostname.as_ref().map_or("*".into(), |h| h.to_string());
+                            self.out.gateway_cert_expiries.push((host, c.not_after as f64));
+                            Some((l.hostname.clone(), c.key))
+                        }
                         Err(e) => {
                             tracing::error!(listener = %l.name, secret = %secret.key, error = %e, "Gateway certificate left out");
                             None
