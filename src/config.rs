@@ -134,6 +134,12 @@ pub struct Flags {
     /// Pingora worker threads [default: the number of CPUs].
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
+    /// Let worker threads take each other's tasks (tokio's multi-threaded scheduler): better
+    /// balance when a few connections carry most of the load, at a cost on every wake-up;
+    /// false: one single-threaded runtime per worker, each connection staying on the worker
+    /// it was given, as nginx's workers [default: false].
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub work_stealing: Option<bool>,
     /// Networks whose X-Forwarded-* headers are trusted (repeatable, CIDR or IP).
     #[arg(long, global = true, value_name = "CIDR")]
     #[serde(default)]
@@ -256,6 +262,7 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub compile: CompileOptions,
     pub threads: usize,
+    pub work_stealing: bool,
     pub trusted_proxies: Vec<Cidr>,
     pub access_log: AccessLog,
     pub request_metrics: bool,
@@ -539,6 +546,7 @@ impl Flags {
                 .or(file.watch_ingress_without_class),
             publish_status: self.publish_status.or(file.publish_status),
             threads: self.threads.or(file.threads),
+            work_stealing: self.work_stealing.or(file.work_stealing),
             trusted_proxies: if self.trusted_proxies.is_empty() {
                 file.trusted_proxies
             } else {
@@ -732,6 +740,7 @@ impl Flags {
                 gateway,
             },
             threads,
+            work_stealing: flags.work_stealing.unwrap_or(false),
             trusted_proxies,
             access_log: flags.access_log.unwrap_or(AccessLog::Plain),
             request_metrics: flags.request_metrics.unwrap_or(true),

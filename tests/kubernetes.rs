@@ -96,6 +96,8 @@ impl Portico {
             https_listen: Some(free_port().to_string()),
             admin_listen: Some(free_port().to_string()),
             threads: Some(2),
+            // Several servers in one test process: see tests/common/mod.rs.
+            work_stealing: Some(true),
             access_log: Some(portico::request::policy::AccessLog::Off),
             election_lease_duration: Some("3s".into()),
             election_renew_period: Some("500ms".into()),

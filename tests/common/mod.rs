@@ -110,6 +110,10 @@ impl Portico {
             https_listen: Some(format!("127.0.0.1:{}", free_port())),
             admin_listen: Some(format!("127.0.0.1:{}", free_port())),
             threads: Some(2),
+            // Several servers run in one test process: Pingora's no-steal runtime finds its
+            // pools by a thread id that a later thread may reuse (pingora-runtime's
+            // CURRENT_HANDLE), so tests use work stealing; tests/process.rs runs the default.
+            work_stealing: Some(true),
             access_log: Some(portico::request::policy::AccessLog::Off),
             http1_engine: Some(engine()),
             ..Flags::default()

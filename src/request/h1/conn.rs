@@ -839,8 +839,13 @@ impl Engine {
         } else {
             self.policy.shared.metrics.upstream_new.inc();
         }
-        // Observed for pooled connections too (about zero), as the Pingora engine does.
-        let sent_at = Instant::now();
+        // Observed for pooled connections too, as the Pingora engine does: taking one from the
+        // pool does not wait, so its connect time is zero, without a second clock read.
+        let sent_at = if reused {
+            connect_started
+        } else {
+            Instant::now()
+        };
         metrics.observe_upstream_connect(sent_at - connect_started);
         // The head, and a buffered body with it: one write.
         let write = match buffered {
