@@ -67,6 +67,16 @@ fn request_host(req: &RequestHeader) -> &str {
 }
 
 impl PingoraApp {
+    /// The policy's view of a request in `ctx`.
+    fn view<'a>(&'a self, req: &'a RequestHeader, ctx: &RequestCtx) -> View<'a> {
+        View {
+            policy: &self.policy,
+            req,
+            client: ctx.client,
+            local: ctx.local,
+        }
+    }
+
     /// Sends a Gateway API rule's mirror copies ([`Policy::mirror`]) of the request, with its
     /// body (`None`: not held).
     fn mirror(&self, session: &Session, ctx: &RequestCtx, body: Option<Bytes>) {
@@ -74,12 +84,7 @@ impl PingoraApp {
             return;
         };
         let req = session.req_header();
-        let view = View {
-            policy: &self.policy,
-            req,
-            client: ctx.client,
-            local: ctx.local,
-        };
+        let view = self.view(req, ctx);
         let edits = routed.edits.then(|| {
             self.policy
                 .edits(plane, routed, req.uri.path(), req.uri.query())
@@ -115,12 +120,7 @@ impl PingoraApp {
             _ => return self.answer(session, &answer).await,
         };
         let req = session.req_header();
-        let view = View {
-            policy: &self.policy,
-            req,
-            client: ctx.client,
-            local: ctx.local,
-        };
+        let view = self.view(req, ctx);
         let host = request_host(req).to_string();
         let uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let page = self.policy.error_page(
@@ -249,12 +249,7 @@ impl ProxyHttp for PingoraApp {
             path_and_query,
             ctx.tls,
             declared,
-            &View {
-                policy: &self.policy,
-                req,
-                client: ctx.client,
-                local: ctx.local,
-            },
+            &self.view(req, ctx),
         );
         ctx.plane = Some(plane);
         match decision {
@@ -266,12 +261,7 @@ impl ProxyHttp for PingoraApp {
                 ctx.route = Some(routed.route);
                 ctx.routed = Some(routed);
                 if routed.conns {
-                    let view = View {
-                        policy: &self.policy,
-                        req: session.req_header(),
-                        client: ctx.client,
-                        local: ctx.local,
-                    };
+                    let view = self.view(session.req_header(), ctx);
                     let plane = ctx
                         .plane
                         .clone()
@@ -283,12 +273,7 @@ impl ProxyHttp for PingoraApp {
                 }
                 if routed.auth {
                     let req = session.req_header();
-                    let view = View {
-                        policy: &self.policy,
-                        req,
-                        client: ctx.client,
-                        local: ctx.local,
-                    };
+                    let view = self.view(req, ctx);
                     let host = request_host(req).to_string();
                     let target = path_and_query.to_string();
                     let plane = ctx
@@ -655,12 +640,7 @@ impl ProxyHttp for PingoraApp {
                 upstream_response.insert_header(header::STRICT_TRANSPORT_SECURITY, &**hsts)?;
             }
         }
-        let view = View {
-            policy: &self.policy,
-            req: session.req_header(),
-            client: ctx.client,
-            local: ctx.local,
-        };
+        let view = self.view(session.req_header(), ctx);
         for cookie in &ctx.grant.cookies {
             upstream_response.append_header(header::SET_COOKIE, cookie.clone())?;
         }

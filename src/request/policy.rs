@@ -1250,6 +1250,7 @@ impl Policy {
                 continue;
             };
             let Ok(method) = reqwest::Method::from_bytes(request.method()) else {
+                counter.with_label_values(&["failed"]).inc();
                 continue;
             };
             let mut skip: Vec<&str> = vec!["host", "x-forwarded-for"];

@@ -1404,27 +1404,15 @@ both_engines! {
         let ingress_pods = Pods::start("ingress-backend", 1).await;
         let route_pods = Pods::start("route-backend", 1).await;
         let port = wildcard_port();
-        let gateway = format!(
+        let gateway = one_gateway(
             "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{ name: {CLASS} }}
-spec: {{ controllerName: {CONTROLLER} }}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{ name: gw, namespace: default }}
-spec:
-  gatewayClassName: {CLASS}
-  listeners: [{{ name: http, port: 80, protocol: HTTP }}]
----
-apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {{ name: shop, namespace: default }}
+metadata: { name: shop, namespace: default }
 spec:
-  parentRefs: [{{ name: gw }}]
+  parentRefs: [{ name: gw }]
   hostnames: [shop.example]
-  rules: [{{ backendRefs: [{{ name: route-backend, port: 80 }}] }}]
-"
+  rules: [{ backendRefs: [{ name: route-backend, port: 80 }] }]
+",
         );
         let portico = Portico::start_with(
             &[
@@ -1482,44 +1470,32 @@ spec:
     async fn extended_matches_rewrites_response_headers_and_redirects() {
         let pods = Pods::start("web", 1).await;
         let port = wildcard_port();
-        let gateway = format!(
+        let gateway = one_gateway(
             "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{ name: {CLASS} }}
-spec: {{ controllerName: {CONTROLLER} }}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{ name: gw, namespace: default }}
-spec:
-  gatewayClassName: {CLASS}
-  listeners: [{{ name: http, port: 80, protocol: HTTP }}]
----
-apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {{ name: extended, namespace: default }}
+metadata: { name: extended, namespace: default }
 spec:
-  parentRefs: [{{ name: gw }}]
+  parentRefs: [{ name: gw }]
   rules:
-    - matches: [{{ path: {{ type: PathPrefix, value: /m }}, method: POST }}]
-      backendRefs: [{{ name: web, port: 80 }}]
-      filters: [{{ type: URLRewrite, urlRewrite: {{ path: {{ type: ReplaceFullPath, replaceFullPath: /posted }} }} }}]
-    - matches: [{{ path: {{ type: PathPrefix, value: /m }}, queryParams: [{{ name: v, value: \"2\" }}] }}]
-      backendRefs: [{{ name: web, port: 80 }}]
-      filters: [{{ type: URLRewrite, urlRewrite: {{ hostname: rewritten.example, path: {{ type: ReplacePrefixMatch, replacePrefixMatch: /v2 }} }} }}]
-    - matches: [{{ path: {{ type: PathPrefix, value: /headers }} }}]
-      backendRefs: [{{ name: web, port: 80 }}]
+    - matches: [{ path: { type: PathPrefix, value: /m }, method: POST }]
+      backendRefs: [{ name: web, port: 80 }]
+      filters: [{ type: URLRewrite, urlRewrite: { path: { type: ReplaceFullPath, replaceFullPath: /posted } } }]
+    - matches: [{ path: { type: PathPrefix, value: /m }, queryParams: [{ name: v, value: \"2\" }] }]
+      backendRefs: [{ name: web, port: 80 }]
+      filters: [{ type: URLRewrite, urlRewrite: { hostname: rewritten.example, path: { type: ReplacePrefixMatch, replacePrefixMatch: /v2 } } }]
+    - matches: [{ path: { type: PathPrefix, value: /headers } }]
+      backendRefs: [{ name: web, port: 80 }]
       filters:
         - type: ResponseHeaderModifier
           responseHeaderModifier:
-            set: [{{ name: X-Set, value: set }}]
-            add: [{{ name: X-Add, value: added }}]
+            set: [{ name: X-Set, value: set }]
+            add: [{ name: X-Add, value: added }]
             remove: [content-type]
-    - matches: [{{ path: {{ type: PathPrefix, value: /old }} }}]
+    - matches: [{ path: { type: PathPrefix, value: /old } }]
       filters:
         - type: RequestRedirect
-          requestRedirect: {{ scheme: https, port: 8443, statusCode: 308, path: {{ type: ReplacePrefixMatch, replacePrefixMatch: /new }} }}
-"
+          requestRedirect: { scheme: https, port: 8443, statusCode: 308, path: { type: ReplacePrefixMatch, replacePrefixMatch: /new } }
+",
         );
         let portico = Portico::start_with(
             &[
@@ -1566,6 +1542,26 @@ spec:
         );
         drop(portico);
     }
+}
+
+/// A GatewayClass of Portico's, a Gateway `default/gw` with one HTTP listener on port 80, and
+/// `routes` (YAML documents) after them.
+fn one_gateway(routes: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{ name: {CLASS} }}
+spec: {{ controllerName: {CONTROLLER} }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: default }}
+spec:
+  gatewayClassName: {CLASS}
+  listeners: [{{ name: http, port: 80, protocol: HTTP }}]
+---
+{routes}"
+    )
 }
 
 /// A backend that records every request it gets (method, target, Host, body) and answers 200:
@@ -1633,29 +1629,17 @@ both_engines! {
         let ingress_pods = Pods::start("ingress-backend", 1).await;
         let route_pods = Pods::start("route-backend", 1).await;
         let port = wildcard_port();
-        let gateway = format!(
+        let gateway = one_gateway(
             "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{ name: {CLASS} }}
-spec: {{ controllerName: {CONTROLLER} }}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{ name: gw, namespace: default }}
-spec:
-  gatewayClassName: {CLASS}
-  listeners: [{{ name: http, port: 80, protocol: HTTP }}]
----
-apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {{ name: shop-api, namespace: default }}
+metadata: { name: shop-api, namespace: default }
 spec:
-  parentRefs: [{{ name: gw }}]
+  parentRefs: [{ name: gw }]
   hostnames: [shop.example]
   rules:
-    - matches: [{{ path: {{ type: PathPrefix, value: /api }} }}]
-      backendRefs: [{{ name: route-backend, port: 80 }}]
-"
+    - matches: [{ path: { type: PathPrefix, value: /api } }]
+      backendRefs: [{ name: route-backend, port: 80 }]
+",
         );
         let portico = Portico::start_with(
             &[
@@ -1734,41 +1718,29 @@ spec:
         let pods = Pods::start("web", 1).await;
         let (mirror, seen) = recording_backend("mirror").await;
         let port = wildcard_port();
-        let gateway = format!(
+        let gateway = one_gateway(
             "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{ name: {CLASS} }}
-spec: {{ controllerName: {CONTROLLER} }}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{ name: gw, namespace: default }}
-spec:
-  gatewayClassName: {CLASS}
-  listeners: [{{ name: http, port: 80, protocol: HTTP }}]
----
-apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {{ name: r, namespace: default }}
+metadata: { name: r, namespace: default }
 spec:
-  parentRefs: [{{ name: gw }}]
+  parentRefs: [{ name: gw }]
   rules:
-    - matches: [{{ path: {{ type: PathPrefix, value: /delay }} }}]
-      timeouts: {{ request: 400ms }}
-      backendRefs: [{{ name: web, port: 80 }}]
-    - matches: [{{ path: {{ type: PathPrefix, value: /copied }} }}]
+    - matches: [{ path: { type: PathPrefix, value: /delay } }]
+      timeouts: { request: 400ms }
+      backendRefs: [{ name: web, port: 80 }]
+    - matches: [{ path: { type: PathPrefix, value: /copied } }]
       filters:
         - type: URLRewrite
-          urlRewrite: {{ path: {{ type: ReplacePrefixMatch, replacePrefixMatch: /rewritten }} }}
+          urlRewrite: { path: { type: ReplacePrefixMatch, replacePrefixMatch: /rewritten } }
         - type: RequestMirror
-          requestMirror: {{ backendRef: {{ name: mirror, port: 80 }} }}
-      backendRefs: [{{ name: web, port: 80 }}]
-    - matches: [{{ path: {{ type: PathPrefix, value: /some }} }}]
+          requestMirror: { backendRef: { name: mirror, port: 80 } }
+      backendRefs: [{ name: web, port: 80 }]
+    - matches: [{ path: { type: PathPrefix, value: /some } }]
       filters:
         - type: RequestMirror
-          requestMirror: {{ backendRef: {{ name: mirror, port: 80 }}, fraction: {{ numerator: 1, denominator: 4 }} }}
-      backendRefs: [{{ name: web, port: 80 }}]
-"
+          requestMirror: { backendRef: { name: mirror, port: 80 }, fraction: { numerator: 1, denominator: 4 } }
+      backendRefs: [{ name: web, port: 80 }]
+",
         );
         let portico = Portico::start_with(
             &[

@@ -273,6 +273,17 @@ impl Engine {
         }
     }
 
+    /// The policy's view of a parsed request on `conn`.
+    fn view<'a>(&'a self, head: &'a RequestHead, raw: &'a [u8], conn: &Conn) -> View<'a> {
+        View {
+            policy: &self.policy,
+            head,
+            raw,
+            client: conn.client,
+            local: conn.local,
+        }
+    }
+
     fn header_expired<T>(&self) -> Option<T> {
         self.policy.shared.metrics.client_header_timeouts.inc();
         None
@@ -357,13 +368,7 @@ impl Engine {
             Framing::Length(n) => Some(n),
             _ => None,
         };
-        let view = View {
-            policy: &self.policy,
-            head: &head,
-            raw: &raw,
-            client: conn.client,
-            local: conn.local,
-        };
+        let view = self.view(&head, &raw, conn);
         let decision = self
             .policy
             .decide(&plane, host, path, origin, conn.tls, declared, &view);
@@ -491,13 +496,7 @@ impl Engine {
     ) -> Next {
         let answer = match route {
             Some(r) if self.policy.error_page_for(plane, route, answer.status) => {
-                let view = View {
-                    policy: &self.policy,
-                    head,
-                    raw,
-                    client: conn.client,
-                    local: conn.local,
-                };
+                let view = self.view(head, raw, conn);
                 let host = std::str::from_utf8(head.host(raw)).unwrap_or("");
                 let origin = std::str::from_utf8(head.origin.get(raw)).unwrap_or("/");
                 let page = self.policy.error_page(
@@ -617,13 +616,7 @@ impl Engine {
         });
         self.upstream_head(head, raw, conn, edits.as_ref(), &mut upstream_head);
         if routed.mirror {
-            let view = View {
-                policy: &self.policy,
-                head,
-                raw,
-                client: conn.client,
-                local: conn.local,
-            };
+            let view = self.view(head, raw, conn);
             let origin = std::str::from_utf8(head.origin.get(raw)).unwrap_or("/");
             self.policy.mirror(
                 plane,
@@ -1017,13 +1010,7 @@ impl Engine {
         outcome.status = response.status;
         let keep_client = !(head.close || closing);
         if routed.sticky {
-            let view = View {
-                policy: &self.policy,
-                head,
-                raw,
-                client: conn.client,
-                local: conn.local,
-            };
+            let view = self.view(head, raw, conn);
             let agent = view.header("user-agent");
             if let Some(cookie) = self
                 .policy
@@ -1199,13 +1186,7 @@ impl Engine {
         let rhead = ubuf.split_to(head_bytes).freeze();
         let mut out = Vec::with_capacity(rhead.len() + 256 + ubuf.len().min(BODY_BUFFER) + 32);
         let hsts = self.policy.hsts(plane, Some(routed.route), conn.tls);
-        let view = View {
-            policy: &self.policy,
-            head,
-            raw,
-            client: conn.client,
-            local: conn.local,
-        };
+        let view = self.view(head, raw, conn);
         let set = self.policy.response_set(plane, Some(routed.route), &view);
         encode::response_head(
             response,
