@@ -57,6 +57,14 @@ impl EndpointHealth {
         self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
+    /// [`is_available`](Self::is_available) now, reading the clock only for an endpoint that was
+    /// ejected at some time (one that never was is available without a clock read).
+    #[inline]
+    pub fn is_available_now(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || until <= now_ms()
+    }
+
     /// Records a connect failure or a reset; returns the ejection time if this one ejects.
     pub fn record_failure(&self, now_ms: u64) -> Option<Duration> {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;

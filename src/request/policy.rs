@@ -975,7 +975,6 @@ impl Policy {
                 .iter()
                 .find(|p| p.service == old.service && p.port == old.port)?
         };
-        let now = now_ms();
         let mut rekey = None;
         let chosen = if routed.sticky {
             route
@@ -983,7 +982,7 @@ impl Policy {
                 .as_ref()
                 .and_then(|x| x.affinity.as_ref())
                 .and_then(|a| {
-                    let usable = |u: &&crate::upstream::Upstream| u.health.is_available(now);
+                    let usable = |u: &&crate::upstream::Upstream| u.health.is_available_now();
                     let eps = pool.endpoints();
                     let winner = |key| {
                         eps.iter()
@@ -1022,7 +1021,7 @@ impl Policy {
             None
         };
         let index = chosen
-            .or_else(|| pool.pick(|u| u.health.is_available(now) && !tried.contains(&u.addr)))
+            .or_else(|| pool.pick(|u| u.health.is_available_now() && !tried.contains(&u.addr)))
             .or_else(|| pool.pick(|u| !tried.contains(&u.addr)))
             .or_else(|| pool.pick(|_| true))?;
         let upstream = pool.endpoints().get(index)?;

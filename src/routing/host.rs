@@ -85,7 +85,7 @@ pub fn normalize_request_host(raw: &str) -> Cow<'_, str> {
             None => raw,
         }
     } else {
-        match raw.rfind(':') {
+        match raw.bytes().rposition(|b| b == b':') {
             Some(i) => &raw[..i],
             None => raw,
         }

@@ -150,9 +150,18 @@ impl Engine {
         };
         let mut shutdown = shutdown.clone();
         let mut timers = Timers::new();
+        // When the last exchange ended: the keep-alive wait is timed from there.
+        let mut ended = None;
         loop {
             let (head, raw) = match self
-                .read_head(&mut stream, &mut buf, &conn, &mut timers, &mut shutdown)
+                .read_head(
+                    &mut stream,
+                    &mut buf,
+                    &conn,
+                    &mut timers,
+                    &mut shutdown,
+                    ended,
+                )
                 .await
             {
                 Ok(Some(h)) => h,
@@ -178,6 +187,7 @@ impl Engine {
                 &conn,
                 &mut timers,
                 closing,
+                &mut ended,
             ));
             match exchange.await {
                 Next::KeepAlive if !closing => {}
@@ -201,6 +211,7 @@ impl Engine {
 
     /// Reads the next request head. `None` when the connection ends first: closed, idle past the
     /// keep-alive timeout, header past its deadline, or the server shutting down while idle.
+    /// `idle_from` is when the previous exchange ended (the keep-alive wait starts there).
     async fn read_head(
         &self,
         stream: &mut Stream,
@@ -208,13 +219,13 @@ impl Engine {
         conn: &Conn,
         timers: &mut Timers,
         shutdown: &mut ShutdownWatch,
+        idle_from: Option<Instant>,
     ) -> Result<Option<(RequestHead, Bytes)>, Refusal> {
         let limits = &self.policy.limits;
-        let mut scanned = 0;
         let mut deadline = (!buf.is_empty()).then(|| Instant::now() + limits.client_header_timeout);
         loop {
             if !buf.is_empty() {
-                match parse::parse_request(buf, scanned, &limits.header)? {
+                match parse::parse_request(buf, &limits.header)? {
                     Parsed::Complete(head) => {
                         let raw = buf.split_to(head.len).freeze();
                         if buf.is_empty() {
@@ -223,7 +234,12 @@ impl Engine {
                         }
                         return Ok(Some((head, raw)));
                     }
-                    Parsed::Partial => scanned = buf.len(),
+                    // The header timeout runs from the first bytes of the head: a head that
+                    // arrives whole costs no clock read.
+                    Parsed::Partial if deadline.is_none() => {
+                        deadline = Some(Instant::now() + limits.client_header_timeout);
+                    }
+                    Parsed::Partial => {}
                 }
             }
             let wait = match deadline {
@@ -240,7 +256,7 @@ impl Engine {
                     let ready = tokio::select! {
                         biased;
                         _ = shutdown.changed() => return Ok(None),
-                        r = until(timers.idle.as_mut(), None, wait, stream.read(&mut [])) => r,
+                        r = until(timers.idle.as_mut(), idle_from, wait, stream.read(&mut [])) => r,
                     };
                     match ready {
                         Some(Ok(_)) => {}
@@ -266,9 +282,6 @@ impl Engine {
                 Ok(Ok(_)) => {}
                 Err(_) if deadline.is_some() => return Ok(self.header_expired()),
                 Err(_) => return Ok(None),
-            }
-            if deadline.is_none() {
-                deadline = Some(Instant::now() + limits.client_header_timeout);
             }
         }
     }
@@ -353,6 +366,7 @@ impl Engine {
         conn: &Conn,
         timers: &mut Timers,
         closing: bool,
+        ended: &mut Option<Instant>,
     ) -> Next {
         let method = head.method.get(&raw);
         // CONNECT tunnels belong to Pingora's proxy (which refuses them).
@@ -444,6 +458,7 @@ impl Engine {
                             &head,
                             &raw,
                             conn,
+                            started,
                             timers,
                             &plane,
                             &routed,
@@ -457,7 +472,9 @@ impl Engine {
             }
         };
         metrics.inflight.dec();
-        let took = started.elapsed();
+        let end = Instant::now();
+        *ended = Some(end);
+        let took = end - started;
         let m = http::Method::from_bytes(method).unwrap_or(http::Method::GET);
         self.policy
             .metrics_for(Some(&plane), outcome.route)
@@ -553,6 +570,7 @@ impl Engine {
         head: &RequestHead,
         raw: &Bytes,
         conn: &Conn,
+        started: Instant,
         timers: &mut Timers,
         plane: &DataPlane,
         routed: &Routed,
@@ -569,7 +587,11 @@ impl Engine {
             Framing::Length(n) if n as usize <= buf.len() => Some(n as usize),
             _ => None,
         };
+        // The first attempt begins with the request (one clock reading for both), unless the
+        // client was waited for in between.
+        let mut began_with_request = Some(started);
         if head.expect_continue && buffered.is_none() {
+            began_with_request = None;
             // Like nginx: Portico asks for the body itself (Expect is not forwarded), since it
             // sends the body on as it arrives.
             let go_on = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -585,6 +607,7 @@ impl Engine {
         // idempotent request can be retried with it.
         if let (None, Framing::Length(n)) = (buffered, head.framing) {
             if n <= REQUEST_BUFFER as u64 {
+                began_with_request = None;
                 let limit = self.policy.limits.client_body_timeout;
                 match fill(client, buf, n as usize, limit).await {
                     Ok(()) => buffered = Some(n as usize),
@@ -651,8 +674,10 @@ impl Engine {
             };
             attempts.start(&endpoint);
             outcome.upstream = Some(endpoint.addr);
+            let began = began_with_request.take().unwrap_or_else(Instant::now);
             let result = self
                 .attempt(
+                    began,
                     client,
                     buf,
                     head,
@@ -777,6 +802,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
+        began: Instant,
         client: &mut Stream,
         buf: &mut BytesMut,
         head: &RequestHead,
@@ -793,14 +819,17 @@ impl Engine {
         outcome: &mut Outcome,
     ) -> Result<Next, Failure> {
         let metrics = self.policy.metrics_for(Some(plane), Some(routed.route));
-        let connect_started = Instant::now();
-        let connected = match pool::take(endpoint.addr, connect_started) {
+        let mut connect_started = began;
+        let connected = match pool::take(endpoint.addr, began) {
             Some(s) => Ok((s, true)),
             // Boxed: connecting (L4 and TLS states) is an 8 KiB future, needed only for a new
             // connection; inline, every request's future would carry (and copy) it.
-            None => Box::pin(self.connector.new_stream(&endpoint.peer()))
-                .await
-                .map(|s| (s, false)),
+            None => {
+                connect_started = Instant::now();
+                Box::pin(self.connector.new_stream(&endpoint.peer()))
+                    .await
+                    .map(|s| (s, false))
+            }
         };
         let (mut up, reused) = match connected {
             Ok(s) => s,
@@ -888,13 +917,12 @@ impl Engine {
         let mut ubuf = BytesMut::with_capacity(RESPONSE_BUFFER);
         let is_head = head.method.get(raw) == b"HEAD";
         let response = loop {
-            let mut scanned = 0;
             let parsed = loop {
                 // What an interim response left in the buffer is parsed before reading more.
                 if !ubuf.is_empty() {
-                    match parse::parse_response(&ubuf, scanned, is_head) {
+                    match parse::parse_response(&ubuf, is_head) {
                         Ok(Parsed::Complete(r)) => break r,
-                        Ok(Parsed::Partial) => scanned = ubuf.len(),
+                        Ok(Parsed::Partial) => {}
                         Err(bad) => {
                             tracing::warn!(upstream = %endpoint.addr, reason = bad.0, "invalid upstream response");
                             return Err(Failure::Upstream {

@@ -159,78 +159,48 @@ fn refuse(status: u16, reason: &'static str) -> Refusal {
     Refusal { status, reason }
 }
 
-/// Finds the end of a head (the empty line) in `buf`, scanning from `from`; returns its length.
-/// A bare LF also ends a line here so that such a head is parsed, and then refused.
-pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let from = from.saturating_sub(3);
-    let mut i = from;
-    while let Some(pos) = buf.get(i..)?.iter().position(|&b| b == b'\n') {
-        let lf = i + pos;
-        match buf.get(lf + 1) {
-            Some(b'\n') => return Some(lf + 2),
-            Some(b'\r') if buf.get(lf + 2) == Some(&b'\n') => return Some(lf + 3),
-            Some(_) => i = lf + 1,
-            None => return None,
-        }
-    }
-    None
-}
-
-/// Parses one request head at the start of `buf`. `scanned` is how many bytes of `buf` an earlier
-/// call already looked at (its end-of-head scan resumes there).
-pub fn parse_request(
-    buf: &[u8],
-    scanned: usize,
-    limits: &Limits,
-) -> Result<Parsed<RequestHead>, Refusal> {
-    parse_request_n::<MAX_HEADERS>(buf, scanned, limits)
+/// Parses one request head at the start of `buf` (the bytes read so far: a partial head is
+/// `Partial`, bytes after a complete head are left alone).
+///
+/// httparse finds the end of the head itself (a bare LF ends a line there too, so that such a head
+/// is parsed, and then refused): a head that arrives in one read is scanned once. A head that
+/// arrives in pieces is parsed again from its start on each read, which also refuses an invalid
+/// one (HTTP/0.9, a bad request line) without waiting for an empty line that will never come; the
+/// header limits bound that work.
+pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>, Refusal> {
+    parse_request_n::<MAX_HEADERS>(buf, limits)
 }
 
 /// [`parse_request`] with room for `N` header fields (the fuzz targets check the engine's
 /// upstream heads, which carry the forwarding fields too, with more room than a client gets).
 pub fn parse_request_n<const N: usize>(
     buf: &[u8],
-    scanned: usize,
     limits: &Limits,
 ) -> Result<Parsed<RequestHead>, Refusal> {
-    let Some(len) = head_end(buf, scanned) else {
-        if buf.len() > limits.max_header_size {
-            // A request line alone over the limit is a long URI, as nginx answers it.
-            let line_end = buf.iter().position(|&b| b == b'\n');
-            if line_end.is_none_or(|e| e > limits.max_uri_length) {
-                return Err(refuse(414, "request target too long"));
-            }
-            return Err(refuse(431, "request header fields too large"));
-        }
-        // An incomplete head may already be invalid (HTTP/0.9, a bad request line): say so now,
-        // rather than wait for an empty line that will never come.
-        let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
-        let mut req = httparse::Request::new(&mut []);
-        return match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut req,
-            buf,
-            &mut storage,
-        ) {
-            Err(httparse::Error::TooManyHeaders) => Err(refuse(431, "too many header fields")),
-            Err(httparse::Error::Version) => Err(refuse(400, "unsupported HTTP version")),
-            Err(_) => Err(refuse(400, "malformed request head")),
-            Ok(_) => Ok(Parsed::Partial),
-        };
-    };
-    let head = &buf[..len];
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
     let mut req = httparse::Request::new(&mut []);
-    match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
         &mut req,
-        head,
+        buf,
         &mut storage,
     ) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(refuse(400, "malformed request head")),
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_header_size {
+                // A request line alone over the limit is a long URI, as nginx answers it.
+                let line_end = memchr::memchr(b'\n', buf);
+                if line_end.is_none_or(|e| e > limits.max_uri_length) {
+                    return Err(refuse(414, "request target too long"));
+                }
+                return Err(refuse(431, "request header fields too large"));
+            }
+            return Ok(Parsed::Partial);
+        }
         Err(httparse::Error::TooManyHeaders) => return Err(refuse(431, "too many header fields")),
         Err(httparse::Error::Version) => return Err(refuse(400, "unsupported HTTP version")),
         Err(_) => return Err(refuse(400, "malformed request head")),
-    }
+    };
+    let head = &buf[..len];
     check_line_ends(head)?;
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(refuse(400, "malformed request line"));
@@ -492,38 +462,31 @@ pub struct BadResponse(pub &'static str);
 
 /// Parses one response head at the start of `buf`, for a request of method `head_request`
 /// (HEAD: no body whatever the framing fields say).
-pub fn parse_response(
-    buf: &[u8],
-    scanned: usize,
-    head_request: bool,
-) -> Result<Parsed<ResponseHead>, BadResponse> {
-    parse_response_n::<MAX_HEADERS>(buf, scanned, head_request)
+pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<ResponseHead>, BadResponse> {
+    parse_response_n::<MAX_HEADERS>(buf, head_request)
 }
 
 /// [`parse_response`] with room for `N` header fields (for the fuzz targets' checks of what the
 /// engine sends clients: the backend's fields plus Portico's own).
 pub fn parse_response_n<const N: usize>(
     buf: &[u8],
-    scanned: usize,
     head_request: bool,
 ) -> Result<Parsed<ResponseHead>, BadResponse> {
-    let Some(len) = head_end(buf, scanned) else {
-        if buf.len() > MAX_RESPONSE_HEAD {
-            return Err(BadResponse("response head too large"));
-        }
-        return Ok(Parsed::Partial);
-    };
-    let head = &buf[..len];
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
     let mut resp = httparse::Response::new(&mut []);
-    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut resp,
-        head,
+        buf,
         &mut storage,
     ) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(BadResponse("malformed response head")),
-    }
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+            return Err(BadResponse("response head too large"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(_) => return Err(BadResponse("malformed response head")),
+    };
+    let head = &buf[..len];
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
         return Err(BadResponse("malformed status line"));
     };
@@ -623,7 +586,7 @@ mod tests {
     use super::*;
 
     fn parse(req: &str) -> Result<RequestHead, u16> {
-        match parse_request(req.as_bytes(), 0, &Limits::default()) {
+        match parse_request(req.as_bytes(), &Limits::default()) {
             Ok(Parsed::Complete(h)) => Ok(h),
             Ok(Parsed::Partial) => Err(0),
             Err(r) => Err(r.status),
@@ -723,7 +686,7 @@ mod tests {
 
     #[test]
     fn response_framing() {
-        let r = |text: &str, head: bool| match parse_response(text.as_bytes(), 0, head) {
+        let r = |text: &str, head: bool| match parse_response(text.as_bytes(), head) {
             Ok(Parsed::Complete(h)) => Ok(h.framing),
             Ok(Parsed::Partial) => Err("partial"),
             Err(e) => Err(e.0),

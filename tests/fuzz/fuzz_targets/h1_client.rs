@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     ];
     let mut rest = data;
     for _ in 0..32 {
-        let head = match parse_request(rest, 0, &limits) {
+        let head = match parse_request(rest, &limits) {
             Ok(Parsed::Complete(h)) => h,
             _ => return,
         };
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         let raw = &rest[..head.len];
         let mut up = Vec::new();
         encode::request_head(&head, raw, &forwarded, &mut up);
-        match parse_request_n::<128>(&up, 0, &upstream_limits) {
+        match parse_request_n::<128>(&up, &upstream_limits) {
             Ok(Parsed::Complete(u)) => {
                 assert_eq!(
                     u.len,

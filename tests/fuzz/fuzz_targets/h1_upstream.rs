@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         pass_upstream: flags & 16 == 16,
         ..ServerHeader::default()
     };
-    let response = match parse_response(data, 0, head_request) {
+    let response = match parse_response(data, head_request) {
         Ok(Parsed::Complete(r)) => r,
         _ => return,
     };
@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     if (100..200).contains(&response.status) {
         encode::interim_head(&response, rhead, &server, &mut out);
-        match parse_response_n::<128>(&out, 0, false) {
+        match parse_response_n::<128>(&out, false) {
             Ok(Parsed::Complete(r)) => assert_eq!(r.len, out.len()),
             other => panic!("interim head does not parse: {other:?}"),
         }
@@ -97,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
             encode::body_end(framing, &mut out);
         }
     }
-    let client = match parse_response_n::<128>(&out, 0, head_request) {
+    let client = match parse_response_n::<128>(&out, head_request) {
         Ok(Parsed::Complete(r)) => r,
         other => panic!(
             "the client's head does not parse ({other:?}): {:?}",
