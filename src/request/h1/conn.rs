@@ -23,7 +23,7 @@ use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_timeout::timeout;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Sleep;
 
 use super::body::{chunk_line, ChunkedDecoder, LAST_CHUNK};
@@ -42,6 +42,9 @@ use crate::request::policy::{
 
 /// The first buffer for a request head (nginx: `client_header_buffer_size 1k`).
 const HEAD_BUFFER: usize = 1024;
+
+/// A worker thread's buffer for the first read of a request (see [`read_fresh`]): most heads fit.
+const SCRATCH_BUFFER: usize = 4 * 1024;
 /// The first buffer for a response head.
 const RESPONSE_BUFFER: usize = 4 * 1024;
 /// The buffer that bodies stream through.
@@ -154,14 +157,7 @@ impl Engine {
         let mut ended = None;
         loop {
             let (head, raw) = match self
-                .read_head(
-                    &mut stream,
-                    &mut buf,
-                    &conn,
-                    &mut timers,
-                    &mut shutdown,
-                    ended,
-                )
+                .read_head(&mut stream, &mut buf, &mut timers, &mut shutdown, ended)
                 .await
             {
                 Ok(Some(h)) => h,
@@ -216,7 +212,6 @@ impl Engine {
         &self,
         stream: &mut Stream,
         buf: &mut BytesMut,
-        conn: &Conn,
         timers: &mut Timers,
         shutdown: &mut ShutdownWatch,
         idle_from: Option<Instant>,
@@ -250,33 +245,24 @@ impl Engine {
                 None => limits.keepalive_timeout,
             };
             if buf.is_empty() {
-                if !conn.tls {
-                    // Idle: wait for readability without a buffer. A zero-length read on a
-                    // plain TCP stream waits for read readiness and consumes nothing.
-                    let ready = tokio::select! {
-                        biased;
-                        _ = shutdown.changed() => return Ok(None),
-                        r = until(timers.idle.as_mut(), idle_from, wait, stream.read(&mut [])) => r,
-                    };
-                    match ready {
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => return Ok(None),
-                    }
+                // Idle (keep-alive): wait for the next request holding no buffer; `buf` is
+                // allocated when its first bytes arrive.
+                let read = tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return Ok(None),
+                    r = until(timers.idle.as_mut(), idle_from, wait, read_fresh(stream, buf)) => r,
+                };
+                match read {
+                    Some(Ok(0)) | Some(Err(_)) | None => return Ok(None),
+                    Some(Ok(_)) => continue,
                 }
-                buf.reserve(HEAD_BUFFER);
-            } else if buf.len() == buf.capacity() {
+            }
+            if buf.len() == buf.capacity() {
                 // Grow as a head needs, up to its limit (checked by the parser).
                 buf.reserve(buf.len().min(limits.header.max_header_size));
             }
-            let read = if conn.tls && deadline.is_none() {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.changed() => return Ok(None),
-                    r = within(wait, stream.read_buf(buf)) => r,
-                }
-            } else {
-                within(wait, stream.read_buf(buf)).await
-            };
+            // A head has begun: its deadline is set.
+            let read = within(wait, stream.read_buf(buf)).await;
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
                 Ok(Ok(_)) => {}
@@ -1463,6 +1449,43 @@ async fn fill(
         client_read_buf(client, buf, limit).await?;
     }
     Ok(())
+}
+
+thread_local! {
+    /// Where idle connections of this worker thread read their next request's first bytes.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH_BUFFER].into_boxed_slice());
+}
+
+/// Reads what the client sent into the empty `buf`, through the thread's scratch buffer: `buf` is
+/// allocated only once bytes are there, so a connection waiting for its next request holds no
+/// buffer. (Waiting with a zero-length read instead costs a system call per request: a ready
+/// socket answers it at once with 0.) Each poll borrows the scratch buffer only while it runs.
+fn read_fresh<'a>(
+    stream: &'a mut Stream,
+    buf: &'a mut BytesMut,
+) -> impl Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        SCRATCH.with(|scratch| {
+            let mut local = [0u8; 512];
+            let mut borrowed = scratch.try_borrow_mut();
+            let space: &mut [u8] = match &mut borrowed {
+                Ok(s) => s,
+                Err(_) => &mut local,
+            };
+            let mut read = tokio::io::ReadBuf::new(space);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let got = read.filled();
+                    buf.reserve(got.len().max(HEAD_BUFFER));
+                    buf.extend_from_slice(got);
+                    Poll::Ready(Ok(got.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
 }
 
 /// Reads at most `want` bytes into `buf`.
