@@ -8,6 +8,7 @@
 #   PORTICO=/path/to/portico BARE=/path/to/bare_pingora perf/callgrind.sh
 #   PORTICO_ARGS="--http1-engine pingora" perf/callgrind.sh   # extra Portico arguments
 #   ROUTE=regex-rewrite PROXIES=portico perf/callgrind.sh      # Portico's route of another kind
+#   SCHEME=https PROXIES="nginx haproxy portico" perf/callgrind.sh  # keep-alive HTTPS (TLS 1.3)
 #
 # ROUTE chooses the route Portico serves (the other proxies always proxy plainly):
 # - plain (default): an Ingress of Portico's class, Prefix /;
@@ -35,18 +36,23 @@
 #   code, so valgrind runs it with --smc-check=all-non-file;
 # - bare: perf/bare_pingora.rs, Pingora's proxy with nothing of Portico's (the floor under it);
 # - portico: the release build, `--threads 1 --access-log off` plus PORTICO_ARGS.
+# With SCHEME=https the client speaks TLS to the proxy (one handshake per run, so the figure is the
+# record layer's cost per request: decrypt the request, encrypt the response), with a self-signed
+# RSA 2048 certificate for localhost; the backend stays plain. The bare Pingora proxy has no TLS and
+# is skipped; Portico serves ROUTE=plain only.
 # With KEEP=1 the callgrind files stay in the work directory for `callgrind_annotate`.
 set -euo pipefail
 
 N1=${N1:-1000}
 ROUTE=${ROUTE:-plain}
+SCHEME=${SCHEME:-http}
 N2=${N2:-4000}
 PROXIES=${PROXIES:-"nginx haproxy nginx-lua bare portico"}
 # shellcheck source=perf/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 has() { [[ " $PROXIES " == *" $1 "* ]]; }
-need_tools nginx:nginx-light valgrind:valgrind curl:curl ss:iproute2 jq:jq
+need_tools nginx:nginx-light valgrind:valgrind curl:curl ss:iproute2 jq:jq openssl:openssl
 if has haproxy; then need_tools haproxy:haproxy; fi
 if has nginx-lua; then need_nginx_lua; fi
 need_oha
@@ -58,6 +64,19 @@ BE=$(free_port)
 PO=$(free_port)
 PA=$(free_port)
 NG=$(free_port)
+NGS=$(free_port)
+NLS=$(free_port)
+HAS=$(free_port)
+POS=$(free_port)
+if [[ $SCHEME == https ]]; then
+    if [[ $ROUTE != plain ]]; then log "SCHEME=https serves ROUTE=plain only"; exit 1; fi
+    PROXIES=${PROXIES//bare/}
+fi
+# TLS material for SCHEME=https (every proxy has a TLS port; only SCHEME=https uses it).
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost" \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+cat "$WORK/tls.crt" "$WORK/tls.key" >"$WORK/tls.pem"
 BP=$(free_port)
 HA=$(free_port)
 NL=$(free_port)
@@ -137,6 +156,29 @@ EOF
     yaml_service backend default "$BE"
     echo ---
     yaml_endpoint_slice backend default "$BE" 127.0.0.1
+    if [[ $SCHEME == https ]]; then
+        cat <<EOF
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: { name: bench-tls, namespace: default }
+spec:
+  ingressClassName: portico
+  tls:
+    - { hosts: [localhost], secretName: bench-tls }
+  rules:
+    - host: localhost
+      http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: backend, port: { number: 80 } } } }] }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: bench-tls, namespace: default }
+type: kubernetes.io/tls
+data:
+  tls.crt: $(base64 -w0 "$WORK/tls.crt")
+  tls.key: $(base64 -w0 "$WORK/tls.key")
+EOF
+    fi
 } >"$WORK/manifests/bench.yaml"
 if [[ $ROUTE != plain ]]; then PORTICO_EXTRA+=(--ingress-nginx-compat); fi
 
@@ -155,6 +197,9 @@ http {
     upstream backend { server 127.0.0.1:$BE; keepalive 64; }
     server {
         listen 127.0.0.1:$NG;
+        listen 127.0.0.1:$NGS ssl;
+        ssl_certificate $WORK/tls.crt;
+        ssl_certificate_key $WORK/tls.key;
         location / { include $WORK/nginx/proxy.inc; }
     }
 }
@@ -176,13 +221,16 @@ http {
 $(nginx_lua_http backend "127.0.0.1:$BE")
     server {
         listen 127.0.0.1:$NL;
+        listen 127.0.0.1:$NLS ssl;
+        ssl_certificate $WORK/tls.crt;
+        ssl_certificate_key $WORK/tls.key;
         location / { include $WORK/nginx-lua/location.inc; }
     }
 }
 EOF
 
 # HAProxy: one process, one thread.
-haproxy_conf "$WORK/haproxy" 1 "127.0.0.1:$BE" "127.0.0.1:$HA"
+haproxy_conf "$WORK/haproxy" 1 "127.0.0.1:$BE" "127.0.0.1:$HA" "127.0.0.1:$HAS" "$WORK/tls.pem"
 
 # Starts one proxy under callgrind writing to $1; sets PORT to where it listens.
 start_proxy() {
@@ -190,16 +238,16 @@ start_proxy() {
     local cg=(valgrind --tool=callgrind --callgrind-out-file="$out")
     case $proxy in
     nginx)
-        PORT=$NG
+        PORT=$NG; TLS_PORT=$NGS
         "${cg[@]}" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' >"$log" 2>&1 &
         ;;
     nginx-lua)
-        PORT=$NL
+        PORT=$NL; TLS_PORT=$NLS
         "${cg[@]}" --smc-check=all-non-file "$NGINX" -p "$WORK/nginx-lua" \
             -c "$WORK/nginx-lua/nginx.conf" -g 'daemon off;' >"$log" 2>&1 &
         ;;
     haproxy)
-        PORT=$HA
+        PORT=$HA; TLS_PORT=$HAS
         "${cg[@]}" "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg" >"$log" 2>&1 &
         ;;
     bare)
@@ -207,9 +255,9 @@ start_proxy() {
         "${cg[@]}" "$BARE" "127.0.0.1:$BP" "127.0.0.1:$BE" 1 >"$log" 2>&1 &
         ;;
     portico)
-        PORT=$PO
+        PORT=$PO; TLS_PORT=$POS
         "${cg[@]}" "$WORK/portico" --manifests "$WORK/manifests" --http-listen "127.0.0.1:$PO" \
-            --https-listen off --admin-listen "127.0.0.1:$PA" --threads 1 --access-log off \
+            --https-listen "127.0.0.1:$POS" --admin-listen "127.0.0.1:$PA" --threads 1 --access-log off \
             "${PORTICO_EXTRA[@]}" >"$log" 2>&1 &
         ;;
     esac
@@ -222,16 +270,27 @@ path_of() {
     if [[ $1 == portico ]]; then echo "$REQ"; else echo /small; fi
 }
 
+# The URL requested from a proxy: plain HTTP to 127.0.0.1, or HTTPS to localhost (its certificate's
+# name, which Portico's TLS Ingress is for).
+url_of() {
+    if [[ $SCHEME == https ]]; then
+        echo "https://localhost:$TLS_PORT$(path_of "$1")"
+    else
+        echo "http://127.0.0.1:$PORT$(path_of "$1")"
+    fi
+}
+
 # One run: start a proxy under callgrind, wait for a 200, send N requests (all must answer 200),
 # stop it and print its total instruction count.
 run() {
     local proxy=$1 n=$2 out="$WORK/callgrind.$1.$2.out"
     start_proxy "$proxy" "$out" "$WORK/$proxy.$n.log"
     for _ in $(seq 1 600); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT$(path_of "$proxy")") == 200 ]] && break
+        [[ $(curl -sk -o /dev/null -w '%{http_code}' "$(url_of "$proxy")") == 200 ]] && break
         sleep 0.1
     done
-    oha -n "$n" -c 1 --no-tui --output-format json "http://127.0.0.1:$PORT$(path_of "$proxy")" >"$WORK/oha.$proxy.$n.json"
+    oha -n "$n" -c 1 --no-tui --output-format json --insecure --ipv4 "$(url_of "$proxy")" \
+        >"$WORK/oha.$proxy.$n.json"
     local ok
     ok=$(jq -r '.statusCodeDistribution["200"] // 0' "$WORK/oha.$proxy.$n.json")
     [[ $ok == "$n" ]] || { log "$proxy: $ok of $n requests answered 200"; exit 1; }
@@ -254,7 +313,7 @@ for proxy in $PROXIES; do
     PER[$proxy]=$(((i2 - i1) / (N2 - N1)))
 done
 
-echo "Instructions per keep-alive request (callgrind, one worker, runs of $N1 and $N2 differenced; Portico's route: $ROUTE):"
+echo "Instructions per keep-alive $SCHEME request (callgrind, one worker, runs of $N1 and $N2 differenced; Portico's route: $ROUTE):"
 echo
 echo "| proxy | instructions / request | × nginx |"
 echo "|---|---|---|"

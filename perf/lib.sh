@@ -197,6 +197,16 @@ cpu_ticks() {
     echo "$t"
 }
 
+# cpu_sys_ticks PID: the system (kernel) part of cpu_ticks.
+cpu_sys_ticks() {
+    local t=0 p f
+    for p in $(proc_pids "$1"); do
+        read -r -a f <"/proc/$p/stat" || continue
+        t=$((t + f[14]))
+    done
+    echo "$t"
+}
+
 # rss_kib PID: resident memory, in KiB, of PID and its children (threads share their process's).
 rss_kib() {
     local t=0 p v

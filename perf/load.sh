@@ -22,7 +22,8 @@
 # backend on CPU 0, as in issue 11's measurements. Each case first warms every proxy up (1 s),
 # then runs ROUNDS rounds of every proxy in turn, the order rotated by one each round. Per run and
 # per case (means of the rounds) it prints requests/s, p50 and p99 latency, proxy CPU time per
-# request (utime+stime of every process and thread of the proxy, from /proc) and requests per
+# request (utime+stime of every process and thread of the proxy, from /proc; the kernel's share of
+# it, stime, beside it) and requests per
 # proxy CPU-second, their ratios to nginx, proxy RSS, how busy CPU 0 (the load generator) and the
 # proxy were, and which side was the bottleneck: `load` when CPU 0 was saturated (≥ 95 % busy)
 # and the proxy was not (< 90 % of a core), `proxy` for the reverse, `both`, or `neither` (other
@@ -320,7 +321,7 @@ STEADY_ALL=0
 
 # measure CASE TOOL PROXY URL CONNS
 measure() {
-    local case=$1 tool=$2 proxy=$3 url=$4 conns=$5 pid=${PID_OF[$3]} c0 c1 m0 m1 r sp
+    local case=$1 tool=$2 proxy=$3 url=$4 conns=$5 pid=${PID_OF[$3]} c0 c1 s0 s1 m0 m1 r sp
     local steady=$WORK/steady.txt j0 j1 t0 t1 b0 b1
     if [[ $proxy == portico ]]; then
         m0=$(upstream_conns)
@@ -332,6 +333,7 @@ measure() {
         sp=$!
     fi
     c0=$(cpu_ticks "$pid")
+    s0=$(cpu_sys_ticks "$pid")
     b0=$(cpu_ticks "$BACKEND_PID")
     j0=$(cpu_jiffies 0)
     t0=$(date +%s.%N)
@@ -341,6 +343,7 @@ measure() {
     j1=$(cpu_jiffies 0)
     b1=$(cpu_ticks "$BACKEND_PID")
     c1=$(cpu_ticks "$pid")
+    s1=$(cpu_sys_ticks "$pid")
     if [[ $proxy == portico ]]; then wait "$sp"; fi
     local reqs rps p50 p99 bad errs rss stats cpu_us per_cpu_s cpu0 lg_pct proxy_pct bound
     read -r reqs rps p50 p99 bad errs <<<"$r"
@@ -364,6 +367,8 @@ measure() {
         }
         printf "%.1f %.0f %.0f %.0f %.0f %s\n", n ? t / hz / n * 1e6 : 0, t ? n / (t / hz) : 0, busy, lgp, pct, bound }')
     read -r cpu_us per_cpu_s cpu0 lg_pct proxy_pct bound <<<"$stats"
+    # The kernel's share of the proxy's CPU (system time: sockets, TCP, epoll).
+    local sys_pct=$((c1 > c0 ? 100 * (s1 - s0) / (c1 - c0) : 0))
     local extra=""
     if [[ $proxy == portico ]]; then
         m1=$(upstream_conns)
@@ -379,10 +384,10 @@ measure() {
         STEADY_ALL=$((STEADY_ALL + sn1 - sn0 + sr1 - sr0))
         extra=" upstream_new=$((n1 - n0)) upstream_reused=$((r1 - r0)) steady_new=$((sn1 - sn0)) steady_reused=$((sr1 - sr0))"
     fi
-    printf '  %-7s %-4s %-9s %7.0f req/s  p50 %7.3f  p99 %7.3f ms  cpu %6s us/req %6s req/cpu-s  rss %6d KiB  non2xx %s  errors %s  cpu0 %3s%% (load gen %3s%%)  proxy %3s%%  bound %s%s\n' \
-        "$case" "$tool" "$proxy" "$rps" "$p50" "$p99" "$cpu_us" "$per_cpu_s" "$rss" "$bad" "$errs" \
+    printf '  %-7s %-4s %-9s %7.0f req/s  p50 %7.3f  p99 %7.3f ms  cpu %6s us/req (sys %2s%%) %6s req/cpu-s  rss %6d KiB  non2xx %s  errors %s  cpu0 %3s%% (load gen %3s%%)  proxy %3s%%  bound %s%s\n' \
+        "$case" "$tool" "$proxy" "$rps" "$p50" "$p99" "$cpu_us" "$sys_pct" "$per_cpu_s" "$rss" "$bad" "$errs" \
         "$cpu0" "$lg_pct" "$proxy_pct" "$bound" "$extra" >&2
-    echo "$case $tool $proxy $rps $p50 $p99 $cpu_us $per_cpu_s $rss $bad $errs $cpu0 $proxy_pct $bound $lg_pct" >>"$RESULTS"
+    echo "$case $tool $proxy $rps $p50 $p99 $cpu_us $per_cpu_s $rss $bad $errs $cpu0 $proxy_pct $bound $lg_pct $sys_pct" >>"$RESULTS"
 }
 
 versions="nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///')"
@@ -445,12 +450,13 @@ echo "bound, per round: load = CPU 0 saturated by the load generator (wrk + back
 echo "saturated, partly by other processes, proxy = the proxy's core saturated, both, or neither."
 echo "Load average at the start: $LOAD_BEFORE; at the end: $LOAD_AFTER"
 echo
-echo "| case | tool | proxy | req/s | × nginx | p50 ms | p99 ms | CPU µs/req | req/CPU-s | × nginx | RSS MiB | errors | CPU 0 % (load gen %) | proxy % | bound |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| case | tool | proxy | req/s | × nginx | p50 ms | p99 ms | CPU µs/req | of it kernel % | req/CPU-s | × nginx | RSS MiB | errors | CPU 0 % (load gen %) | proxy % | bound |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 awk '
     { k = $1 " " $2 " " $3; if (!(k in cnt)) order[++n] = k; cnt[k]++
       rps[k] += $4; p50[k] += $5; p99[k] += $6; cpu[k] += $7; eff[k] += $8
       if ($9 > rss[k]) rss[k] = $9; err[k] += $10 + $11; c0[k] += $12; pp[k] += $13; lg[k] += $15
+      sys[k] += $16
       bound[k] = bound[k] (bound[k] == "" ? "" : ", ") $14 }
     END {
         for (i = 1; i <= n; i++) {
@@ -460,8 +466,8 @@ awk '
                 r = sprintf("%.2f", (rps[k] / c) / (rps[ng] / cnt[ng]))
                 e = sprintf("%.2f", (eff[k] / c) / (eff[ng] / cnt[ng]))
             }
-            printf "| %s | %s | %s | %.0f | %s | %.3f | %.3f | %.1f | %.0f | %s | %.1f | %d | %.0f (%.0f) | %.0f | %s |\n",
-                a[1], a[2], a[3], rps[k] / c, r, p50[k] / c, p99[k] / c, cpu[k] / c, eff[k] / c, e,
+            printf "| %s | %s | %s | %.0f | %s | %.3f | %.3f | %.1f | %.0f | %.0f | %s | %.1f | %d | %.0f (%.0f) | %.0f | %s |\n",
+                a[1], a[2], a[3], rps[k] / c, r, p50[k] / c, p99[k] / c, cpu[k] / c, sys[k] / c, eff[k] / c, e,
                 rss[k] / 1024, err[k], c0[k] / c, lg[k] / c, pp[k] / c, bound[k]
         }
     }' "$RESULTS"
