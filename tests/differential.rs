@@ -541,7 +541,15 @@ async fn both_engines_forward_the_same_bytes() {
             ));
         }
     }
-    eprintln!("differential corpus: {} cases", cases.len());
+    let requests: usize = cases.iter().map(|c| c.requests.len()).sum();
+    let bytes: usize = cases
+        .iter()
+        .flat_map(|c| c.requests.iter().map(Vec::len))
+        .sum();
+    eprintln!(
+        "differential corpus: {} cases, {requests} client writes, {bytes} bytes",
+        cases.len()
+    );
     assert!(
         differences.is_empty(),
         "{} differences:\n{}",
