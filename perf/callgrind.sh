@@ -157,27 +157,8 @@ EOF
     echo ---
     yaml_endpoint_slice backend default "$BE" 127.0.0.1
     if [[ $SCHEME == https ]]; then
-        cat <<EOF
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: { name: bench-tls, namespace: default }
-spec:
-  ingressClassName: portico
-  tls:
-    - { hosts: [localhost], secretName: bench-tls }
-  rules:
-    - host: localhost
-      http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: backend, port: { number: 80 } } } }] }
----
-apiVersion: v1
-kind: Secret
-metadata: { name: bench-tls, namespace: default }
-type: kubernetes.io/tls
-data:
-  tls.crt: $(base64 -w0 "$WORK/tls.crt")
-  tls.key: $(base64 -w0 "$WORK/tls.key")
-EOF
+        echo ---
+        yaml_tls_ingress bench-tls default localhost backend "$WORK/tls.crt" "$WORK/tls.key"
     fi
 } >"$WORK/manifests/bench.yaml"
 if [[ $ROUTE != plain ]]; then PORTICO_EXTRA+=(--ingress-nginx-compat); fi

@@ -386,6 +386,34 @@ EOF
     for a in "$@"; do echo "  - { addresses: [\"$a\"], conditions: { ready: true } }"; done
 }
 
+# yaml_tls_ingress NAME NAMESPACE HOST SERVICE CRT KEY: an Ingress of Portico's class routing HOST
+# to SERVICE (port 80) with TLS from the kubernetes.io/tls Secret NAME, which follows it, holding
+# the PEM files CRT and KEY.
+yaml_tls_ingress() {
+    cat <<EOF
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: { name: $1, namespace: $2, creationTimestamp: "2026-01-01T00:00:01Z" }
+spec:
+  ingressClassName: portico
+  tls:
+    - { hosts: [$3], secretName: $1 }
+  rules:
+    - host: $3
+      http:
+        paths:
+          - { path: /, pathType: Prefix, backend: { service: { name: $4, port: { number: 80 } } } }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: $1, namespace: $2 }
+type: kubernetes.io/tls
+data:
+  tls.crt: $(base64 -w0 "$5")
+  tls.key: $(base64 -w0 "$6")
+EOF
+}
+
 # yaml_ingress NAME NAMESPACE HOST SERVICE: the Ingress NAME of class portico sending every path of
 # HOST (of every host when HOST is empty) to port 80 of the Service SERVICE.
 yaml_ingress() {

@@ -174,7 +174,6 @@ PA=$(free_port)
 if has portico; then
     HTTP_PORT[portico]=$(free_port)
     HTTPS_PORT[portico]=$(free_port)
-    b64() { base64 -w0 "$1"; }
     {
         yaml_ingress_class
         cat <<EOF
@@ -189,28 +188,9 @@ spec:
         paths:
           - { path: /, pathType: Prefix, backend: { service: { name: backend, port: { number: 80 } } } }
 ---
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: { name: bench-tls, namespace: default, creationTimestamp: "2026-01-01T00:00:01Z" }
-spec:
-  ingressClassName: portico
-  tls:
-    - { hosts: [localhost], secretName: bench-tls }
-  rules:
-    - host: localhost
-      http:
-        paths:
-          - { path: /, pathType: Prefix, backend: { service: { name: backend, port: { number: 80 } } } }
----
-apiVersion: v1
-kind: Secret
-metadata: { name: bench-tls, namespace: default }
-type: kubernetes.io/tls
-data:
-  tls.crt: $(b64 "$WORK/tls.crt")
-  tls.key: $(b64 "$WORK/tls.key")
----
 EOF
+        yaml_tls_ingress bench-tls default localhost backend "$WORK/tls.crt" "$WORK/tls.key"
+        echo ---
         yaml_service backend default "$BE"
         echo ---
         yaml_endpoint_slice backend default "$BE" 127.0.0.1
