@@ -30,13 +30,16 @@
 # load on the machine took the CPU). Portico's upstream connection reuse comes from its /metrics.
 #
 # Knobs (environment): DURATION (s per run, default 5), WORKERS (default 1), PIN (default 1 when
-# WORKERS is 1), ROUNDS (default 2), CASES (default "c16 c256 https"; also c1 and body16k),
+# WORKERS is 1), ROUNDS (default 2), CASES (default "c16 c256 https"; also c1, body16k, and
+# rate16: 16 connections at a fixed RATE requests/s with oha, default 12000, so that every proxy
+# is compared at the same offered load: latency without the load generator's core saturating),
 # TOOLS (default wrk; also oha), PROXIES (default "nginx haproxy nginx-lua bare portico"),
 # PORTICO_ARGS, PORTICO and BARE (binaries to use instead of building them), KEEP=1 keeps the
 # work directory.
 set -euo pipefail
 
 DURATION=${DURATION:-5}
+RATE=${RATE:-12000}
 WORKERS=${WORKERS:-1}
 ROUNDS=${ROUNDS:-2}
 CASES=${CASES:-"c16 c256 https"}
@@ -57,7 +60,7 @@ has() { [[ " $PROXIES " == *" $1 "* ]]; }
 need_tools nginx:nginx-light wrk:wrk jq:jq curl:curl openssl:openssl ss:iproute2 taskset:util-linux
 if has haproxy; then need_tools haproxy:haproxy; fi
 if has nginx-lua; then need_nginx_lua; fi
-if [[ " $TOOLS " == *" oha "* ]]; then need_oha; fi
+if [[ " $TOOLS " == *" oha "* || " $CASES " == *" rate16 "* ]]; then need_oha; fi
 if has portico; then need_portico; else PORTICO=${PORTICO:-/bin/true}; fi
 if has bare; then need_bare; fi
 setup_work load
@@ -274,7 +277,7 @@ run_tool() {
         ;;
     oha)
         out=$(
-            timeout $((secs + 30)) "${PIN_LOAD[@]}" oha --no-tui --output-format json --insecure -w -z "${secs}s" -c "$conns" "$url" 2>/dev/null || true
+            timeout $((secs + 30)) "${PIN_LOAD[@]}" oha --no-tui --output-format json --insecure -w -z "${secs}s" -c "$conns" ${RATE_Q:+-q "$RATE_Q"} "$url" 2>/dev/null || true
             read -r -a f <"/proc/$BASHPID/stat"
             echo "TOOL_TICKS $((f[15] + f[16]))" >&2
         ) 2>"$WORK/tool_ticks"
@@ -380,10 +383,11 @@ log "$versions; $WORKERS worker(s) each, $placement; ${DURATION} s per run; $(np
 
 read -r -a ORDER <<<"$PROXIES"
 for case in $CASES; do
-    https=0
+    https=0 rate=""
     case $case in
     c1) conns=1 path=/small ;;
     c16) conns=16 path=/small ;;
+    rate16) conns=16 path=/small rate=$RATE ;;
     c256) conns=256 path=/small ;;
     body16k) conns=16 path=/16k ;;
     https) conns=16 path=/small https=1 ;;
@@ -401,7 +405,11 @@ for case in $CASES; do
         fi
     done
     log "$case: load average $(loadavg)"
-    for tool in $TOOLS; do
+    tools=$TOOLS
+    # A fixed request rate needs oha (wrk has none); RATE_Q is what run_tool passes it.
+    if [[ -n $rate ]]; then tools=oha; fi
+    RATE_Q=$rate
+    for tool in $tools; do
         # Warm-up: open the upstream connections, fault in memory.
         for proxy in "${ORDER[@]}"; do
             if [[ -n "${URL[$proxy]:-}" ]]; then
