@@ -203,6 +203,7 @@ mod tests {
     fn failures_eject_for_a_growing_time_and_success_resets() {
         let h = EndpointHealth::default();
         assert!(h.is_available(0));
+        assert!(h.is_available_now(), "never ejected");
         assert_eq!(h.record_failure(0), None);
         assert_eq!(h.record_failure(0), Some(BASE_EJECTION));
         assert!(!h.is_available(500));
@@ -213,6 +214,13 @@ mod tests {
             h.record_failure(5000);
         }
         assert!(h.record_failure(5000).is_none_or(|t| t <= MAX_EJECTION));
+        // Ejected until far in this process's future: not available now.
+        h.eject_until(now_ms() + 60_000);
+        assert!(!h.is_available_now());
+        // The process clock starts at the first reading: past 1 ms once 2 ms have gone by.
+        std::thread::sleep(Duration::from_millis(2));
+        h.eject_until(1);
+        assert!(h.is_available_now(), "an ejection that has ended");
         h.record_success();
         h.record_failure(100_000);
         assert_eq!(h.record_failure(100_000), Some(BASE_EJECTION));

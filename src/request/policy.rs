@@ -1238,10 +1238,9 @@ impl Policy {
                 counter.with_label_values(&["skipped"]).inc();
                 continue;
             };
-            let now = now_ms();
             let Some(upstream) = plane.pools.get(m.pool).and_then(|pool| {
                 let i = pool
-                    .pick(|u| u.health.is_available(now))
+                    .pick(|u| u.health.is_available_now())
                     .or_else(|| pool.pick(|_| true))?;
                 pool.endpoints().get(i)
             }) else {
@@ -1347,9 +1346,8 @@ impl Policy {
         else {
             return Answer::error(404, "default backend - 404\n");
         };
-        let now = now_ms();
         let Some(upstream) = pool
-            .pick(|u| u.health.is_available(now))
+            .pick(|u| u.health.is_available_now())
             .or_else(|| pool.pick(|_| true))
             .and_then(|i| pool.endpoints().get(i))
         else {

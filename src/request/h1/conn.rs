@@ -2,8 +2,9 @@
 //!
 //! Memory follows the work, not the connection. An idle connection holds no buffer: its next
 //! request is read through its worker thread's scratch buffer and copied into one sized for it (at
-//! least 1 KiB), growing only as a head needs (nginx's `client_header_buffer_size` model). Bytes read past a request stay
-//! buffered for the next one, so pipelined requests are answered in order (RFC 9112 9.3.2).
+//! least 1 KiB), growing only as a head needs (nginx's `client_header_buffer_size` model). Bytes
+//! read past a request stay buffered for the next one, so pipelined requests are answered in
+//! order (RFC 9112 9.3.2).
 //!
 //! Requests and responses are re-serialised from their parsed heads, with CRLF line ends and the
 //! hop-by-hop fields removed, so that no byte the checks did not see reaches the other side.
