@@ -35,7 +35,8 @@
 # is compared at the same offered load: latency without the load generator's core saturating),
 # TOOLS (default wrk; also oha), PROXIES (default "nginx haproxy nginx-lua bare portico"),
 # PORTICO_ARGS, PORTICO and BARE (binaries to use instead of building them), KEEP=1 keeps the
-# work directory.
+# work directory, SYSCALLS=1 counts each proxy's system calls per request during the measured runs
+# (perf stat on the syscall tracepoints: all, reads, writes, epoll waits; needs root and perf).
 set -euo pipefail
 
 DURATION=${DURATION:-5}
@@ -46,6 +47,7 @@ CASES=${CASES:-"c16 c256 https"}
 TOOLS=${TOOLS:-wrk}
 PROXIES=${PROXIES:-"nginx haproxy nginx-lua bare portico"}
 WARMUP=${WARMUP:-1}
+SYSCALLS=${SYSCALLS:-0}
 if [[ -z "${PIN:-}" ]]; then
     PIN=0
     if ((WORKERS == 1 && $(nproc) >= 2)); then PIN=1; fi
@@ -61,6 +63,7 @@ need_tools nginx:nginx-light wrk:wrk jq:jq curl:curl openssl:openssl ss:iproute2
 if has haproxy; then need_tools haproxy:haproxy; fi
 if has nginx-lua; then need_nginx_lua; fi
 if [[ " $TOOLS " == *" oha "* || " $CASES " == *" rate16 "* ]]; then need_oha; fi
+if ((SYSCALLS)); then need_tools perf:linux-perf; fi
 if has portico; then need_portico; else PORTICO=${PORTICO:-/bin/true}; fi
 if has bare; then need_bare; fi
 setup_work load
@@ -302,18 +305,28 @@ REUSE_REQS=0
 STEADY_NEW=0
 STEADY_ALL=0
 
+SYSCALL_EVENTS=raw_syscalls:sys_enter
+for s in read readv recvfrom recvmsg write writev sendto sendmsg epoll_wait epoll_pwait; do
+    SYSCALL_EVENTS+=",syscalls:sys_enter_$s"
+done
+
 # measure CASE TOOL PROXY URL CONNS
 measure() {
-    local case=$1 tool=$2 proxy=$3 url=$4 conns=$5 pid=${PID_OF[$3]} c0 c1 s0 s1 m0 m1 r sp
-    local steady=$WORK/steady.txt j0 j1 t0 t1 b0 b1
-    if [[ $proxy == portico ]]; then
-        m0=$(upstream_conns)
-        # Steady state: from 1 s after the start to 1 s before the end, away from the connection
-        # churn at the edges of a run (clients that disconnect mid-request at the end of a run
-        # take their upstream connections with them; the next run opens new ones).
-        (sleep 1 && upstream_conns >"$steady" && sleep $((DURATION > 2 ? DURATION - 2 : 0)) &&
-            upstream_conns >>"$steady") &
-        sp=$!
+    local case=$1 tool=$2 proxy=$3 url=$4 conns=$5 pid=${PID_OF[$3]} c0 c1 s0 s1 m0 m1 r
+    local j0 j1 t0 t1 b0 b1
+    # Nothing but the load generator runs during a measured run: Portico's counters are read
+    # before and after it (the steady-state reading has a run of its own, measure_steady). A
+    # reading during the run forks curl, which the scheduler may put on the proxy's core: that
+    # alone raised Portico's p99 at a fixed rate by about a third (median of 12 runs).
+    if [[ $proxy == portico ]]; then m0=$(upstream_conns); fi
+    local sc=""
+    if ((SYSCALLS)); then
+        # Counts until SIGINT, so over the tool's run (it attaches first); every process and thread
+        # of the proxy.
+        perf stat -x, -o "$WORK/syscalls.txt" -e "$SYSCALL_EVENTS" \
+            -p "$(proc_pids "$pid" | paste -sd,)" 2>/dev/null &
+        sc=$!
+        sleep 0.2
     fi
     c0=$(cpu_ticks "$pid")
     s0=$(cpu_sys_ticks "$pid")
@@ -321,13 +334,16 @@ measure() {
     j0=$(cpu_jiffies 0)
     t0=$(date +%s.%N)
     run_tool "$tool" "$conns" "$url" "$DURATION" >"$WORK/run.txt"
+    if [[ -n $sc ]]; then
+        kill -INT "$sc" 2>/dev/null || true
+        wait "$sc" 2>/dev/null || true
+    fi
     r=$(<"$WORK/run.txt")
     t1=$(date +%s.%N)
     j1=$(cpu_jiffies 0)
     b1=$(cpu_ticks "$BACKEND_PID")
     c1=$(cpu_ticks "$pid")
     s1=$(cpu_sys_ticks "$pid")
-    if [[ $proxy == portico ]]; then wait "$sp"; fi
     local reqs rps p50 p99 bad errs rss stats cpu_us per_cpu_s cpu0 lg_pct proxy_pct bound
     read -r reqs rps p50 p99 bad errs <<<"$r"
     rss=$(rss_kib "$pid")
@@ -352,7 +368,19 @@ measure() {
     read -r cpu_us per_cpu_s cpu0 lg_pct proxy_pct bound <<<"$stats"
     # The kernel's share of the proxy's CPU (system time: sockets, TCP, epoll).
     local sys_pct=$((c1 > c0 ? 100 * (s1 - s0) / (c1 - c0) : 0))
-    local extra=""
+    local extra="" syscalls="0 0 0 0"
+    if [[ -n $sc ]]; then
+        syscalls=$(awk -F, -v n="$reqs" '
+            $3 == "raw_syscalls:sys_enter" { all = $1 }
+            $3 ~ /sys_enter_(read|readv|recvfrom|recvmsg)$/ { rd += $1 }
+            $3 ~ /sys_enter_(write|writev|sendto|sendmsg)$/ { wr += $1 }
+            $3 ~ /sys_enter_epoll_p?wait$/ { ep += $1 }
+            END { if (n > 0) printf "%.2f %.2f %.2f %.3f\n", all / n, rd / n, wr / n, ep / n; else print "0 0 0 0" }' \
+            "$WORK/syscalls.txt")
+        local a b c d
+        read -r a b c d <<<"$syscalls"
+        extra=" syscalls/req $a (reads $b, writes $c, epoll waits $d)"
+    fi
     if [[ $proxy == portico ]]; then
         m1=$(upstream_conns)
         local n0 r0 n1 r1
@@ -361,16 +389,33 @@ measure() {
         REUSE_NEW=$((REUSE_NEW + n1 - n0))
         REUSE_ALL=$((REUSE_ALL + n1 - n0 + r1 - r0))
         REUSE_REQS=$((REUSE_REQS + reqs))
-        local sn0 sr0 sn1 sr1
-        { read -r sn0 sr0 && read -r sn1 sr1; } <"$steady" || sn0=0 sr0=0 sn1=0 sr1=0
-        STEADY_NEW=$((STEADY_NEW + sn1 - sn0))
-        STEADY_ALL=$((STEADY_ALL + sn1 - sn0 + sr1 - sr0))
-        extra=" upstream_new=$((n1 - n0)) upstream_reused=$((r1 - r0)) steady_new=$((sn1 - sn0)) steady_reused=$((sr1 - sr0))"
+        extra+=" upstream_new=$((n1 - n0)) upstream_reused=$((r1 - r0))"
     fi
     printf '  %-7s %-4s %-9s %7.0f req/s  p50 %7.3f  p99 %7.3f ms  cpu %6s us/req (sys %2s%%) %6s req/cpu-s  rss %6d KiB  non2xx %s  errors %s  cpu0 %3s%% (load gen %3s%%)  proxy %3s%%  bound %s%s\n' \
         "$case" "$tool" "$proxy" "$rps" "$p50" "$p99" "$cpu_us" "$sys_pct" "$per_cpu_s" "$rss" "$bad" "$errs" \
         "$cpu0" "$lg_pct" "$proxy_pct" "$bound" "$extra" >&2
-    echo "$case $tool $proxy $rps $p50 $p99 $cpu_us $per_cpu_s $rss $bad $errs $cpu0 $proxy_pct $bound $lg_pct $sys_pct" >>"$RESULTS"
+    echo "$case $tool $proxy $rps $p50 $p99 $cpu_us $per_cpu_s $rss $bad $errs $cpu0 $proxy_pct $bound $lg_pct $sys_pct ${round:-0} $syscalls" >>"$RESULTS"
+}
+
+# measure_steady TOOL URL CONNS: Portico's upstream reuse in steady state, from 1 s after the start
+# of a run to 1 s before its end, away from the connection churn at the edges of a run (clients
+# that disconnect mid-request at the end of a run take their upstream connections with them; the
+# next run opens new ones). A run of its own, not in the table: reading the counters forks curl
+# during the run (pinned with the load generator).
+measure_steady() {
+    local steady=$WORK/steady.txt sp sn0 sr0 sn1 sr1
+    : >"$steady"
+    (if ((PIN)); then taskset -cp 0 "$BASHPID" >/dev/null; fi
+        sleep 1 && upstream_conns >"$steady" &&
+        sleep $((DURATION > 2 ? DURATION - 2 : 0)) && upstream_conns >>"$steady") &
+    sp=$!
+    run_tool "$1" "$3" "$2" "$DURATION" >/dev/null
+    wait "$sp" || true
+    { read -r sn0 sr0 && read -r sn1 sr1; } <"$steady" || sn0=0 sr0=0 sn1=0 sr1=0
+    STEADY_NEW=$((STEADY_NEW + sn1 - sn0))
+    STEADY_ALL=$((STEADY_ALL + sn1 - sn0 + sr1 - sr0))
+    printf '  %-7s %-4s %-9s steady-state reuse run (not in the table): %d new, %d reused\n' \
+        "$case" "$1" portico $((sn1 - sn0)) $((sr1 - sr0)) >&2
 }
 
 versions="nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///')"
@@ -425,6 +470,7 @@ for case in $CASES; do
                 fi
             done
         done
+        if [[ -n "${URL[portico]:-}" ]]; then measure_steady "$tool" "${URL[portico]}" "$conns"; fi
     done
 done
 LOAD_AFTER=$(loadavg)
@@ -459,6 +505,61 @@ awk '
                 rss[k] / 1024, err[k], c0[k] / c, lg[k] / c, pp[k] / c, bound[k]
         }
     }' "$RESULTS"
+# Paired by round: each round runs every proxy back to back, so the ratio of two proxies' figures
+# within a round is free of the slow drifts of a shared machine (other tenants, CPU frequency),
+# which move a mean of the rounds by up to 15 %.
+if ((ROUNDS > 1)) && grep -q " nginx " "$RESULTS"; then
+    echo
+    echo "Paired by round (the proxy's figure / nginx's in the same round): median, and the range over the rounds;"
+    echo "p99 ≤ nginx = in how many rounds the proxy's p99 was at most nginx's."
+    echo
+    echo "| case | tool | proxy | req/CPU-s × nginx: median | range | p99 × nginx: median | range | p99 ≤ nginx |"
+    echo "|---|---|---|---|---|---|---|---|"
+    awk '
+        function median(s,    a, n, i, j, t) {
+            n = split(s, a, " ")
+            for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+            lo = a[1]; hi = a[n]
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        { k = $1 " " $2 " " $3 " " $17; eff[k] = $8; p99[k] = $6
+          if (!(($1 " " $2 " " $3) in seen)) { seen[$1 " " $2 " " $3] = 1; order[++n] = $1 " " $2 " " $3 } }
+        END {
+            for (i = 1; i <= n; i++) {
+                split(order[i], a, " "); if (a[3] == "nginx") continue
+                e = ""; p = ""; won = 0; rounds = 0
+                for (k in eff) {
+                    split(k, b, " ")
+                    if (b[1] " " b[2] " " b[3] != order[i]) continue
+                    ng = b[1] " " b[2] " nginx " b[4]
+                    if (!(ng in eff) || eff[ng] == 0 || p99[ng] == 0) continue
+                    e = e " " eff[k] / eff[ng]; p = p " " p99[k] / p99[ng]; rounds++
+                    if (p99[k] <= p99[ng]) won++
+                }
+                if (!rounds) continue
+                em = median(e); elo = lo; ehi = hi; pm = median(p)
+                printf "| %s | %s | %s | %.2f | %.2f-%.2f | %.2f | %.2f-%.2f | %d of %d |\n",
+                    a[1], a[2], a[3], em, elo, ehi, pm, lo, hi, won, rounds
+            }
+        }' "$RESULTS"
+fi
+if ((SYSCALLS)); then
+    echo
+    echo "System calls per request (perf stat on the proxy's processes during the measured runs; means of the rounds):"
+    echo
+    echo "| case | tool | proxy | all | reads | writes | epoll waits | other |"
+    echo "|---|---|---|---|---|---|---|---|"
+    awk '
+        { k = $1 " " $2 " " $3; if (!(k in cnt)) order[++n] = k; cnt[k]++
+          all[k] += $18; rd[k] += $19; wr[k] += $20; ep[k] += $21 }
+        END {
+            for (i = 1; i <= n; i++) {
+                k = order[i]; c = cnt[k]; split(k, a, " ")
+                printf "| %s | %s | %s | %.2f | %.2f | %.2f | %.3f | %.2f |\n", a[1], a[2], a[3], all[k] / c,
+                    rd[k] / c, wr[k] / c, ep[k] / c, (all[k] - rd[k] - wr[k] - ep[k]) / c
+            }
+        }' "$RESULTS"
+fi
 if awk '$14 ~ /^(load|both)/ { f = 1 } END { exit !f }' "$RESULTS"; then
     echo
     echo "The load generator (CPU 0) was saturated in the runs marked load, load+other or both: there, requests/s"
