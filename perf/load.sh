@@ -18,6 +18,9 @@
 #   as in the plain nginx configuration;
 # - bare: perf/bare_pingora.rs, Pingora's proxy with nothing of Portico's (no TLS: not in https);
 # - portico: the release build, `--threads WORKERS --access-log off` plus PORTICO_ARGS.
+# Access logs are off everywhere, as in issue 11's method; ACCESS_LOG=default runs nginx, nginx+Lua
+# and Portico with their default access logs instead (nginx: `combined` to a file; Portico: its
+# plain line to stdout, here a file); HAProxy logs nothing without a log server either way.
 # With PIN=1 (the default for one worker on 2+ CPUs) each proxy runs on CPU 1 and wrk and the
 # backend on CPU 0, as in issue 11's measurements. Each case first warms every proxy up (1 s),
 # then runs ROUNDS rounds of every proxy in turn, the order rotated by one each round. Per run and
@@ -47,6 +50,7 @@ CASES=${CASES:-"c16 c256 https"}
 TOOLS=${TOOLS:-wrk}
 PROXIES=${PROXIES:-"nginx haproxy nginx-lua bare portico"}
 WARMUP=${WARMUP:-1}
+ACCESS_LOG=${ACCESS_LOG:-off}
 SYSCALLS=${SYSCALLS:-0}
 if [[ -z "${PIN:-}" ]]; then
     PIN=0
@@ -121,7 +125,7 @@ error_log $dir/error.log error;
 worker_rlimit_nofile 16384;
 events { worker_connections 8192; }
 http {
-    access_log off;
+    $(if [[ $ACCESS_LOG == default ]]; then echo "access_log $dir/access.log;"; else echo "access_log off;"; fi)
     keepalive_requests 10000000;
     keepalive_timeout 300s;
 $3
@@ -176,6 +180,8 @@ if has bare; then
 fi
 
 # --- Portico -----------------------------------------------------------------------------------
+LOG_ARGS=(--access-log off)
+if [[ $ACCESS_LOG == default ]]; then LOG_ARGS=(); fi
 PA=$(free_port)
 if has portico; then
     HTTP_PORT[portico]=$(free_port)
@@ -204,7 +210,7 @@ EOF
     "${PIN_PROXY[@]}" "$WORK/portico" --manifests "$WORK/manifests" \
         --http-listen "127.0.0.1:${HTTP_PORT[portico]}" \
         --https-listen "127.0.0.1:${HTTPS_PORT[portico]}" --admin-listen "127.0.0.1:$PA" \
-        --threads "$WORKERS" --access-log off "${PORTICO_EXTRA[@]}" >"$WORK/portico.log" 2>&1 &
+        --threads "$WORKERS" "${LOG_ARGS[@]}" "${PORTICO_EXTRA[@]}" >"$WORK/portico.log" 2>&1 &
     PIDS+=($!)
     PID_OF[portico]=$!
 fi
@@ -478,7 +484,7 @@ LOAD_AFTER=$(loadavg)
 # --- summary -----------------------------------------------------------------------------------
 echo
 echo "$versions"
-echo "$WORKERS worker(s) each, $placement; ${DURATION} s per run, $ROUNDS rounds, means of the rounds;"
+echo "$WORKERS worker(s) each, $placement; ${DURATION} s per run, $ROUNDS rounds, means of the rounds; access logs $ACCESS_LOG;"
 echo "× nginx = the proxy's figure / nginx's (for req/CPU-s: efficiency, higher is better);"
 echo "bound, per round: load = CPU 0 saturated by the load generator (wrk + backend), load+other = CPU 0"
 echo "saturated, partly by other processes, proxy = the proxy's core saturated, both, or neither."

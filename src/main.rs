@@ -41,7 +41,7 @@ fn run() -> anyhow::Result<()> {
         }
     }
     let config = flags.resolve()?;
-    portico::telemetry::init(config.access_log);
+    portico::telemetry::init();
     let built = server::build(&config, upgrade)?;
     if demo {
         portico::demo::start_backends().context("starting the demo's echo backends")?;

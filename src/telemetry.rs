@@ -1,5 +1,6 @@
-//! Logging: `tracing` for Portico, with Pingora's `log` output bridged in. The access log
-//! (target `portico::access`) goes to stdout, plain or JSON; everything else to stderr.
+//! Logging: `tracing` for Portico's diagnostics, with Pingora's `log` output bridged in, on
+//! stderr. The access log is not a `tracing` event: it goes to stdout, written by
+//! [`crate::request::access_log`].
 //!
 //! Colour only on a terminal: a file, a pipe or `kubectl logs` gets plain text, and so does a
 //! terminal when `NO_COLOR` is set. The access log never has colour.
@@ -10,17 +11,6 @@ use tracing_subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
-
-use crate::request::policy::AccessLog;
-
-const ACCESS: &str = "portico::access";
-
-/// The access log's events only (they are all INFO).
-fn access_filter() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool>
-{
-    filter_fn(|m| m.target() == ACCESS && *m.level() <= LevelFilter::INFO)
-        .with_max_level_hint(LevelFilter::INFO)
-}
 
 /// The diagnostics filter when `RUST_LOG` is unset: Portico at `info`, and Pingora only from
 /// `warn`. Pingora's own INFO lines (`Bootstrap starting`, `Starting service: ...`, the steps of a
@@ -37,7 +27,7 @@ pub fn use_colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool
 
 /// Installs the global subscriber. `RUST_LOG` sets the level of the diagnostic logs (default
 /// [`DEFAULT_FILTER`]). Calling it twice is harmless (the second call does nothing).
-pub fn init(access_log: AccessLog) {
+pub fn init() {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let colour = use_colour(
         std::io::stderr().is_terminal(),
@@ -54,34 +44,10 @@ pub fn init(access_log: AccessLog) {
         .with_filter(env)
         // The closure checks the level too: a hint must never be exceeded (debug builds assert it).
         .with_filter(
-            filter_fn(move |m| m.target() != ACCESS && *m.level() <= diagnostics_level)
+            filter_fn(move |m| *m.level() <= diagnostics_level)
                 .with_max_level_hint(diagnostics_level),
         );
-    let access = match access_log {
-        AccessLog::Off => None,
-        AccessLog::Plain => Some(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stdout)
-                .with_ansi(false)
-                .with_target(false)
-                .with_filter(access_filter())
-                .boxed(),
-        ),
-        AccessLog::Json => Some(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_writer(std::io::stdout)
-                .with_ansi(false)
-                .with_target(false)
-                .with_filter(access_filter())
-                .boxed(),
-        ),
-    };
-    let _ = tracing_subscriber::registry()
-        .with(diagnostics)
-        .with(access)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(diagnostics).try_init();
 }
 
 #[cfg(test)]
@@ -93,7 +59,7 @@ mod tests {
         if std::env::var_os("RUST_LOG").is_some() {
             return;
         }
-        super::init(crate::request::policy::AccessLog::Plain);
+        super::init();
         assert_eq!(log::max_level(), log::LevelFilter::Info);
     }
 

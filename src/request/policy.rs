@@ -1762,23 +1762,7 @@ impl Policy {
 
     /// Writes the access log line of a finished request (if the access log is on).
     pub fn log(&self, e: &LogEntry<'_>) {
-        if self.access_log == AccessLog::Off {
-            return;
-        }
-        // Formatted straight into the log line: no strings allocated for the fields.
-        tracing::info!(
-            target: "portico::access",
-            client = %OrEmpty(e.client),
-            method = %e.method,
-            host = %e.host,
-            path = %e.path,
-            status = e.status,
-            bytes = e.bytes,
-            duration_ms = e.took.as_secs_f64() * 1000.0,
-            upstream = %OrEmpty(e.upstream),
-            route = %OrEmpty(e.route.map(|r| &r.ingress)),
-            error = e.error,
-        );
+        super::access_log::emit(self.access_log, e);
     }
 }
 
@@ -1794,18 +1778,6 @@ pub struct LogEntry<'a> {
     pub upstream: Option<SocketAddr>,
     pub route: Option<&'a Route>,
     pub error: &'a str,
-}
-
-/// Displays the value, or nothing for `None`.
-struct OrEmpty<T>(Option<T>);
-
-impl<T: std::fmt::Display> std::fmt::Display for OrEmpty<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => Ok(()),
-        }
-    }
 }
 
 /// The client address as a header value, formatted on the stack.
