@@ -403,25 +403,25 @@ measure() {
     echo "$case $tool $proxy $rps $p50 $p99 $cpu_us $per_cpu_s $rss $bad $errs $cpu0 $proxy_pct $bound $lg_pct $sys_pct ${round:-0} $syscalls" >>"$RESULTS"
 }
 
-# measure_steady TOOL URL CONNS: Portico's upstream reuse in steady state, from 1 s after the start
+# measure_steady CASE TOOL URL CONNS: Portico's upstream reuse in steady state, from 1 s after the start
 # of a run to 1 s before its end, away from the connection churn at the edges of a run (clients
 # that disconnect mid-request at the end of a run take their upstream connections with them; the
 # next run opens new ones). A run of its own, not in the table: reading the counters forks curl
 # during the run (pinned with the load generator).
 measure_steady() {
-    local steady=$WORK/steady.txt sp sn0 sr0 sn1 sr1
+    local case=$1 tool=$2 url=$3 conns=$4 steady=$WORK/steady.txt sp sn0 sr0 sn1 sr1
     : >"$steady"
     (if ((PIN)); then taskset -cp 0 "$BASHPID" >/dev/null; fi
         sleep 1 && upstream_conns >"$steady" &&
         sleep $((DURATION > 2 ? DURATION - 2 : 0)) && upstream_conns >>"$steady") &
     sp=$!
-    run_tool "$1" "$3" "$2" "$DURATION" >/dev/null
+    run_tool "$tool" "$conns" "$url" "$DURATION" >/dev/null
     wait "$sp" || true
     { read -r sn0 sr0 && read -r sn1 sr1; } <"$steady" || sn0=0 sr0=0 sn1=0 sr1=0
     STEADY_NEW=$((STEADY_NEW + sn1 - sn0))
     STEADY_ALL=$((STEADY_ALL + sn1 - sn0 + sr1 - sr0))
     printf '  %-7s %-4s %-9s steady-state reuse run (not in the table): %d new, %d reused\n' \
-        "$case" "$1" portico $((sn1 - sn0)) $((sr1 - sr0)) >&2
+        "$case" "$tool" portico $((sn1 - sn0)) $((sr1 - sr0)) >&2
 }
 
 versions="nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///')"
@@ -476,7 +476,7 @@ for case in $CASES; do
                 fi
             done
         done
-        if [[ -n "${URL[portico]:-}" ]]; then measure_steady "$tool" "${URL[portico]}" "$conns"; fi
+        if [[ -n "${URL[portico]:-}" ]]; then measure_steady "$case" "$tool" "${URL[portico]}" "$conns"; fi
     done
 done
 LOAD_AFTER=$(loadavg)

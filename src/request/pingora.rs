@@ -732,7 +732,7 @@ impl ProxyHttp for PingoraApp {
             bytes: sent,
             took,
             upstream: ctx.attempts.current.as_ref().map(|(a, _)| *a),
-            route: Policy::route(plane, ctx.route),
+            route: Policy::route_ingress(plane, ctx.route),
             error: e.map(|e| e.etype().as_str()).unwrap_or(""),
         });
     }

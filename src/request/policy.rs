@@ -17,9 +17,9 @@ use pingora_core::upstreams::peer::HttpPeer;
 use crate::dataplane::{DataPlane, Shared};
 use crate::metrics::RouteMetrics;
 pub use crate::model::Cidr;
-use crate::model::{BackendProtocol, RetryOn};
+use crate::model::{BackendProtocol, ObjectKey, RetryOn};
 use crate::request::guard::Limits;
-use crate::routing::{normalize_path, normalize_request_host, NginxRoute, Route};
+use crate::routing::{normalize_path, normalize_request_host, NginxRoute};
 use crate::tls::upstream::UpstreamTls;
 use crate::upstream::{now_ms, EndpointHealth};
 
@@ -1755,9 +1755,9 @@ impl Policy {
             .unwrap_or(&self.shared.metrics.unrouted)
     }
 
-    /// The route of a request, for the log.
-    pub fn route(plane: Option<&DataPlane>, route: Option<usize>) -> Option<&Route> {
-        plane?.routes.routes().get(route?)
+    /// The Ingress of a request's route, for the log.
+    pub fn route_ingress(plane: Option<&DataPlane>, route: Option<usize>) -> Option<&ObjectKey> {
+        plane?.routes.routes().get(route?).map(|r| &*r.ingress)
     }
 
     /// Writes the access log line of a finished request (if the access log is on).
@@ -1776,7 +1776,8 @@ pub struct LogEntry<'a> {
     pub bytes: usize,
     pub took: Duration,
     pub upstream: Option<SocketAddr>,
-    pub route: Option<&'a Route>,
+    /// The Ingress of its route.
+    pub route: Option<&'a ObjectKey>,
     pub error: &'a str,
 }
 

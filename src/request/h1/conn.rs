@@ -476,7 +476,7 @@ impl Engine {
                 bytes: outcome.sent,
                 took,
                 upstream: outcome.upstream,
-                route: Policy::route(Some(&plane), outcome.route),
+                route: Policy::route_ingress(Some(&plane), outcome.route),
                 error: outcome.error,
             });
         }
