@@ -7,7 +7,7 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -33,20 +33,14 @@ pub fn init() {
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    // The level hints matter for speed: `try_init` sets the `log` crate's max level from them.
-    // Without them it is TRACE, and each of Pingora's ~20 `debug!`/`trace!` calls per request
-    // is turned into a record and offered to every layer (measured: 10% of the proxy's
-    // instructions per request).
-    let diagnostics_level = env.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    // The filter's level hint matters for speed: `try_init` sets the `log` crate's max level from
+    // it. Without one it is TRACE, and each of Pingora's ~20 `debug!`/`trace!` calls per request
+    // is turned into a record and offered to the layer (measured: 10% of the proxy's instructions
+    // per request). EnvFilter gives its own hint (`log_crate_max_level_follows_the_filter`).
     let diagnostics = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colour)
-        .with_filter(env)
-        // The closure checks the level too: a hint must never be exceeded (debug builds assert it).
-        .with_filter(
-            filter_fn(move |m| *m.level() <= diagnostics_level)
-                .with_max_level_hint(diagnostics_level),
-        );
+        .with_filter(env);
     let _ = tracing_subscriber::registry().with(diagnostics).try_init();
 }
 
